@@ -1,0 +1,203 @@
+//! Per-thread context: which loop runs on this thread, which loop free functions
+//! use when none runs, which task is being polled, and where queued work goes.
+//!
+//! Everything that schedules work (a settling promise, a waking task) calls
+//! [`schedule`] or [`schedule_task`]; the decision of *which* loop takes the work is
+//! made here and nowhere else.
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use super::{EventLoop, Job, Local, SendJob, Shared};
+use crate::promise::core::Runnable;
+use crate::task::TaskWaker;
+
+/// A loop as seen from any thread.
+pub(crate) type LoopRef = Arc<Shared>;
+
+#[derive(Default)]
+struct Context {
+    /// The loop running on this thread (inside `run`, `block_on`, or a `Promise`
+    /// poll that drives it).
+    running: RefCell<Option<Rc<Local>>>,
+    /// Loops created on this thread, most recent last: the newest live one is
+    /// where free functions go when no loop runs.
+    created: RefCell<Vec<Weak<Local>>>,
+    /// This thread's default loop, created the first time nothing else is there.
+    default: RefCell<Option<EventLoop>>,
+    /// While a loop is being torn down, work it would queue lands here and is
+    /// abandoned, iteratively (see [`with_graveyard`]).
+    graveyard: RefCell<Option<Vec<Arc<dyn Runnable>>>>,
+    /// The task being polled on this thread.
+    task: RefCell<Option<Arc<TaskWaker>>>,
+}
+
+thread_local! {
+    static CONTEXT: Context = Context::default();
+}
+
+/// Queues a promise reaction: on the loop running on this thread; else on `home`
+/// (the loop of the resolver that settled the promise); else on this thread's
+/// ambient loop.
+pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
+    let mut job = Some(job);
+    let queued = CONTEXT.try_with(|cx| {
+        if let Some(grave) = cx.graveyard.borrow_mut().as_mut() {
+            grave.extend(job.take());
+        } else if let Some(local) = cx.running.borrow().as_ref() {
+            local.push(Job::Run(job.take().expect("not queued yet")));
+        }
+    });
+    let Some(job) = job else { return };
+    match (queued, home) {
+        (Ok(()), Some(home)) => home.inject(SendJob::Run(job)),
+        (Ok(()), None) => with_ambient(|local| local.push(Job::Run(job))),
+        // The thread is exiting: nothing will ever run this; settle it as broken.
+        (Err(_), _) => job.abandon(),
+    }
+}
+
+/// Queues a task to be polled on its own loop.
+pub(crate) fn schedule_task(task: Arc<TaskWaker>) {
+    let local = CONTEXT
+        .try_with(|cx| {
+            let running = cx.running.borrow();
+            running
+                .as_ref()
+                .filter(|local| Arc::ptr_eq(&local.shared, &task.home))
+                .cloned()
+        })
+        .ok()
+        .flatten();
+    match local {
+        Some(local) => local.push(Job::Poll(task)),
+        None => {
+            let home = task.home.clone();
+            home.inject(SendJob::Poll(task));
+        }
+    }
+}
+
+/// Runs `f` with the loop running on this thread, if any.
+pub(crate) fn with_running<R>(f: impl FnOnce(&Rc<Local>) -> R) -> Option<R> {
+    CONTEXT
+        .try_with(|cx| cx.running.borrow().as_ref().map(f))
+        .ok()
+        .flatten()
+}
+
+/// Runs `f` with the loop running on this thread, or else the ambient one: the
+/// most recently created live `EventLoop` of this thread, or its default loop.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Rc<Local>) -> R) -> R {
+    let local = with_running(Rc::clone).unwrap_or_else(ambient);
+    f(&local)
+}
+
+fn with_ambient<R>(f: impl FnOnce(&Rc<Local>) -> R) -> R {
+    f(&ambient())
+}
+
+/// The loop free functions use when no loop runs on this thread.
+pub(crate) fn ambient() -> Rc<Local> {
+    CONTEXT.with(|cx| {
+        {
+            let mut created = cx.created.borrow_mut();
+            while let Some(last) = created.last() {
+                match last.upgrade() {
+                    Some(local) => return local,
+                    None => {
+                        created.pop();
+                    }
+                }
+            }
+        }
+        let mut default = cx.default.borrow_mut();
+        default.get_or_insert_with(EventLoop::new).local.clone()
+    })
+}
+
+pub(crate) fn register_created(local: &Rc<Local>) {
+    let _ = CONTEXT.try_with(|cx| cx.created.borrow_mut().push(Rc::downgrade(local)));
+}
+
+/// Marks `local` as the loop running on this thread for the duration of `f`;
+/// `Err(())` if a loop is already running here.
+pub(crate) fn enter<R>(local: &Rc<Local>, f: impl FnOnce() -> R) -> Result<R, ()> {
+    CONTEXT.with(|cx| {
+        let mut running = cx.running.borrow_mut();
+        if running.is_some() {
+            return Err(());
+        }
+        *running = Some(local.clone());
+        Ok(())
+    })?;
+    struct Exit;
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            let _ = CONTEXT.try_with(|cx| cx.running.borrow_mut().take());
+        }
+    }
+    let _exit = Exit;
+    Ok(f())
+}
+
+/// True if a loop runs on this thread.
+pub(crate) fn is_running() -> bool {
+    with_running(|_| ()).is_some()
+}
+
+/// Runs `f`; any reaction scheduled meanwhile (on this thread) is abandoned instead
+/// of queued, and so is everything abandoning it leads to, one at a time, so that a
+/// long chain never recurses.
+pub(crate) fn with_graveyard(f: impl FnOnce()) {
+    let outermost = CONTEXT
+        .try_with(|cx| {
+            let mut grave = cx.graveyard.borrow_mut();
+            let outermost = grave.is_none();
+            if outermost {
+                *grave = Some(Vec::new());
+            }
+            outermost
+        })
+        .unwrap_or(false);
+    f();
+    if !outermost {
+        return;
+    }
+    loop {
+        let next = CONTEXT.with(|cx| cx.graveyard.borrow_mut().as_mut().and_then(Vec::pop));
+        match next {
+            Some(job) => job.abandon(),
+            None => break,
+        }
+    }
+    CONTEXT.with(|cx| cx.graveyard.borrow_mut().take());
+}
+
+/// Sets the task being polled for the duration of `f`.
+pub(crate) fn polling_task<R>(task: Arc<TaskWaker>, f: impl FnOnce() -> R) -> R {
+    let previous = CONTEXT.with(|cx| cx.task.borrow_mut().replace(task));
+    struct Restore(Option<Option<Arc<TaskWaker>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take().flatten();
+            let _ = CONTEXT.try_with(|cx| *cx.task.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(Some(previous));
+    f()
+}
+
+/// The task being polled, if its waker is `waker`.
+pub(crate) fn current_task_for(waker: &std::task::Waker) -> Option<Arc<TaskWaker>> {
+    CONTEXT
+        .try_with(|cx| {
+            let task = cx.task.borrow();
+            let task = task.as_ref()?;
+            // A std `Wake` waker's data pointer is the `Arc`'s pointer: identity only.
+            (waker.data() == Arc::as_ptr(task).cast::<()>()).then(|| task.clone())
+        })
+        .ok()
+        .flatten()
+}

@@ -1,0 +1,418 @@
+//! One loop's queues and the algorithm of a turn.
+//!
+//! `Local` is the loop-thread half (microtasks, immediates, timers, tasks: may hold
+//! `!Send` callbacks); `Shared` is the half any thread may touch (the injector, the
+//! reactor to wake the loop, the keep-alive count). The turn runs callbacks with no
+//! `RefCell` borrow held, so a callback may queue more work of any kind.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::context;
+use crate::promise::core::{Graph, Runnable};
+use crate::reactor::Reactor;
+use crate::task::TaskWaker;
+use crate::timer::{Callback, Due, Timers};
+
+/// Work on the microtask queue.
+pub(crate) enum Job {
+    Run(Arc<dyn Runnable>),
+    Poll(Arc<TaskWaker>),
+    Call(Box<dyn FnOnce()>),
+}
+
+/// Work sent from another thread.
+pub(crate) enum SendJob {
+    Run(Arc<dyn Runnable>),
+    Poll(Arc<TaskWaker>),
+    Call(Box<dyn FnOnce() + Send>),
+}
+
+impl From<SendJob> for Job {
+    fn from(job: SendJob) -> Job {
+        match job {
+            SendJob::Run(job) => Job::Run(job),
+            SendJob::Poll(task) => Job::Poll(task),
+            SendJob::Call(f) => Job::Call(f),
+        }
+    }
+}
+
+impl Job {
+    /// The loop is gone: the job will never run.
+    fn abandon(self) {
+        match self {
+            Job::Run(job) => job.abandon(),
+            Job::Poll(_) => {} // the task itself is dropped with the task table
+            Job::Call(f) => drop(f),
+        }
+    }
+}
+
+static NEXT_LOOP_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The part of a loop other threads can reach.
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    reactor: Reactor,
+    injected: Mutex<Vec<SendJob>>,
+    has_injected: AtomicBool,
+    /// Live resolvers homed here and live `LoopHandle`s: each may bring work later.
+    keep_alive: AtomicUsize,
+    closed: AtomicBool,
+    /// Wakers of futures polled outside any running loop (another executor), woken
+    /// when work arrives so they come back and drive this loop.
+    idle_wakers: Mutex<Vec<Waker>>,
+}
+
+impl Shared {
+    /// Queues work from any thread and wakes the loop.
+    pub(crate) fn inject(&self, job: SendJob) {
+        if self.closed.load(Ordering::Acquire) {
+            context::with_graveyard(|| Job::from(job).abandon());
+            return;
+        }
+        self.injected.lock().push(job);
+        self.has_injected.store(true, Ordering::Release);
+        self.reactor.notify();
+        let wakers = std::mem::take(&mut *self.idle_wakers.lock());
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn acquire(&self) {
+        self.keep_alive.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn release(&self) {
+        if self.keep_alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The loop may be blocked waiting for exactly this: let it re-check.
+            self.reactor.notify();
+        }
+    }
+
+    pub(crate) fn add_idle_waker(&self, waker: &Waker) {
+        let mut wakers = self.idle_wakers.lock();
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+struct TaskEntry {
+    future: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    waker: Waker,
+    task: Arc<TaskWaker>,
+}
+
+/// Why a loop stopped turning.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The caller's condition became true.
+    Done,
+    /// Nothing queued, no timer, nothing that keeps the loop alive.
+    Idle,
+    /// Nothing can run right now (only when asked not to block).
+    Stalled,
+}
+
+/// The loop-thread part of a loop.
+pub(crate) struct Local {
+    pub(crate) shared: Arc<Shared>,
+    micro: RefCell<VecDeque<Job>>,
+    immediates: RefCell<VecDeque<Box<dyn FnOnce()>>>,
+    pub(crate) timers: RefCell<Timers>,
+    tasks: RefCell<Vec<Option<TaskEntry>>>,
+    free_tasks: RefCell<Vec<usize>>,
+    live_tasks: Cell<usize>,
+}
+
+impl Local {
+    pub(crate) fn new() -> Local {
+        let id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
+        let reactor = Reactor::new().expect("thenable: cannot create the OS poller");
+        Local {
+            shared: Arc::new(Shared {
+                id,
+                reactor,
+                injected: Mutex::new(Vec::new()),
+                has_injected: AtomicBool::new(false),
+                keep_alive: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
+                idle_wakers: Mutex::new(Vec::new()),
+            }),
+            micro: RefCell::new(VecDeque::new()),
+            immediates: RefCell::new(VecDeque::new()),
+            timers: RefCell::new(Timers::new(id)),
+            tasks: RefCell::new(Vec::new()),
+            free_tasks: RefCell::new(Vec::new()),
+            live_tasks: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn push(&self, job: Job) {
+        self.micro.borrow_mut().push_back(job);
+    }
+
+    pub(crate) fn push_immediate(&self, f: Box<dyn FnOnce()>) {
+        self.immediates.borrow_mut().push_back(f);
+    }
+
+    /// Adds a task; it is polled from the microtask queue.
+    pub(crate) fn spawn(
+        &self,
+        future: Pin<Box<dyn Future<Output = ()>>>,
+        output: Option<Weak<dyn Graph>>,
+    ) -> Arc<TaskWaker> {
+        let mut tasks = self.tasks.borrow_mut();
+        let key = self.free_tasks.borrow_mut().pop().unwrap_or(tasks.len());
+        let task = Arc::new(TaskWaker::new(self.shared.clone(), key, output));
+        let entry = TaskEntry {
+            future: Some(future),
+            waker: Waker::from(task.clone()),
+            task: task.clone(),
+        };
+        if key == tasks.len() {
+            tasks.push(Some(entry));
+        } else {
+            tasks[key] = Some(entry);
+        }
+        self.live_tasks.set(self.live_tasks.get() + 1);
+        drop(tasks);
+        self.push(Job::Poll(task.clone()));
+        task
+    }
+
+    fn poll_task(&self, task: Arc<TaskWaker>) {
+        let taken = {
+            let mut tasks = self.tasks.borrow_mut();
+            match tasks.get_mut(task.key) {
+                Some(Some(entry)) if Arc::ptr_eq(&entry.task, &task) => {
+                    entry.future.take().map(|f| (f, entry.waker.clone()))
+                }
+                _ => None,
+            }
+        };
+        let Some((mut future, waker)) = taken else {
+            return;
+        };
+        task.scheduled.store(false, Ordering::Release);
+        let mut cx = Context::from_waker(&waker);
+        let poll = context::polling_task(task.clone(), || {
+            catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
+        });
+        match poll {
+            Ok(Poll::Pending) => {
+                if let Some(Some(entry)) = self.tasks.borrow_mut().get_mut(task.key) {
+                    entry.future = Some(future);
+                    return;
+                }
+            }
+            Ok(Poll::Ready(())) => {}
+            // Task futures catch their own panics; this is a last line of defence.
+            Err(payload) => report_panic("a task", &*payload),
+        }
+        let entry = self.tasks.borrow_mut()[task.key].take();
+        self.free_tasks.borrow_mut().push(task.key);
+        self.live_tasks.set(self.live_tasks.get() - 1);
+        drop(entry);
+        drop(future);
+    }
+
+    fn run_job(&self, job: Job) {
+        match job {
+            Job::Run(job) => job.run(),
+            Job::Poll(task) => self.poll_task(task),
+            Job::Call(f) => {
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+                    report_panic("a microtask", &*payload);
+                }
+            }
+        }
+    }
+
+    /// Runs microtasks until the queue is empty, including ones queued meanwhile.
+    fn drain_micro(&self) {
+        loop {
+            let job = self.micro.borrow_mut().pop_front();
+            match job {
+                Some(job) => self.run_job(job),
+                None => break,
+            }
+        }
+    }
+
+    fn take_injected(&self) {
+        if !self.shared.has_injected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let injected = std::mem::take(&mut *self.shared.injected.lock());
+        let mut micro = self.micro.borrow_mut();
+        micro.extend(injected.into_iter().map(Job::from));
+    }
+
+    fn run_due_timers(&self, done: &dyn Fn() -> bool) {
+        let now = Instant::now();
+        loop {
+            let due = self.timers.borrow_mut().pop_due(now);
+            match due {
+                None => break,
+                Some(Due::Once(f)) => {
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+                        report_panic("a timer callback", &*payload);
+                    }
+                }
+                Some(Due::Repeat { id, f, period }) => {
+                    let result = catch_unwind(AssertUnwindSafe(|| (f.borrow_mut())()));
+                    if let Err(payload) = result {
+                        report_panic("an interval callback", &*payload);
+                    }
+                    self.timers
+                        .borrow_mut()
+                        .rearm(id, f, period, Instant::now());
+                }
+            }
+            self.drain_micro();
+            if done() {
+                break;
+            }
+        }
+    }
+
+    fn run_immediates(&self, done: &dyn Fn() -> bool) {
+        // Only those queued before this phase: immediates queued by immediates wait
+        // for the next turn, as in Node.js.
+        let count = self.immediates.borrow().len();
+        for _ in 0..count {
+            let Some(f) = self.immediates.borrow_mut().pop_front() else {
+                break;
+            };
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+                report_panic("an immediate", &*payload);
+            }
+            self.drain_micro();
+            if done() {
+                break;
+            }
+        }
+    }
+
+    fn has_ready_work(&self) -> bool {
+        !self.micro.borrow().is_empty()
+            || !self.immediates.borrow().is_empty()
+            || self.shared.has_injected.load(Ordering::Acquire)
+    }
+
+    /// Something outside the queues may still bring work: a live resolver or loop
+    /// handle, or a task whose waker is held by code the loop cannot see.
+    fn kept_alive(&self) -> bool {
+        if self.shared.keep_alive.load(Ordering::Acquire) > 0 {
+            return true;
+        }
+        self.tasks
+            .borrow()
+            .iter()
+            .flatten()
+            .any(|entry| entry.future.is_some() && entry.task.has_foreign_wakers())
+    }
+
+    /// Turns the loop until `done()`, or until nothing could ever bring more work
+    /// (`Idle`), or, when `block` is false, until nothing can run right now.
+    ///
+    /// A turn, as in Node.js: microtasks; due timers (microtasks after each);
+    /// wait for I/O or a wake-up, no longer than the next timer; work injected
+    /// from other threads; immediates (microtasks after each).
+    pub(crate) fn turn_until(&self, done: &dyn Fn() -> bool, block: bool) -> Stop {
+        loop {
+            self.take_injected();
+            self.drain_micro();
+            if done() {
+                return Stop::Done;
+            }
+            self.run_due_timers(done);
+            if done() {
+                return Stop::Done;
+            }
+            let timeout = if self.has_ready_work() {
+                Some(Duration::ZERO)
+            } else if let Some(deadline) = self.timers.borrow_mut().next_deadline() {
+                Some(deadline.saturating_duration_since(Instant::now()))
+            } else if self.kept_alive() {
+                None
+            } else {
+                return Stop::Idle;
+            };
+            if !block && timeout != Some(Duration::ZERO) {
+                return Stop::Stalled;
+            }
+            if timeout != Some(Duration::ZERO) {
+                self.shared.reactor.wait(timeout);
+            }
+            self.take_injected();
+            self.drain_micro();
+            if done() {
+                return Stop::Done;
+            }
+            self.run_immediates(done);
+            if done() {
+                return Stop::Done;
+            }
+        }
+    }
+
+    /// Blocks until another thread wakes the loop.
+    pub(crate) fn wait_for_wake_up(&self) {
+        if !self.has_ready_work() {
+            self.shared.reactor.wait(None);
+        }
+    }
+
+    pub(crate) fn live_task_count(&self) -> usize {
+        self.live_tasks.get()
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        // Everything still queued is abandoned: promises waiting on it settle as
+        // broken, handlers do not run, futures are dropped (running destructors).
+        context::with_graveyard(|| {
+            let micro = std::mem::take(self.micro.get_mut());
+            micro.into_iter().for_each(Job::abandon);
+            let injected = std::mem::take(&mut *self.shared.injected.lock());
+            injected.into_iter().for_each(|job| Job::from(job).abandon());
+            drop(std::mem::take(self.immediates.get_mut()));
+            let timers: Vec<Callback> = self.timers.get_mut().take_all();
+            drop(timers);
+            let tasks = std::mem::take(self.tasks.get_mut());
+            drop(tasks);
+        });
+        for waker in std::mem::take(&mut *self.shared.idle_wakers.lock()) {
+            waker.wake();
+        }
+    }
+}
+
+pub(crate) fn report_panic(what: &str, payload: &(dyn std::any::Any + Send)) {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into());
+    eprintln!("thenable: {what} panicked: {message} (the loop goes on)");
+}

@@ -1,0 +1,478 @@
+//! The event loop: [`EventLoop`], its cross-thread [`LoopHandle`], and the free
+//! functions that act on the loop of the current thread.
+//!
+//! This module owns *when* things run (see `local` for one turn) and *what keeps a
+//! loop alive*. It never interprets promise outcomes: promises hand it jobs.
+//!
+//! # What keeps a loop alive
+//!
+//! [`EventLoop::run`] returns once nothing is left that could ever add work:
+//! no queued microtask, immediate or cross-thread job; no live timer; no unsettled
+//! [`Resolver`](crate::Resolver) created on this loop; no [`LoopHandle`]; no task
+//! whose waker is held by code outside thenable (another runtime's channel, say).
+//! As in Node.js, a pending promise by itself does not keep the loop alive.
+
+pub(crate) mod context;
+mod local;
+
+use std::future::{Future, IntoFuture};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+pub(crate) use self::local::{Job, Local, SendJob, Shared};
+use self::local::Stop;
+use crate::error::Error;
+use crate::promise::core::Graph;
+use crate::promise::{self, Promise};
+use crate::task::{catch_panics, output_future, TaskWaker};
+use crate::timer::{Callback, TimerId};
+
+/// A single-threaded event loop: microtasks (promise reactions), immediates,
+/// timers and tasks, run in the order Node.js runs them.
+///
+/// Most programs never name one: the free functions ([`block_on`](crate::block_on),
+/// [`spawn`](crate::spawn), [`set_timeout`](crate::set_timeout), ...) use the loop
+/// running on the current thread, or else the most recently created live
+/// `EventLoop` of this thread, or else the thread's default loop.
+///
+/// Dropping a loop abandons its queued work: promises waiting on it settle as
+/// broken, handlers that had not run never run, and task futures are dropped.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
+/// use std::time::Duration;
+/// use thenable::EventLoop;
+///
+/// let event_loop = EventLoop::new();
+/// let log = Rc::new(RefCell::new(Vec::new()));
+/// let (a, b, c) = (log.clone(), log.clone(), log.clone());
+/// thenable::set_timeout(Duration::from_millis(1), move || a.borrow_mut().push("timeout"));
+/// thenable::set_immediate(move || b.borrow_mut().push("immediate"));
+/// thenable::queue_microtask(move || c.borrow_mut().push("microtask"));
+/// event_loop.run().unwrap();
+/// assert_eq!(*log.borrow(), ["microtask", "immediate", "timeout"]);
+/// ```
+pub struct EventLoop {
+    pub(crate) local: Rc<Local>,
+}
+
+impl EventLoop {
+    /// A new loop; until it is dropped, free functions called on this thread outside
+    /// a running loop use it.
+    ///
+    /// ```
+    /// let event_loop = thenable::EventLoop::new();
+    /// event_loop.run().unwrap(); // nothing to do: returns at once
+    /// ```
+    pub fn new() -> EventLoop {
+        let local = Rc::new(Local::new());
+        context::register_created(&local);
+        EventLoop { local }
+    }
+
+    /// Runs until nothing is left that could add work (see the module docs).
+    /// Fails only when called while a loop already runs on this thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let event_loop = thenable::EventLoop::new();
+    /// thenable::spawn(async {
+    ///     thenable::sleep(Duration::from_millis(5)).await?;
+    ///     println!("slept");
+    ///     Ok::<_, thenable::Error>(())
+    /// });
+    /// event_loop.run().unwrap();
+    /// ```
+    pub fn run(&self) -> Result<(), Error> {
+        context::enter(&self.local, || self.local.turn_until(&|| false, true))
+            .map(|_| ())
+            .map_err(|()| nested("run"))
+    }
+
+    /// Runs the loop until `future` completes and returns its output.
+    ///
+    /// If the loop runs out of everything that could complete the future (no
+    /// queued work, timers, live resolvers or foreign wakers), returns a deadlock
+    /// error ([`Error::is_deadlock`]) instead of waiting for ever. A panic in the
+    /// future becomes a panic error. Calling it while a loop runs on this thread is
+    /// an error too: await the future instead.
+    ///
+    /// ```
+    /// let event_loop = thenable::EventLoop::new();
+    /// let stuck = event_loop.block_on(std::future::pending::<Result<(), thenable::Error>>());
+    /// assert!(stuck.unwrap_err().is_deadlock());
+    /// ```
+    pub fn block_on<F, T, E>(&self, future: F) -> Result<T, E>
+    where
+        F: IntoFuture<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let local = &self.local;
+        let entered = context::enter(local, || {
+            let task = Arc::new(TaskWaker::new(local.shared.clone(), usize::MAX, None));
+            let waker = Waker::from(task.clone());
+            let mut future = std::pin::pin!(catch_panics(future.into_future(), E::from));
+            loop {
+                if task.scheduled.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                    let mut cx = Context::from_waker(&waker);
+                    let polled = context::polling_task(task.clone(), || future.as_mut().poll(&mut cx));
+                    if let Poll::Ready(output) = polled {
+                        return output;
+                    }
+                }
+                let woken = || task.scheduled.load(std::sync::atomic::Ordering::Acquire);
+                if local.turn_until(&woken, true) == Stop::Idle && !woken() {
+                    // `task` and `waker` are the loop's own references.
+                    if !task.has_foreign_wakers() {
+                        return Err(E::from(Error::deadlock(
+                            "block_on: the future waits for something that nothing left \
+                             in the loop can complete (no queued work, timers, unsettled \
+                             resolvers or wakers held elsewhere)",
+                        )));
+                    }
+                    local.wait_for_wake_up();
+                }
+            }
+        });
+        entered.unwrap_or_else(|()| Err(E::from(nested("block_on"))))
+    }
+
+    /// A handle other threads can use to send work to this loop.
+    ///
+    /// ```
+    /// let event_loop = thenable::EventLoop::new();
+    /// let handle = event_loop.handle();
+    /// std::thread::spawn(move || {
+    ///     handle.post(|| println!("posted from another thread"));
+    ///     // dropping the last handle lets `run` return
+    /// });
+    /// event_loop.run().unwrap();
+    /// ```
+    pub fn handle(&self) -> LoopHandle {
+        LoopHandle::new(self.local.shared.clone())
+    }
+}
+
+impl Default for EventLoop {
+    fn default() -> Self {
+        EventLoop::new()
+    }
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("id", &self.local.shared.id)
+            .field("tasks", &self.local.live_task_count())
+            .finish()
+    }
+}
+
+fn nested(what: &str) -> Error {
+    Error::deadlock(format!(
+        "{what} called while an event loop is running on this thread; await instead"
+    ))
+}
+
+/// A `Send + Sync + Clone` handle to an [`EventLoop`], to post work to it from any
+/// thread. A live handle keeps its loop alive.
+///
+/// ```
+/// use thenable::EventLoop;
+///
+/// let event_loop = EventLoop::new();
+/// let handle = event_loop.handle();
+/// let worker = std::thread::spawn(move || {
+///     let p = handle.spawn(async { Ok::<_, thenable::Error>(6 * 7) });
+///     drop(handle);
+///     p
+/// });
+/// event_loop.run().unwrap();
+/// let p = worker.join().unwrap();
+/// assert_eq!(event_loop.block_on(p).unwrap(), 42);
+/// ```
+pub struct LoopHandle {
+    shared: Arc<Shared>,
+}
+
+impl LoopHandle {
+    fn new(shared: Arc<Shared>) -> LoopHandle {
+        shared.acquire();
+        LoopHandle { shared }
+    }
+
+    /// Runs `f` on the loop (as a microtask). Returns `false`, dropping `f`, if the
+    /// loop is already gone.
+    ///
+    /// ```
+    /// let event_loop = thenable::EventLoop::new();
+    /// let handle = event_loop.handle();
+    /// assert!(handle.post(|| println!("hello from the loop")));
+    /// drop(handle);
+    /// event_loop.run().unwrap();
+    /// ```
+    pub fn post(&self, f: impl FnOnce() + Send + 'static) -> bool {
+        if self.shared.is_closed() {
+            return false;
+        }
+        self.shared.inject(SendJob::Call(Box::new(f)));
+        true
+    }
+
+    /// Spawns `future` as a task on the loop; its promise settles with the output
+    /// (as broken if the loop is dropped first).
+    ///
+    /// ```
+    /// let event_loop = thenable::EventLoop::new();
+    /// let p = event_loop.handle().spawn(async { Ok::<_, thenable::Error>("done") });
+    /// assert_eq!(event_loop.block_on(p).unwrap(), "done");
+    /// ```
+    pub fn spawn<F, T, E>(&self, future: F) -> Promise<T, E>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let (promise, settler, graph) = task_promise::<T, E>();
+        let task = output_future(future, settler);
+        self.shared.inject(SendJob::Call(Box::new(move || {
+            context::with_current(|local| local.spawn(Box::pin(task), Some(graph)));
+        })));
+        promise
+    }
+
+    /// True once the loop has been dropped.
+    ///
+    /// ```
+    /// let event_loop = thenable::EventLoop::new();
+    /// let handle = event_loop.handle();
+    /// drop(event_loop);
+    /// assert!(handle.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+}
+
+impl Clone for LoopHandle {
+    fn clone(&self) -> Self {
+        LoopHandle::new(self.shared.clone())
+    }
+}
+
+impl Drop for LoopHandle {
+    fn drop(&mut self) {
+        self.shared.release();
+    }
+}
+
+impl std::fmt::Debug for LoopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopHandle")
+            .field("id", &self.shared.id)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+fn task_promise<T, E>() -> (
+    Promise<T, E>,
+    promise::Settler<T, E>,
+    std::sync::Weak<dyn Graph>,
+)
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let (promise, settler) = promise::internal::<T, E>();
+    let graph = settler.graph();
+    (promise, settler, graph)
+}
+
+/// Runs `future` to completion on this thread's loop and returns its output; see
+/// [`EventLoop::block_on`]. Accepts a [`Promise`] or any future with
+/// `Output = Result<T, E>`.
+///
+/// ```
+/// let answer = thenable::block_on(async {
+///     let doubled = thenable::Promise::<i32>::resolved(21).map(|v| v * 2).await?;
+///     Ok::<_, thenable::Error>(doubled)
+/// });
+/// assert_eq!(answer.unwrap(), 42);
+/// ```
+pub fn block_on<F, T, E>(future: F) -> Result<T, E>
+where
+    F: IntoFuture<Output = Result<T, E>>,
+    E: From<Error>,
+{
+    if context::is_running() {
+        return Err(E::from(nested("block_on")));
+    }
+    let local = context::ambient();
+    EventLoop { local }.block_on(future)
+}
+
+/// Spawns a `Send` future as a task on this thread's loop; the returned promise
+/// settles with its output (or a panic error, or broken if the loop is dropped).
+/// Tasks start on the microtask queue, so `spawn` itself never polls.
+///
+/// ```
+/// use thenable::{spawn, Promise};
+///
+/// fn countdown(n: u32) -> Promise<u32> {
+///     spawn(async move { if n == 0 { Ok(0) } else { Ok(countdown(n - 1).await? + 1) } })
+/// }
+/// assert_eq!(thenable::block_on(countdown(10_000)).unwrap(), 10_000);
+/// ```
+pub fn spawn<F, T, E>(future: F) -> Promise<T, E>
+where
+    F: Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    spawn_local(future)
+}
+
+/// Spawns a future that need not be `Send` (it stays on this thread).
+///
+/// ```
+/// use std::rc::Rc;
+///
+/// let shared = Rc::new(5); // not Send
+/// let p = thenable::spawn_local(async move { Ok::<_, thenable::Error>(*shared + 1) });
+/// assert_eq!(thenable::block_on(p).unwrap(), 6);
+/// ```
+pub fn spawn_local<F, T, E>(future: F) -> Promise<T, E>
+where
+    F: Future<Output = Result<T, E>> + 'static,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let (promise, settler, graph) = task_promise::<T, E>();
+    let task = output_future(future, settler);
+    context::with_current(|local| local.spawn(Box::pin(task), Some(graph)));
+    promise
+}
+
+/// Queues `f` on the microtask queue: it runs after the current callback, before
+/// any timer, immediate or I/O callback (JavaScript's `queueMicrotask`).
+///
+/// ```
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+///
+/// let ran = Rc::new(Cell::new(false));
+/// let flag = ran.clone();
+/// thenable::queue_microtask(move || flag.set(true));
+/// assert!(!ran.get()); // not inline
+/// thenable::EventLoop::new(); // (any loop on this thread could be the ambient one)
+/// ```
+pub fn queue_microtask(f: impl FnOnce() + 'static) {
+    context::with_current(|local| local.push(Job::Call(Box::new(f))));
+}
+
+/// Queues `f` for the immediates phase of the loop (Node.js's `setImmediate`):
+/// after microtasks, timers and I/O of the current turn.
+///
+/// ```
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+///
+/// let event_loop = thenable::EventLoop::new();
+/// let ran = Rc::new(Cell::new(false));
+/// let flag = ran.clone();
+/// thenable::set_immediate(move || flag.set(true));
+/// event_loop.run().unwrap();
+/// assert!(ran.get());
+/// ```
+pub fn set_immediate(f: impl FnOnce() + 'static) {
+    context::with_current(|local| local.push_immediate(Box::new(f)));
+}
+
+/// Runs `f` once, `delay` from now. Timers fire in deadline order; equal deadlines
+/// in the order they were set. A pending timer keeps the loop alive.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let event_loop = thenable::EventLoop::new();
+/// thenable::set_timeout(Duration::from_millis(2), || println!("later"));
+/// event_loop.run().unwrap(); // returns after the timer fired
+/// ```
+pub fn set_timeout(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
+    let deadline = Instant::now() + delay;
+    context::with_current(|local| {
+        local
+            .timers
+            .borrow_mut()
+            .insert(deadline, Callback::Once(Box::new(f)))
+    })
+}
+
+/// Runs `f` every `period` until [`clear_timer`] is called with the returned id
+/// (which `f` itself may do).
+///
+/// ```
+/// use std::cell::{Cell, RefCell};
+/// use std::rc::Rc;
+/// use std::time::Duration;
+///
+/// let event_loop = thenable::EventLoop::new();
+/// let ticks = Rc::new(Cell::new(0));
+/// let id = Rc::new(RefCell::new(None));
+/// let (count, me) = (ticks.clone(), id.clone());
+/// *id.borrow_mut() = Some(thenable::set_interval(Duration::from_millis(1), move || {
+///     count.set(count.get() + 1);
+///     if count.get() == 3 {
+///         thenable::clear_timer(me.borrow().unwrap());
+///     }
+/// }));
+/// event_loop.run().unwrap();
+/// assert_eq!(ticks.get(), 3);
+/// ```
+pub fn set_interval(period: Duration, f: impl FnMut() + 'static) -> TimerId {
+    let deadline = Instant::now() + period;
+    let f: crate::timer::RepeatFn = Rc::new(std::cell::RefCell::new(f));
+    context::with_current(|local| {
+        local
+            .timers
+            .borrow_mut()
+            .insert(deadline, Callback::Repeat { f, period })
+    })
+}
+
+/// Cancels a timer of this thread's loop; `false` if it already fired, was already
+/// cleared, or belongs to another loop.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let event_loop = thenable::EventLoop::new();
+/// let id = thenable::set_timeout(Duration::from_secs(3600), || unreachable!());
+/// assert!(thenable::clear_timer(id));
+/// event_loop.run().unwrap(); // returns at once: no live timer left
+/// ```
+pub fn clear_timer(id: TimerId) -> bool {
+    let cleared = context::with_current(|local| local.timers.borrow_mut().clear(id));
+    // The callback (and whatever it holds) is dropped here, outside the borrow.
+    cleared.is_some()
+}
+
+/// A promise fulfilled `duration` from now (a timer of this thread's loop).
+///
+/// ```
+/// use std::time::{Duration, Instant};
+///
+/// let start = Instant::now();
+/// thenable::block_on(thenable::sleep(Duration::from_millis(10))).unwrap();
+/// assert!(start.elapsed() >= Duration::from_millis(10));
+/// ```
+pub fn sleep(duration: Duration) -> Promise<()> {
+    let (promise, mut settler) = promise::internal::<(), Error>();
+    set_timeout(duration, move || settler.settle(Ok(())));
+    promise
+}

@@ -1,0 +1,42 @@
+//! # thenable
+//!
+//! JavaScript-style promises for Rust, on a single-threaded callback event loop in
+//! the spirit of Node.js and asyncio, and two-way interoperable with Rust futures.
+//!
+//! ```
+//! use std::time::Duration;
+//! use thenable::{sleep, spawn, Promise};
+//!
+//! // A promise chain...
+//! let chain = Promise::<i32>::resolved(1)
+//!     .then(|v| Ok(v + 1))
+//!     .then(|v| sleep(Duration::from_millis(1)).map(move |()| v * 10));
+//!
+//! // ...awaited in an async task, whose promise is chained again.
+//! let task = spawn(async move { Ok(chain.await? + 2) }).map(|v| format!("got {v}"));
+//!
+//! assert_eq!(thenable::block_on(task).unwrap(), "got 22");
+//! ```
+//!
+//! The pieces: [`Promise`] and [`Resolver`] (module `promise`), the loop
+//! ([`EventLoop`], [`LoopHandle`] and the free functions, module `event_loop`),
+//! timers ([`TimerId`], module `timer`), tasks (module `task`) and [`Error`].
+//! `docs/design.md` in the repository explains how they fit.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod error;
+mod event_loop;
+mod promise;
+mod reactor;
+mod task;
+mod timer;
+
+pub use crate::error::Error;
+pub use crate::event_loop::{
+    block_on, clear_timer, queue_microtask, set_immediate, set_interval, set_timeout, sleep,
+    spawn, spawn_local, EventLoop, LoopHandle,
+};
+pub use crate::promise::{IntoPromise, Promise, Resolver};
+pub use crate::timer::TimerId;

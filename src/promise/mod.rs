@@ -1,0 +1,657 @@
+//! `Promise<T, E>` and `Resolver<T, E>`: the public face of a promise.
+//!
+//! This module owns the promise API (constructors, `then` and friends, the
+//! `Future` impl) and turns each call into a node of the promise graph. It never
+//! runs a handler where it is attached (A+ 2.2.4): reactions always go through the
+//! loop's microtask queue, see [`core`].
+
+pub(crate) mod core;
+mod link;
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use self::core::{Core, Node, NodeRef, Waiter};
+use self::link::{adopt, Input, ThenLink};
+#[doc(hidden)]
+pub use self::link::Next;
+use crate::error::Error;
+use crate::event_loop::context::{self, LoopRef};
+use crate::task::TaskRef;
+
+/// A value that will be available later: pending, then fulfilled with a `T` or
+/// rejected with an `E`, exactly once.
+///
+/// Handlers attached with [`then`](Promise::then), [`catch`](Promise::catch) and
+/// [`finally`](Promise::finally) run on the event loop, never inside the call that
+/// attaches them, in the order they were attached. Each returns a new promise.
+/// A promise is also a [`Future`] with `Output = Result<T, E>`.
+///
+/// ```
+/// use thenable::Promise;
+///
+/// let p = Promise::<i32>::resolved(20)
+///     .then(|v| Ok(v + 1))
+///     .map(|v| v * 2);
+/// assert_eq!(thenable::block_on(p).unwrap(), 42);
+/// ```
+#[must_use = "a promise does nothing unless awaited, chained or run"]
+pub struct Promise<T, E = Error> {
+    node: Option<NodeRef<T, E>>,
+}
+
+/// The settling side of a [`Promise`] made with [`Promise::pending`] or
+/// [`Promise::new`].
+///
+/// The first [`resolve`](Resolver::resolve), [`reject`](Resolver::reject) or
+/// [`resolve_with`](Resolver::resolve_with) wins; later calls return `false` and
+/// change nothing. A resolver is `Clone + Send`: settle from any thread. When every
+/// clone is dropped while the promise is still pending, it settles as broken
+/// ([`Error::is_broken`]) rather than hang.
+///
+/// An unsettled resolver keeps the loop it was created on alive (it might settle
+/// the promise any time, from any thread), like an open handle in Node.js.
+///
+/// ```
+/// use thenable::Promise;
+///
+/// let (promise, resolver) = Promise::<&str>::pending();
+/// std::thread::spawn(move || resolver.resolve("from another thread"));
+/// assert_eq!(thenable::block_on(promise).unwrap(), "from another thread");
+/// ```
+pub struct Resolver<T, E = Error> {
+    shared: Arc<ResolverShared<T, E>>,
+}
+
+struct ResolverShared<T, E> {
+    node: NodeRef<T, E>,
+    home: LoopRef,
+    /// Settled, or following another promise: nothing more to do.
+    done: AtomicBool,
+}
+
+/// What a handler may return: a `Result` (`Err` plays JavaScript's `throw`) or a
+/// `Promise`, which is adopted (followed until it settles), however deep.
+///
+/// ```
+/// use thenable::Promise;
+///
+/// let direct = Promise::<i32>::resolved(1).then(|v| Ok(v + 1));
+/// let adopted = Promise::<i32>::resolved(1).then(|v| Promise::resolved(v + 1));
+/// assert_eq!(thenable::block_on(direct).unwrap(), 2);
+/// assert_eq!(thenable::block_on(adopted).unwrap(), 2);
+/// ```
+pub trait IntoPromise<T, E> {
+    #[doc(hidden)]
+    fn into_next(self) -> Next<T, E>;
+}
+
+impl<T, E> IntoPromise<T, E> for Result<T, E> {
+    fn into_next(self) -> Next<T, E> {
+        Next::Settled(self)
+    }
+}
+
+impl<T, E> IntoPromise<T, E> for Promise<T, E> {
+    fn into_next(self) -> Next<T, E> {
+        Next::Adopt(self)
+    }
+}
+
+fn from_error<E: From<Error>>(error: Error) -> E {
+    E::from(error)
+}
+
+/// Runs a handler; a panic becomes a rejection.
+fn guarded<U, E: From<Error>>(handler: impl FnOnce() -> Next<U, E>) -> Next<U, E> {
+    catch_unwind(AssertUnwindSafe(handler))
+        .unwrap_or_else(|payload| Next::Settled(Err(E::from(Error::panic(payload)))))
+}
+
+fn broken<U, E: From<Error>>() -> Next<U, E> {
+    Next::Settled(Err(E::from(Error::broken())))
+}
+
+fn clone_outcome<T: Clone, E: Clone>(outcome: &Result<T, E>) -> Result<T, E> {
+    outcome.clone()
+}
+
+impl<T, E> Promise<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    fn from_outcome(outcome: Option<Result<T, E>>, has_resolver: bool) -> Arc<Node<T, E, ()>> {
+        Arc::new(Node {
+            core: Core::new(outcome, has_resolver, from_error::<E>),
+            link: (),
+        })
+    }
+
+    /// A pending promise and the resolver that settles it (JavaScript's
+    /// `Promise.withResolvers()`).
+    ///
+    /// ```
+    /// use thenable::Promise;
+    ///
+    /// let (p, r) = Promise::<i32>::pending();
+    /// assert!(p.is_pending());
+    /// assert!(r.resolve(7));
+    /// assert!(!r.resolve(8)); // the first settle wins
+    /// assert_eq!(thenable::block_on(p).unwrap(), 7);
+    /// ```
+    pub fn pending() -> (Promise<T, E>, Resolver<T, E>) {
+        let node: NodeRef<T, E> = Promise::from_outcome(None, true);
+        let home = context::with_current(|local| local.shared.clone());
+        home.acquire();
+        let resolver = Resolver {
+            shared: Arc::new(ResolverShared {
+                node: node.clone(),
+                home,
+                done: AtomicBool::new(false),
+            }),
+        };
+        (Promise { node: Some(node) }, resolver)
+    }
+
+    /// A promise settled by `executor`, which runs right away (as JavaScript's
+    /// `new Promise(executor)`); a panic in the executor rejects the promise.
+    ///
+    /// ```
+    /// use thenable::Promise;
+    ///
+    /// let p = Promise::<i32>::new(|resolver| {
+    ///     thenable::set_timeout(std::time::Duration::from_millis(1), move || {
+    ///         resolver.resolve(5);
+    ///     });
+    /// });
+    /// assert_eq!(thenable::block_on(p).unwrap(), 5);
+    /// ```
+    pub fn new(executor: impl FnOnce(Resolver<T, E>)) -> Promise<T, E> {
+        let (promise, resolver) = Promise::pending();
+        let keep = resolver.clone();
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| executor(resolver))) {
+            keep.reject(E::from(Error::panic(payload)));
+        }
+        promise
+    }
+
+    /// A promise already fulfilled with `value`.
+    ///
+    /// ```
+    /// let p = thenable::Promise::<&str>::resolved("ready");
+    /// assert!(p.is_fulfilled());
+    /// ```
+    pub fn resolved(value: T) -> Promise<T, E> {
+        Promise {
+            node: Some(Promise::from_outcome(Some(Ok(value)), false)),
+        }
+    }
+
+    /// A promise already rejected with `error`.
+    ///
+    /// ```
+    /// let p = thenable::Promise::<i32>::rejected(thenable::Error::msg("no"));
+    /// assert!(p.is_rejected());
+    /// ```
+    pub fn rejected(error: E) -> Promise<T, E> {
+        Promise {
+            node: Some(Promise::from_outcome(Some(Err(error)), false)),
+        }
+    }
+
+    fn take_node(&mut self) -> NodeRef<T, E> {
+        self.node
+            .take()
+            .expect("thenable: promise used after it was awaited to completion")
+    }
+
+    /// The one way to derive a promise: `f` receives this promise's outcome on the
+    /// loop and decides the child's. One allocation: the child node holds `f`.
+    fn chain<U, E2, F>(mut self, f: F) -> Promise<U, E2>
+    where
+        U: Send + 'static,
+        E2: From<Error> + Send + 'static,
+        F: FnOnce(Input<T, E>) -> Next<U, E2> + Send + 'static,
+    {
+        let parent = self.take_node();
+        let child = Arc::new(Node {
+            core: Core::new(None, false, from_error::<E2>),
+            link: ThenLink::new(f),
+        });
+        if let Some(job) = parent.core().attach(child.clone()) {
+            context::schedule(job, None);
+        }
+        Promise { node: Some(child) }
+    }
+
+    /// Runs `on_fulfilled` with the value once this promise fulfils; a rejection
+    /// passes through untouched. The handler returns `Ok(v)`, `Err(e)` (a rejection,
+    /// JavaScript's `throw`) or a promise to follow.
+    ///
+    /// ```
+    /// use thenable::{Error, Promise};
+    ///
+    /// let p = Promise::<i32>::resolved(2)
+    ///     .then(|v| Ok(v * 10))
+    ///     .then(|v| if v > 10 { Err(Error::msg("too big")) } else { Ok(v) });
+    /// assert_eq!(thenable::block_on(p).unwrap_err().to_string(), "too big");
+    /// ```
+    pub fn then<U, R, F>(self, on_fulfilled: F) -> Promise<U, E>
+    where
+        U: Send + 'static,
+        R: IntoPromise<U, E>,
+        F: FnOnce(T) -> R + Send + 'static,
+    {
+        self.chain(move |input| match input {
+            Input::Outcome(Ok(value)) => guarded(|| on_fulfilled(value).into_next()),
+            Input::Outcome(Err(error)) => Next::Settled(Err(error)),
+            Input::Abandoned => broken(),
+        })
+    }
+
+    /// Runs `on_rejected` with the error once this promise rejects; a value passes
+    /// through untouched. Return `Ok(v)` to recover, `Err(e)` to stay rejected.
+    ///
+    /// ```
+    /// use thenable::{Error, Promise};
+    ///
+    /// let p = Promise::<i32>::rejected(Error::msg("offline")).catch(|_| Ok(0));
+    /// assert_eq!(thenable::block_on(p).unwrap(), 0);
+    /// ```
+    pub fn catch<R, F>(self, on_rejected: F) -> Promise<T, E>
+    where
+        R: IntoPromise<T, E>,
+        F: FnOnce(E) -> R + Send + 'static,
+    {
+        self.chain(move |input| match input {
+            Input::Outcome(Ok(value)) => Next::Settled(Ok(value)),
+            Input::Outcome(Err(error)) => guarded(|| on_rejected(error).into_next()),
+            Input::Abandoned => broken(),
+        })
+    }
+
+    /// The two-handler form of JavaScript's `then(onFulfilled, onRejected)`: exactly
+    /// one of the two runs. Unlike `.then(f).catch(g)`, `g` does not see errors of `f`.
+    ///
+    /// ```
+    /// use thenable::{Error, Promise};
+    ///
+    /// let p = Promise::<i32>::rejected(Error::msg("x"))
+    ///     .then_or_catch(|v| Ok(v.to_string()), |e| Ok(format!("recovered from {e}")));
+    /// assert_eq!(thenable::block_on(p).unwrap(), "recovered from x");
+    /// ```
+    pub fn then_or_catch<U, R1, R2, F1, F2>(self, on_fulfilled: F1, on_rejected: F2) -> Promise<U, E>
+    where
+        U: Send + 'static,
+        R1: IntoPromise<U, E>,
+        R2: IntoPromise<U, E>,
+        F1: FnOnce(T) -> R1 + Send + 'static,
+        F2: FnOnce(E) -> R2 + Send + 'static,
+    {
+        self.chain(move |input| match input {
+            Input::Outcome(Ok(value)) => guarded(|| on_fulfilled(value).into_next()),
+            Input::Outcome(Err(error)) => guarded(|| on_rejected(error).into_next()),
+            Input::Abandoned => broken(),
+        })
+    }
+
+    /// Runs `on_settled` whichever way this promise settles, then passes the
+    /// outcome through unchanged (a panic in `on_settled` rejects instead).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use thenable::{Error, Promise};
+    ///
+    /// let closed = Arc::new(AtomicBool::new(false));
+    /// let flag = closed.clone();
+    /// let p = Promise::<i32>::rejected(Error::msg("reset"))
+    ///     .finally(move || flag.store(true, Ordering::SeqCst));
+    /// assert!(thenable::block_on(p).is_err());
+    /// assert!(closed.load(Ordering::SeqCst));
+    /// ```
+    pub fn finally<F>(self, on_settled: F) -> Promise<T, E>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.chain(move |input| match input {
+            Input::Outcome(outcome) => guarded(|| {
+                on_settled();
+                Next::Settled(outcome)
+            }),
+            Input::Abandoned => broken(),
+        })
+    }
+
+    /// Transforms the value with a plain function (a `then` that cannot fail).
+    ///
+    /// ```
+    /// let p = thenable::Promise::<i32>::resolved(4).map(|v| v * v);
+    /// assert_eq!(thenable::block_on(p).unwrap(), 16);
+    /// ```
+    pub fn map<U, F>(self, f: F) -> Promise<U, E>
+    where
+        U: Send + 'static,
+        F: FnOnce(T) -> U + Send + 'static,
+    {
+        self.chain(move |input| match input {
+            Input::Outcome(Ok(value)) => guarded(|| Next::Settled(Ok(f(value)))),
+            Input::Outcome(Err(error)) => Next::Settled(Err(error)),
+            Input::Abandoned => broken(),
+        })
+    }
+
+    /// Transforms the error, possibly into another error type.
+    ///
+    /// ```
+    /// use thenable::{Error, Promise};
+    ///
+    /// let p: Promise<i32, String> =
+    ///     Promise::<i32>::rejected(Error::msg("low level")).map_err(|e| format!("high level: {e}"));
+    /// assert_eq!(thenable::block_on(p).unwrap_err(), "high level: low level");
+    /// ```
+    pub fn map_err<E2, F>(self, f: F) -> Promise<T, E2>
+    where
+        E2: From<Error> + Send + 'static,
+        F: FnOnce(E) -> E2 + Send + 'static,
+    {
+        self.chain(move |input| match input {
+            Input::Outcome(Ok(value)) => Next::Settled(Ok(value)),
+            Input::Outcome(Err(error)) => guarded(|| Next::Settled(Err(f(error)))),
+            Input::Abandoned => broken(),
+        })
+    }
+}
+
+impl<T, E> Promise<T, E> {
+    fn status(&self) -> Option<bool> {
+        self.node.as_ref().and_then(|node| node.core().status())
+    }
+
+    /// True until the promise settles.
+    ///
+    /// ```
+    /// let (p, _r) = thenable::Promise::<i32>::pending();
+    /// assert!(p.is_pending());
+    /// ```
+    pub fn is_pending(&self) -> bool {
+        self.node.is_some() && self.status().is_none()
+    }
+
+    /// True once the promise is fulfilled.
+    ///
+    /// ```
+    /// assert!(thenable::Promise::<i32>::resolved(1).is_fulfilled());
+    /// ```
+    pub fn is_fulfilled(&self) -> bool {
+        self.status() == Some(true)
+    }
+
+    /// True once the promise is rejected.
+    ///
+    /// ```
+    /// let p = thenable::Promise::<i32>::rejected(thenable::Error::msg("x"));
+    /// assert!(p.is_rejected());
+    /// ```
+    pub fn is_rejected(&self) -> bool {
+        self.status() == Some(false)
+    }
+}
+
+/// Every clone receives the outcome (fan-out); handlers of all clones run in the
+/// order they were attached.
+///
+/// ```
+/// use thenable::Promise;
+///
+/// let p = Promise::<i32>::resolved(3);
+/// let a = p.clone().map(|v| v + 1);
+/// let b = p.map(|v| v * 2);
+/// assert_eq!(thenable::block_on(a).unwrap(), 4);
+/// assert_eq!(thenable::block_on(b).unwrap(), 6);
+/// ```
+impl<T: Clone + Send, E: Clone + Send> Clone for Promise<T, E> {
+    fn clone(&self) -> Self {
+        let node = self
+            .node
+            .as_ref()
+            .expect("thenable: promise cloned after it was awaited to completion");
+        node.core().add_handle(clone_outcome::<T, E>);
+        Promise {
+            node: Some(node.clone()),
+        }
+    }
+}
+
+impl<T, E> Drop for Promise<T, E> {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.core().release_handle();
+        }
+    }
+}
+
+impl<T, E> fmt::Debug for Promise<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match (&self.node, self.status()) {
+            (None, _) => "consumed",
+            (Some(_), None) => "pending",
+            (Some(_), Some(true)) => "fulfilled",
+            (Some(_), Some(false)) => "rejected",
+        };
+        f.debug_struct("Promise").field("state", &state).finish()
+    }
+}
+
+/// Awaiting a promise gives its outcome. Outside a running thenable loop (inside
+/// another executor, say) polling also runs whatever this thread's loop has ready,
+/// so a chain of handlers makes progress; a promise settled from another thread
+/// wakes the awaiting task directly.
+///
+/// ```
+/// use thenable::Promise;
+///
+/// let (p, r) = Promise::<i32>::pending();
+/// std::thread::spawn(move || r.resolve(9));
+/// assert_eq!(futures::executor::block_on(p).unwrap(), 9);
+/// ```
+impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
+    type Output = Result<T, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let node = self
+            .node
+            .as_ref()
+            .expect("thenable: promise polled after it completed");
+        let idle_loop = if context::is_running() {
+            None
+        } else {
+            let local = context::ambient();
+            let settled = || node.core().status().is_some();
+            let _ = context::enter(&local, || local.turn_until(&settled, false));
+            Some(local)
+        };
+        let task = context::current_task_for(cx.waker());
+        let taken = node.core().poll_take(|has_resolver| match task {
+            Some(task) => Waiter::Task(TaskRef::new(task, !has_resolver)),
+            None => Waiter::Waker(cx.waker().clone()),
+        });
+        match taken {
+            Some(outcome) => {
+                // `poll_take` consumed the handle: forget it without releasing it.
+                self.node = None;
+                Poll::Ready(outcome)
+            }
+            None => {
+                if let Some(local) = idle_loop {
+                    local.shared.add_idle_waker(cx.waker());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T, E> Resolver<T, E>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn finish(&self) -> bool {
+        if self.shared.done.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.shared.home.release();
+        true
+    }
+
+    fn settle(&self, outcome: Result<T, E>) -> bool {
+        self.finish()
+            && self
+                .shared
+                .node
+                .core()
+                .settle(outcome, Some(&self.shared.home))
+    }
+
+    /// Fulfils the promise; `false` if it was already settled (nothing changes).
+    ///
+    /// ```
+    /// let (p, r) = thenable::Promise::<u8>::pending();
+    /// assert!(r.resolve(1));
+    /// assert!(!r.resolve(2));
+    /// assert_eq!(thenable::block_on(p).unwrap(), 1);
+    /// ```
+    pub fn resolve(&self, value: T) -> bool {
+        self.settle(Ok(value))
+    }
+
+    /// Rejects the promise; `false` if it was already settled (nothing changes).
+    ///
+    /// ```
+    /// let (p, r) = thenable::Promise::<u8>::pending();
+    /// assert!(r.reject(thenable::Error::msg("nope")));
+    /// assert!(!r.resolve(2));
+    /// assert!(thenable::block_on(p).is_err());
+    /// ```
+    pub fn reject(&self, error: E) -> bool {
+        self.settle(Err(error))
+    }
+
+    /// Makes the promise follow `other`: it settles as `other` settles. `false` if
+    /// already settled or following. Following a promise that itself waits on this
+    /// one rejects with a chaining-cycle error ([`Error::is_deadlock`]).
+    ///
+    /// ```
+    /// use thenable::Promise;
+    ///
+    /// let (p, r) = Promise::<i32>::pending();
+    /// r.resolve_with(Promise::resolved(1).map(|v| v + 1));
+    /// assert_eq!(thenable::block_on(p).unwrap(), 2);
+    /// ```
+    pub fn resolve_with(&self, other: Promise<T, E>) -> bool {
+        if !self.finish() {
+            return false;
+        }
+        let node = self.shared.node.clone();
+        node.core().resolver_gone();
+        adopt(node, other, Some(&self.shared.home));
+        true
+    }
+
+    /// True once this resolver (or a clone) has settled or followed.
+    ///
+    /// ```
+    /// let (_p, r) = thenable::Promise::<i32>::pending();
+    /// assert!(!r.is_done());
+    /// r.resolve(1);
+    /// assert!(r.is_done());
+    /// ```
+    pub fn is_done(&self) -> bool {
+        self.shared.done.load(Ordering::Acquire)
+    }
+}
+
+impl<T, E> Clone for Resolver<T, E> {
+    fn clone(&self) -> Self {
+        Resolver {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T, E> fmt::Debug for Resolver<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("done", &self.shared.done.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<T, E> Drop for ResolverShared<T, E> {
+    fn drop(&mut self) {
+        if !*self.done.get_mut() {
+            self.home.release();
+            self.node.core().settle_broken(Some(&self.home));
+        }
+    }
+}
+
+/// Settles a promise from inside the library (a task's output, a timer): unlike a
+/// `Resolver` it does not keep any loop alive, and it settles as broken if dropped
+/// unused.
+pub(crate) struct Settler<T, E> {
+    node: Option<Arc<Node<T, E, ()>>>,
+}
+
+impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
+    pub(crate) fn new(node: Arc<Node<T, E, ()>>) -> Self {
+        Settler { node: Some(node) }
+    }
+
+    pub(crate) fn from_error(&self) -> fn(Error) -> E {
+        self.node
+            .as_ref()
+            .expect("settler used after settling")
+            .core
+            .from_error()
+    }
+
+    pub(crate) fn graph(&self) -> std::sync::Weak<dyn core::Graph> {
+        let node: Arc<dyn core::Graph> = self.node.clone().expect("settler used after settling");
+        Arc::downgrade(&node)
+    }
+
+    pub(crate) fn settle(&mut self, outcome: Result<T, E>) {
+        if let Some(node) = self.node.take() {
+            node.core.settle(outcome, None);
+        }
+    }
+}
+
+impl<T, E> Drop for Settler<T, E> {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.core.settle_broken(None);
+        }
+    }
+}
+
+/// A new pending promise settled from inside the library, with its settler.
+pub(crate) fn internal<T, E>() -> (Promise<T, E>, Settler<T, E>)
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let node = Promise::from_outcome(None, false);
+    let promise = Promise {
+        node: Some(node.clone() as NodeRef<T, E>),
+    };
+    (promise, Settler::new(node))
+}

@@ -1,0 +1,134 @@
+//! Tasks: futures driven by a loop, and the wakers that put them back on its queue.
+//!
+//! A task's waker pushes the task on its loop's microtask queue (directly on the
+//! loop thread, through the injector from any other thread), at most once until the
+//! task is polled again. The wrapper built by [`output_future`] settles the task's
+//! promise with the future's output, with a panic error if it panicked, and as
+//! broken if it is dropped unfinished. This module never polls anything itself: the
+//! loop does.
+
+use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Poll, Wake};
+
+use crate::error::Error;
+use crate::event_loop::context::{self, LoopRef};
+use crate::promise::core::Graph;
+use crate::promise::Settler;
+
+/// The waker of one task.
+pub(crate) struct TaskWaker {
+    pub(crate) home: LoopRef,
+    pub(crate) key: usize,
+    /// Set while the task sits on a queue, so wakes do not queue it twice.
+    pub(crate) scheduled: AtomicBool,
+    /// Clones of this waker held by our own promises (see [`TaskRef`]): the rest of
+    /// the clones belong to code the loop cannot see, which might wake it any time.
+    internal: AtomicUsize,
+    /// The promise this task settles, for chaining-cycle detection.
+    output: Option<Weak<dyn Graph>>,
+}
+
+/// `Arc` references the loop itself keeps to every task waker: the one in the task
+/// table and the one inside the `Waker` stored beside it.
+const LOOP_REFS: usize = 2;
+
+impl TaskWaker {
+    pub(crate) fn new(home: LoopRef, key: usize, output: Option<Weak<dyn Graph>>) -> Self {
+        TaskWaker {
+            home,
+            key,
+            scheduled: AtomicBool::new(true),
+            internal: AtomicUsize::new(0),
+            output,
+        }
+    }
+
+    /// True when code outside thenable's promises holds this waker, so the task may
+    /// be woken by something the loop does not know about.
+    pub(crate) fn has_foreign_wakers(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) > LOOP_REFS + self.internal.load(Ordering::Acquire)
+    }
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.scheduled.swap(true, Ordering::AcqRel) {
+            context::schedule_task(self.clone());
+        }
+    }
+}
+
+/// A task's waker stored by one of our promises.
+pub(crate) struct TaskRef {
+    task: Arc<TaskWaker>,
+    internal: bool,
+}
+
+impl TaskRef {
+    /// `internal` is false when the promise has a live resolver that another thread
+    /// may use: then the wait is not a deadlock, and the loop must stay alive.
+    pub(crate) fn new(task: Arc<TaskWaker>, internal: bool) -> Self {
+        if internal {
+            task.internal.fetch_add(1, Ordering::AcqRel);
+        }
+        TaskRef { task, internal }
+    }
+
+    pub(crate) fn same_task(&self, other: &TaskRef) -> bool {
+        Arc::ptr_eq(&self.task, &other.task)
+    }
+
+    pub(crate) fn output(&self) -> Option<Arc<dyn Graph>> {
+        self.task.output.as_ref()?.upgrade()
+    }
+
+    pub(crate) fn wake(self) {
+        self.task.wake_by_ref();
+    }
+}
+
+impl Drop for TaskRef {
+    fn drop(&mut self) {
+        if self.internal {
+            self.task.internal.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Polls `future`, turning a panic into `Err(from_error(panic))`.
+pub(crate) async fn catch_panics<F, T, E>(future: F, from_error: impl Fn(Error) -> E) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    let mut future = std::pin::pin!(future);
+    poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => Poll::Ready(Err(from_error(Error::panic(payload)))),
+        },
+    )
+    .await
+}
+
+/// The future a task runs: `future`, with its output (or panic) settling `node`.
+pub(crate) fn output_future<F, T, E>(future: F, mut settler: Settler<T, E>) -> impl Future<Output = ()>
+where
+    F: Future<Output = Result<T, E>> + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    // The settler is captured by the async block, so dropping the task even before
+    // its first poll drops it, and the promise settles as broken.
+    async move {
+        let from_error = settler.from_error();
+        let outcome = catch_panics(future, from_error).await;
+        settler.settle(outcome);
+    }
+}
