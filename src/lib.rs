@@ -13,7 +13,8 @@
 //!     .then(|v| sleep(Duration::from_millis(1)).map(move |()| v * 10));
 //!
 //! // ...awaited in an async task, whose promise is chained again.
-//! let task = spawn(async move { Ok(chain.await? + 2) }).map(|v| format!("got {v}"));
+//! let task = spawn(async move { Ok::<_, thenable::Error>(chain.await? + 2) })
+//!     .map(|v| format!("got {v}"));
 //!
 //! assert_eq!(thenable::block_on(task).unwrap(), "got 22");
 //! ```
@@ -35,8 +36,8 @@ mod timer;
 
 pub use crate::error::Error;
 pub use crate::event_loop::{
-    block_on, clear_timer, queue_microtask, set_immediate, set_interval, set_timeout, sleep,
-    spawn, spawn_local, EventLoop, LoopHandle,
+    block_on, clear_timer, queue_microtask, set_immediate, set_interval, set_timeout, sleep, spawn,
+    spawn_local, EventLoop, LoopHandle,
 };
 pub use crate::promise::{IntoPromise, Promise, Resolver};
 pub use crate::timer::TimerId;

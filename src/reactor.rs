@@ -30,7 +30,9 @@ impl Reactor {
         // Failing to notify would leave the loop asleep with work queued; the
         // poller's notify only fails if the OS refuses an eventfd write, which the
         // loop cannot recover from either.
-        self.poller.notify().expect("thenable: failed to wake the event loop");
+        self.poller
+            .notify()
+            .expect("thenable: failed to wake the event loop");
     }
 
     /// Blocks until notified or until `timeout` passes (`None`: no limit).

@@ -103,7 +103,10 @@ impl Drop for TaskRef {
 }
 
 /// Polls `future`, turning a panic into `Err(from_error(panic))`.
-pub(crate) async fn catch_panics<F, T, E>(future: F, from_error: impl Fn(Error) -> E) -> Result<T, E>
+pub(crate) async fn catch_panics<F, T, E>(
+    future: F,
+    from_error: impl Fn(Error) -> E,
+) -> Result<T, E>
 where
     F: Future<Output = Result<T, E>>,
 {
@@ -118,7 +121,10 @@ where
 }
 
 /// The future a task runs: `future`, with its output (or panic) settling `node`.
-pub(crate) fn output_future<F, T, E>(future: F, mut settler: Settler<T, E>) -> impl Future<Output = ()>
+pub(crate) fn output_future<F, T, E>(
+    future: F,
+    mut settler: Settler<T, E>,
+) -> impl Future<Output = ()>
 where
     F: Future<Output = Result<T, E>> + 'static,
     T: Send + 'static,

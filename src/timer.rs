@@ -5,10 +5,10 @@
 //! deadlines fire in the order they were set. This module never runs a callback
 //! itself: the loop takes due callbacks out and runs them with no borrow held.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::rc::Rc;
-use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 /// Identifies a timer set with [`set_timeout`](crate::set_timeout) or
@@ -40,7 +40,11 @@ pub(crate) enum Callback {
 /// A due timer taken out of the set, to be run by the loop.
 pub(crate) enum Due {
     Once(Box<dyn FnOnce()>),
-    Repeat { id: TimerId, f: RepeatFn, period: Duration },
+    Repeat {
+        id: TimerId,
+        f: RepeatFn,
+        period: Duration,
+    },
 }
 
 struct Slot {

@@ -24,8 +24,6 @@ struct Context {
     /// Loops created on this thread, most recent last: the newest live one is
     /// where free functions go when no loop runs.
     created: RefCell<Vec<Weak<Local>>>,
-    /// This thread's default loop, created the first time nothing else is there.
-    default: RefCell<Option<EventLoop>>,
     /// While a loop is being torn down, work it would queue lands here and is
     /// abandoned, iteratively (see [`with_graveyard`]).
     graveyard: RefCell<Option<Vec<Arc<dyn Runnable>>>>,
@@ -35,6 +33,10 @@ struct Context {
 
 thread_local! {
     static CONTEXT: Context = Context::default();
+    /// This thread's default loop, created the first time nothing else is there.
+    /// Kept apart from `CONTEXT` and first touched after it, so that at thread exit
+    /// it is destroyed while `CONTEXT` (which its teardown uses) still exists.
+    static DEFAULT: RefCell<Option<EventLoop>> = const { RefCell::new(None) };
 }
 
 /// Queues a promise reaction: on the loop running on this thread; else on `home`
@@ -100,20 +102,23 @@ fn with_ambient<R>(f: impl FnOnce(&Rc<Local>) -> R) -> R {
 
 /// The loop free functions use when no loop runs on this thread.
 pub(crate) fn ambient() -> Rc<Local> {
-    CONTEXT.with(|cx| {
-        {
-            let mut created = cx.created.borrow_mut();
-            while let Some(last) = created.last() {
-                match last.upgrade() {
-                    Some(local) => return local,
-                    None => {
-                        created.pop();
-                    }
+    let newest = CONTEXT.with(|cx| {
+        let mut created = cx.created.borrow_mut();
+        while let Some(last) = created.last() {
+            match last.upgrade() {
+                Some(local) => return Some(local),
+                None => {
+                    created.pop();
                 }
             }
         }
-        let mut default = cx.default.borrow_mut();
-        default.get_or_insert_with(EventLoop::new).local.clone()
+        None
+    });
+    newest.unwrap_or_else(|| {
+        DEFAULT.with(|default| {
+            let mut default = default.borrow_mut();
+            default.get_or_insert_with(EventLoop::new).local.clone()
+        })
     })
 }
 

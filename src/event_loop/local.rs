@@ -395,7 +395,9 @@ impl Drop for Local {
             let micro = std::mem::take(self.micro.get_mut());
             micro.into_iter().for_each(Job::abandon);
             let injected = std::mem::take(&mut *self.shared.injected.lock());
-            injected.into_iter().for_each(|job| Job::from(job).abandon());
+            injected
+                .into_iter()
+                .for_each(|job| Job::from(job).abandon());
             drop(std::mem::take(self.immediates.get_mut()));
             let timers: Vec<Callback> = self.timers.get_mut().take_all();
             drop(timers);

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-pub(crate) use self::local::{Job, Local, SendJob, Shared};
 use self::local::Stop;
+pub(crate) use self::local::{Job, Local, SendJob, Shared};
 use crate::error::Error;
 use crate::promise::core::Graph;
 use crate::promise::{self, Promise};
@@ -117,9 +117,13 @@ impl EventLoop {
             let waker = Waker::from(task.clone());
             let mut future = std::pin::pin!(catch_panics(future.into_future(), E::from));
             loop {
-                if task.scheduled.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                if task
+                    .scheduled
+                    .swap(false, std::sync::atomic::Ordering::AcqRel)
+                {
                     let mut cx = Context::from_waker(&waker);
-                    let polled = context::polling_task(task.clone(), || future.as_mut().poll(&mut cx));
+                    let polled =
+                        context::polling_task(task.clone(), || future.as_mut().poll(&mut cx));
                     if let Poll::Ready(output) = polled {
                         return output;
                     }

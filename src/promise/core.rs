@@ -135,7 +135,9 @@ fn share<T, E>(
         (false, Some(clone), Some(outcome)) => clone(outcome),
         // A value already moved out can only be asked for again through a handle
         // that should not exist; answer with a broken promise rather than panic.
-        _ => slot.take().unwrap_or_else(|| Err(from_error(Error::broken()))),
+        _ => slot
+            .take()
+            .unwrap_or_else(|| Err(from_error(Error::broken()))),
     }
 }
 

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use self::core::{Core, Node, NodeRef, Waiter};
-use self::link::{adopt, Input, ThenLink};
 #[doc(hidden)]
 pub use self::link::Next;
+use self::link::{adopt, Input, ThenLink};
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
 use crate::task::TaskRef;
@@ -286,7 +286,11 @@ where
     ///     .then_or_catch(|v| Ok(v.to_string()), |e| Ok(format!("recovered from {e}")));
     /// assert_eq!(thenable::block_on(p).unwrap(), "recovered from x");
     /// ```
-    pub fn then_or_catch<U, R1, R2, F1, F2>(self, on_fulfilled: F1, on_rejected: F2) -> Promise<U, E>
+    pub fn then_or_catch<U, R1, R2, F1, F2>(
+        self,
+        on_fulfilled: F1,
+        on_rejected: F2,
+    ) -> Promise<U, E>
     where
         U: Send + 'static,
         R1: IntoPromise<U, E>,
