@@ -41,3 +41,11 @@ pub use crate::event_loop::{
 };
 pub use crate::promise::{IntoPromise, Promise, Resolver};
 pub use crate::timer::TimerId;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_examples {}
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/from-javascript.md")]
+mod from_javascript_examples {}

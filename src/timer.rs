@@ -9,7 +9,11 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+use std::task::Waker;
 use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 /// Identifies a timer set with [`set_timeout`](crate::set_timeout) or
 /// [`set_interval`](crate::set_interval), for [`clear_timer`](crate::clear_timer).
@@ -81,11 +85,6 @@ impl Timers {
             seq: 0,
             live: 0,
         }
-    }
-
-    /// Timers that will still fire (cleared ones do not count).
-    pub(crate) fn live(&self) -> usize {
-        self.live
     }
 
     pub(crate) fn insert(&mut self, deadline: Instant, callback: Callback) -> TimerId {
@@ -203,6 +202,91 @@ impl Timers {
     }
 }
 
+/// Wakes `waker` at `deadline`, from a background thread.
+///
+/// For futures polled by another executor (tokio, `futures::executor::block_on`)
+/// while they wait on a timer of a loop nobody runs: the poll drives that loop, but
+/// only this wake-up brings the executor back when the timer is due.
+pub(crate) fn wake_at(deadline: Instant, waker: Waker) {
+    static SERVICE: OnceLock<Arc<WakeService>> = OnceLock::new();
+    let service = SERVICE.get_or_init(|| {
+        let service = Arc::new(WakeService::default());
+        let worker = service.clone();
+        std::thread::Builder::new()
+            .name("thenable-timer-wake".into())
+            .spawn(move || worker.run())
+            .expect("thenable: cannot start the timer wake-up thread");
+        service
+    });
+    let mut queue = service.queue.lock();
+    queue.seq += 1;
+    let seq = queue.seq;
+    queue.heap.push(Reverse(Wake {
+        deadline,
+        seq,
+        waker,
+    }));
+    service.changed.notify_one();
+}
+
+#[derive(Default)]
+struct WakeService {
+    queue: Mutex<WakeQueue>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WakeQueue {
+    heap: BinaryHeap<Reverse<Wake>>,
+    seq: u64,
+}
+
+struct Wake {
+    deadline: Instant,
+    seq: u64,
+    waker: Waker,
+}
+
+impl PartialEq for Wake {
+    fn eq(&self, other: &Self) -> bool {
+        (self.deadline, self.seq) == (other.deadline, other.seq)
+    }
+}
+
+impl Eq for Wake {}
+
+impl PartialOrd for Wake {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Wake {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.deadline, self.seq).cmp(&(other.deadline, other.seq))
+    }
+}
+
+impl WakeService {
+    fn run(&self) {
+        let mut queue = self.queue.lock();
+        loop {
+            let now = Instant::now();
+            let next = queue.heap.peek().map(|Reverse(top)| top.deadline);
+            match next {
+                Some(deadline) if deadline <= now => {
+                    let Reverse(due) = queue.heap.pop().expect("peeked");
+                    MutexGuard::unlocked(&mut queue, || due.waker.wake());
+                }
+                Some(deadline) => {
+                    self.changed.wait_until(&mut queue, deadline);
+                }
+                None => self.changed.wait(&mut queue),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,7 +304,7 @@ mod tests {
         let c = timers.insert(now, once());
         assert!(timers.clear(b).is_some());
         assert!(timers.clear(b).is_none());
-        assert_eq!(timers.live(), 2);
+        assert_eq!(timers.live, 2);
         assert!(matches!(timers.pop_due(now), Some(Due::Once(_))));
         assert!(matches!(timers.pop_due(now), Some(Due::Once(_))));
         assert!(timers.pop_due(now).is_none());
@@ -237,6 +321,6 @@ mod tests {
         let id = timers.insert(Instant::now(), once());
         let foreign = TimerId { loop_id: 2, ..id };
         assert!(timers.clear(foreign).is_none());
-        assert_eq!(timers.live(), 1);
+        assert_eq!(timers.live, 1);
     }
 }

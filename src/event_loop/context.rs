@@ -39,16 +39,19 @@ thread_local! {
     static DEFAULT: RefCell<Option<EventLoop>> = const { RefCell::new(None) };
 }
 
-/// Queues a promise reaction: on the loop running on this thread; else on `home`
-/// (the loop of the resolver that settled the promise); else on this thread's
-/// ambient loop.
+/// Queues a promise reaction. A promise settled by a `Resolver` has a `home` loop
+/// (where the resolver was made): its reactions run there, through the injector when
+/// settled from elsewhere. Other reactions go to the loop running on this thread,
+/// or else to this thread's ambient loop.
 pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
     let mut job = Some(job);
     let queued = CONTEXT.try_with(|cx| {
         if let Some(grave) = cx.graveyard.borrow_mut().as_mut() {
             grave.extend(job.take());
         } else if let Some(local) = cx.running.borrow().as_ref() {
-            local.push(Job::Run(job.take().expect("not queued yet")));
+            if home.is_none_or(|home| Arc::ptr_eq(home, &local.shared)) {
+                local.push(Job::Run(job.take().expect("not queued yet")));
+            }
         }
     });
     let Some(job) = job else { return };
