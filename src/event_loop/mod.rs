@@ -369,11 +369,13 @@ where
 /// use std::cell::Cell;
 /// use std::rc::Rc;
 ///
+/// let event_loop = thenable::EventLoop::new();
 /// let ran = Rc::new(Cell::new(false));
 /// let flag = ran.clone();
 /// thenable::queue_microtask(move || flag.set(true));
-/// assert!(!ran.get()); // not inline
-/// thenable::EventLoop::new(); // (any loop on this thread could be the ambient one)
+/// assert!(!ran.get()); // queued, not run inline
+/// event_loop.run().unwrap();
+/// assert!(ran.get());
 /// ```
 pub fn queue_microtask(f: impl FnOnce() + 'static) {
     context::with_current(|local| local.push(Job::Call(Box::new(f))));
