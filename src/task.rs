@@ -120,21 +120,16 @@ where
     .await
 }
 
-/// The future a task runs: `future`, with its output (or panic) settling `node`.
-pub(crate) fn output_future<F, T, E>(
-    future: F,
-    mut settler: Settler<T, E>,
-) -> impl Future<Output = ()>
+/// The future a task runs: `future`, with its output (or panic) settling the
+/// task's promise. The settler is moved into the future before its first poll, so
+/// dropping the task at any point drops it, and the promise settles as broken.
+pub(crate) async fn output_future<F, T, E>(future: F, mut settler: Settler<T, E>)
 where
     F: Future<Output = Result<T, E>> + 'static,
     T: Send + 'static,
     E: Send + 'static,
 {
-    // The settler is captured by the async block, so dropping the task even before
-    // its first poll drops it, and the promise settles as broken.
-    async move {
-        let from_error = settler.from_error();
-        let outcome = catch_panics(future, from_error).await;
-        settler.settle(outcome);
-    }
+    let from_error = settler.error_converter();
+    let outcome = catch_panics(future, from_error).await;
+    settler.settle(outcome);
 }

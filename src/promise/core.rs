@@ -101,6 +101,9 @@ impl<T, E> Waiter<T, E> {
 
 type Waiters<T, E> = SmallVec<[Waiter<T, E>; 1]>;
 
+/// Copies an outcome for one more consumer (set by `Promise::clone`).
+pub(crate) type Cloner<T, E> = fn(&Result<T, E>) -> Result<T, E>;
+
 enum State<T, E> {
     Pending(Waiters<T, E>),
     /// `None` once the last consumer took the value.
@@ -114,7 +117,7 @@ struct Inner<T, E> {
     /// A live, unsettled `Resolver` exists (so waiting on this is not a deadlock).
     has_resolver: bool,
     /// Set by `Promise::clone`: how to give each consumer its own copy.
-    cloner: Option<fn(&Result<T, E>) -> Result<T, E>>,
+    cloner: Option<Cloner<T, E>>,
 }
 
 pub(crate) struct Core<T, E> {
@@ -128,7 +131,7 @@ pub(crate) struct Core<T, E> {
 fn share<T, E>(
     slot: &mut Option<Result<T, E>>,
     last: bool,
-    cloner: Option<fn(&Result<T, E>) -> Result<T, E>>,
+    cloner: Option<Cloner<T, E>>,
     from_error: fn(Error) -> E,
 ) -> Result<T, E> {
     match (last, cloner, slot.as_ref()) {
@@ -162,7 +165,7 @@ impl<T, E> Core<T, E> {
         }
     }
 
-    pub(crate) fn from_error(&self) -> fn(Error) -> E {
+    pub(crate) fn error_converter(&self) -> fn(Error) -> E {
         self.from_error
     }
 
@@ -282,7 +285,7 @@ impl<T, E> Core<T, E> {
         }
     }
 
-    pub(crate) fn add_handle(&self, cloner: fn(&Result<T, E>) -> Result<T, E>) {
+    pub(crate) fn add_handle(&self, cloner: Cloner<T, E>) {
         let mut inner = self.inner.lock();
         inner.handles += 1;
         inner.cloner = Some(cloner);

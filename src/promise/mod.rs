@@ -623,12 +623,12 @@ impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
         Settler { node: Some(node) }
     }
 
-    pub(crate) fn from_error(&self) -> fn(Error) -> E {
+    pub(crate) fn error_converter(&self) -> fn(Error) -> E {
         self.node
             .as_ref()
             .expect("settler used after settling")
             .core
-            .from_error()
+            .error_converter()
     }
 
     pub(crate) fn graph(&self) -> std::sync::Weak<dyn core::Graph> {
