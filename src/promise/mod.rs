@@ -519,7 +519,23 @@ where
         true
     }
 
-    fn settle(&self, outcome: Result<T, E>) -> bool {
+    /// Fulfils or rejects with `outcome`; `false` if already settled. Handy to turn
+    /// a callback that receives a `Result` into a promise.
+    ///
+    /// ```
+    /// use thenable::Promise;
+    ///
+    /// fn parse_later(text: &'static str) -> Promise<i32> {
+    ///     Promise::new(|resolver| {
+    ///         thenable::set_timeout(std::time::Duration::ZERO, move || {
+    ///             resolver.settle(text.parse::<i32>().map_err(Into::into));
+    ///         });
+    ///     })
+    /// }
+    /// assert_eq!(thenable::block_on(parse_later("12")).unwrap(), 12);
+    /// assert!(thenable::block_on(parse_later("x")).is_err());
+    /// ```
+    pub fn settle(&self, outcome: Result<T, E>) -> bool {
         self.finish()
             && self
                 .shared
