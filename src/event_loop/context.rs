@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use super::{EventLoop, Job, Local, SendJob, Shared};
+use super::{orphans, EventLoop, Job, Local, SendJob, Shared};
 use crate::promise::core::Runnable;
 use crate::task::TaskWaker;
 
@@ -39,24 +39,43 @@ thread_local! {
     static DEFAULT: RefCell<Option<EventLoop>> = const { RefCell::new(None) };
 }
 
-/// Queues a promise reaction. A promise settled by a `Resolver` has a `home` loop
-/// (where the resolver was made): its reactions run there, through the injector when
-/// settled from elsewhere. Other reactions go to the loop running on this thread,
-/// or else to this thread's ambient loop.
+/// Queues a promise reaction.
+///
+/// A promise settled by a `Resolver` has a `home` loop (where the resolver was
+/// made) and its reactions run there: directly if that loop belongs to this thread,
+/// through its injector if another thread drives it, and as orphans (run by
+/// whichever loop or foreign poll waits next) if nobody drives it. Other reactions
+/// go to the loop running on this thread, or else to this thread's ambient loop.
 pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
     let mut job = Some(job);
     let queued = CONTEXT.try_with(|cx| {
         if let Some(grave) = cx.graveyard.borrow_mut().as_mut() {
             grave.extend(job.take());
-        } else if let Some(local) = cx.running.borrow().as_ref() {
-            if home.is_none_or(|home| Arc::ptr_eq(home, &local.shared)) {
-                local.push(Job::Run(job.take().expect("not queued yet")));
+            return;
+        }
+        let running = cx.running.borrow();
+        let local = match (running.as_ref(), home) {
+            (Some(local), None) => Some(local.clone()),
+            (_, Some(home)) => {
+                let running = running.iter().cloned();
+                let created = cx.created.borrow();
+                let created = created.iter().filter_map(Weak::upgrade);
+                running
+                    .chain(created)
+                    .find(|local| Arc::ptr_eq(home, &local.shared))
             }
+            (None, None) => None,
+        };
+        if let Some(local) = local {
+            local.push(Job::Run(job.take().expect("not queued yet")));
         }
     });
     let Some(job) = job else { return };
     match (queued, home) {
-        (Ok(()), Some(home)) => home.inject(SendJob::Run(job)),
+        (Ok(()), Some(home)) if home.is_driven() || home.is_closed() => {
+            home.inject(SendJob::Run(job))
+        }
+        (Ok(()), Some(_)) => orphans::push(job),
         (Ok(()), None) => with_ambient(|local| local.push(Job::Run(job))),
         // The thread is exiting: nothing will ever run this; settle it as broken.
         (Err(_), _) => job.abandon(),
@@ -138,12 +157,17 @@ pub(crate) fn enter<R>(local: &Rc<Local>, f: impl FnOnce() -> R) -> Result<R, ()
             return Err(());
         }
         *running = Some(local.clone());
+        local.shared.set_driven(true);
         Ok(())
     })?;
     struct Exit;
     impl Drop for Exit {
         fn drop(&mut self) {
-            let _ = CONTEXT.try_with(|cx| cx.running.borrow_mut().take());
+            let _ = CONTEXT.try_with(|cx| {
+                if let Some(local) = cx.running.borrow_mut().take() {
+                    local.shared.set_driven(false);
+                }
+            });
         }
     }
     let _exit = Exit;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::context;
+use super::{context, orphans};
 use crate::promise::core::{Graph, Runnable};
 use crate::reactor::Reactor;
 use crate::task::TaskWaker;
@@ -69,9 +69,8 @@ pub(crate) struct Shared {
     /// Live resolvers homed here and live `LoopHandle`s: each may bring work later.
     keep_alive: AtomicUsize,
     closed: AtomicBool,
-    /// Wakers of futures polled outside any running loop (another executor), woken
-    /// when work arrives so they come back and drive this loop.
-    idle_wakers: Mutex<Vec<Waker>>,
+    /// A thread is inside `run`, `block_on` or a poll that drives this loop.
+    driven: AtomicBool,
 }
 
 impl Shared {
@@ -84,10 +83,26 @@ impl Shared {
         self.injected.lock().push(job);
         self.has_injected.store(true, Ordering::Release);
         self.reactor.notify();
-        let wakers = std::mem::take(&mut *self.idle_wakers.lock());
-        for waker in wakers {
-            waker.wake();
+        if !self.is_driven() {
+            // Its thread may be awaiting through another executor: bring it back.
+            orphans::wake_foreign_pollers();
         }
+    }
+
+    pub(crate) fn notify(&self) {
+        self.reactor.notify();
+    }
+
+    pub(crate) fn is_driven(&self) -> bool {
+        self.driven.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_driven(&self, driven: bool) {
+        self.driven.store(driven, Ordering::Release);
+    }
+
+    pub(crate) fn is_kept_alive(&self) -> bool {
+        self.keep_alive.load(Ordering::Acquire) > 0
     }
 
     pub(crate) fn acquire(&self) {
@@ -96,15 +111,11 @@ impl Shared {
 
     pub(crate) fn release(&self) {
         if self.keep_alive.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // The loop may be blocked waiting for exactly this: let it re-check.
+            // A loop may be blocked waiting for exactly this: let it re-check.
             self.reactor.notify();
-        }
-    }
-
-    pub(crate) fn add_idle_waker(&self, waker: &Waker) {
-        let mut wakers = self.idle_wakers.lock();
-        if !wakers.iter().any(|w| w.will_wake(waker)) {
-            wakers.push(waker.clone());
+            if !self.is_driven() {
+                orphans::notify_driven_loops();
+            }
         }
     }
 
@@ -145,16 +156,18 @@ impl Local {
     pub(crate) fn new() -> Local {
         let id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
         let reactor = Reactor::new().expect("thenable: cannot create the OS poller");
+        let shared = Arc::new(Shared {
+            id,
+            reactor,
+            injected: Mutex::new(Vec::new()),
+            has_injected: AtomicBool::new(false),
+            keep_alive: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            driven: AtomicBool::new(false),
+        });
+        orphans::register(&shared);
         Local {
-            shared: Arc::new(Shared {
-                id,
-                reactor,
-                injected: Mutex::new(Vec::new()),
-                has_injected: AtomicBool::new(false),
-                keep_alive: AtomicUsize::new(0),
-                closed: AtomicBool::new(false),
-                idle_wakers: Mutex::new(Vec::new()),
-            }),
+            shared,
             micro: RefCell::new(VecDeque::new()),
             immediates: RefCell::new(VecDeque::new()),
             timers: RefCell::new(Timers::new(id)),
@@ -256,13 +269,16 @@ impl Local {
         }
     }
 
+    /// Moves work sent by other threads, and orphan reactions, to the microtasks.
     fn take_injected(&self) {
-        if !self.shared.has_injected.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let injected = std::mem::take(&mut *self.shared.injected.lock());
         let mut micro = self.micro.borrow_mut();
-        micro.extend(injected.into_iter().map(Job::from));
+        if self.shared.has_injected.swap(false, Ordering::AcqRel) {
+            let injected = std::mem::take(&mut *self.shared.injected.lock());
+            micro.extend(injected.into_iter().map(Job::from));
+        }
+        if let Some(orphans) = orphans::take() {
+            micro.extend(orphans.into_iter().map(Job::Run));
+        }
     }
 
     fn run_due_timers(&self, done: &dyn Fn() -> bool) {
@@ -404,9 +420,7 @@ impl Drop for Local {
             let tasks = std::mem::take(self.tasks.get_mut());
             drop(tasks);
         });
-        for waker in std::mem::take(&mut *self.shared.idle_wakers.lock()) {
-            waker.wake();
-        }
+        orphans::wake_foreign_pollers();
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub(crate) mod context;
 mod local;
+pub(crate) mod orphans;
 
 use std::future::{Future, IntoFuture};
 use std::rc::Rc;
@@ -130,8 +131,10 @@ impl EventLoop {
                 }
                 let woken = || task.scheduled.load(std::sync::atomic::Ordering::Acquire);
                 if local.turn_until(&woken, true) == Stop::Idle && !woken() {
-                    // `task` and `waker` are the loop's own references.
-                    if !task.has_foreign_wakers() {
+                    // Nothing here can wake the future, unless code outside thenable
+                    // holds its waker, or a resolver of a loop nobody drives settles
+                    // (its reactions would come here as orphans).
+                    if !task.has_foreign_wakers() && !orphans::undriven_resolvers_exist() {
                         return Err(E::from(Error::deadlock(
                             "block_on: the future waits for something that nothing left \
                              in the loop can complete (no queued work, timers, unsettled \

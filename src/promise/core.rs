@@ -101,6 +101,12 @@ impl<T, E> Waiter<T, E> {
 
 type Waiters<T, E> = SmallVec<[Waiter<T, E>; 1]>;
 
+/// What settling does for one waiter, once the lock is released.
+enum Serve<T, E> {
+    Run(Arc<dyn Runnable>),
+    Wake(Waiter<T, E>),
+}
+
 /// Copies an outcome for one more consumer (set by `Promise::clone`).
 pub(crate) type Cloner<T, E> = fn(&Result<T, E>) -> Result<T, E>;
 
@@ -195,25 +201,27 @@ impl<T, E> Core<T, E> {
         let keep = inner.handles > 0;
         let cloner = inner.cloner;
         let mut slot = Some(outcome);
-        let mut jobs: SmallVec<[Arc<dyn Runnable>; 1]> = SmallVec::new();
-        let mut wakers: Waiters<T, E> = SmallVec::new();
+        // Reactions and wakers are served in the order they were attached (an
+        // `await` is a `then` too, as in JavaScript).
+        let mut served: SmallVec<[Serve<T, E>; 1]> = SmallVec::new();
         for waiter in waiters {
             match waiter {
                 Waiter::Reaction(reaction) => {
                     reactions_left -= 1;
                     let last = reactions_left == 0 && !keep;
-                    jobs.push(reaction.deliver(share(&mut slot, last, cloner, self.from_error)));
+                    let outcome = share(&mut slot, last, cloner, self.from_error);
+                    served.push(Serve::Run(reaction.deliver(outcome)));
                 }
-                other => wakers.push(other),
+                other => served.push(Serve::Wake(other)),
             }
         }
         inner.state = State::Settled(slot);
         drop(inner);
-        for job in jobs {
-            context::schedule(job, home);
-        }
-        for waker in wakers {
-            waker.wake();
+        for next in served {
+            match next {
+                Serve::Run(job) => context::schedule(job, home),
+                Serve::Wake(waiter) => waiter.wake(),
+            }
         }
         true
     }

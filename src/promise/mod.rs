@@ -494,7 +494,7 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
             }
             None => {
                 if let Some(local) = idle_loop {
-                    local.shared.add_idle_waker(cx.waker());
+                    crate::event_loop::orphans::add_foreign_poller(cx.waker());
                     let next_timer = local.timers.borrow_mut().next_deadline();
                     if let Some(deadline) = next_timer {
                         crate::timer::wake_at(deadline, cx.waker().clone());

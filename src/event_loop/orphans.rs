@@ -1,0 +1,82 @@
+//! Process-wide state: every live loop, and promise reactions whose home loop
+//! nobody is driving ("orphans").
+//!
+//! A `Resolver` settled on a thread that runs no loop sends its reactions to its
+//! home loop. When no thread drives that loop (its thread awaits through another
+//! executor, say, or has not called `block_on` yet), the reactions come here
+//! instead, and whoever waits next runs them: any loop at the start of its turn, or
+//! any promise polled by a foreign executor. Reactions are `Send`, so this is sound;
+//! only the thread they run on changes. This module never runs a reaction itself.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::Waker;
+
+use parking_lot::Mutex;
+
+use super::local::Shared;
+use crate::promise::core::Runnable;
+
+static LOOPS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+static ORPHANS: Mutex<VecDeque<Arc<dyn Runnable>>> = Mutex::new(VecDeque::new());
+static HAS_ORPHANS: AtomicBool = AtomicBool::new(false);
+/// Wakers of futures polled outside any running loop, woken when work appears that
+/// such a poll would run.
+static FOREIGN_POLLERS: Mutex<Vec<Waker>> = Mutex::new(Vec::new());
+
+pub(crate) fn register(shared: &Arc<Shared>) {
+    let mut loops = LOOPS.lock();
+    loops.retain(|l| l.strong_count() > 0);
+    loops.push(Arc::downgrade(shared));
+}
+
+/// Wakes every loop that is being driven, so that a `block_on` re-checks whether
+/// its future can still complete.
+pub(crate) fn notify_driven_loops() {
+    let loops: Vec<Arc<Shared>> = LOOPS.lock().iter().filter_map(Weak::upgrade).collect();
+    for shared in loops {
+        if shared.is_driven() {
+            shared.notify();
+        }
+    }
+}
+
+/// True if a loop nobody drives has live resolvers: their reactions would become
+/// orphans that a waiting loop runs, so waiting is not a deadlock.
+pub(crate) fn undriven_resolvers_exist() -> bool {
+    LOOPS
+        .lock()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .any(|shared| !shared.is_driven() && shared.is_kept_alive())
+}
+
+pub(crate) fn push(job: Arc<dyn Runnable>) {
+    ORPHANS.lock().push_back(job);
+    HAS_ORPHANS.store(true, Ordering::Release);
+    wake_foreign_pollers();
+    notify_driven_loops();
+}
+
+/// Takes every orphan reaction, in the order they were settled.
+pub(crate) fn take() -> Option<VecDeque<Arc<dyn Runnable>>> {
+    if !HAS_ORPHANS.swap(false, Ordering::AcqRel) {
+        return None;
+    }
+    Some(std::mem::take(&mut *ORPHANS.lock()))
+}
+
+pub(crate) fn add_foreign_poller(waker: &Waker) {
+    let mut wakers = FOREIGN_POLLERS.lock();
+    if !wakers.iter().any(|w| w.will_wake(waker)) {
+        wakers.push(waker.clone());
+    }
+}
+
+pub(crate) fn wake_foreign_pollers() {
+    let wakers = std::mem::take(&mut *FOREIGN_POLLERS.lock());
+    for waker in wakers {
+        waker.wake();
+    }
+}
