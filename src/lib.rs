@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod combinators;
 mod error;
 mod event_loop;
 mod promise;
@@ -34,6 +35,8 @@ mod reactor;
 mod task;
 mod timer;
 
+#[allow(unused_imports)] // filled in as the combinators land
+pub use crate::combinators::*;
 pub use crate::error::Error;
 pub use crate::event_loop::{
     block_on, clear_timer, queue_microtask, set_immediate, set_interval, set_timeout, sleep, spawn,
