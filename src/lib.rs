@@ -39,8 +39,9 @@ mod timer;
 pub use crate::combinators::*;
 pub use crate::error::Error;
 pub use crate::event_loop::{
-    block_on, clear_timer, queue_microtask, set_immediate, set_interval, set_timeout, sleep, spawn,
-    spawn_local, EventLoop, LoopHandle,
+    block_on, clear_timer, queue_microtask, reset_unhandled_rejection_hook, set_immediate,
+    set_interval, set_timeout, set_unhandled_rejection_hook, sleep, spawn, spawn_local, EventLoop,
+    LoopHandle,
 };
 pub use crate::promise::{IntoPromise, Promise, Resolver};
 pub use crate::timer::TimerId;

@@ -817,7 +817,7 @@ fn thenable_block_on_of_a_chain_built_on_another_thread() {
         let waiter = thread::spawn(move || block_on(chain));
         let settler = resolve_later(r, 1);
         settler.join().unwrap();
-        assert_eq!(waiter.join().unwrap().unwrap(), 2);
+        assert_eq!(waiter.join().unwrap().map_err(|e| e.to_string()), Ok(2));
     });
 }
 

@@ -10,8 +10,11 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use super::{orphans, EventLoop, Job, Local, SendJob, Shared};
-use crate::promise::core::Runnable;
+use crate::promise::core::{Graph, Runnable};
 use crate::task::TaskWaker;
+
+/// What `set_unhandled_rejection_hook` installs.
+pub(crate) type UnhandledHook = Rc<dyn Fn(&crate::Error)>;
 
 /// A loop as seen from any thread.
 pub(crate) type LoopRef = Arc<Shared>;
@@ -29,6 +32,8 @@ struct Context {
     graveyard: RefCell<Option<Vec<Arc<dyn Runnable>>>>,
     /// The task being polled on this thread.
     task: RefCell<Option<Arc<TaskWaker>>>,
+    /// Where unhandled rejections go (`None`: stderr).
+    unhandled_hook: RefCell<Option<UnhandledHook>>,
 }
 
 thread_local! {
@@ -82,6 +87,52 @@ pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
     }
 }
 
+/// Registers a promise rejected with nobody watching: if nobody consumes it by the
+/// end of the current microtask drain, it is reported (see `Local::drain_micro`).
+pub(crate) fn track_unhandled(node: Arc<dyn Graph>) {
+    let local = CONTEXT.try_with(|cx| {
+        if cx.graveyard.borrow().is_some() {
+            return None; // rejections of a loop's teardown are nobody's to handle
+        }
+        let running = cx.running.borrow().clone();
+        let created = cx.created.borrow();
+        running.or_else(|| created.iter().rev().find_map(Weak::upgrade))
+    });
+    let default = || {
+        DEFAULT
+            .try_with(|d| d.borrow().as_ref().map(|l| l.local.clone()))
+            .ok()
+            .flatten()
+    };
+    match local {
+        Ok(Some(local)) => local.track_unhandled(node),
+        Ok(None) => {
+            if let Some(local) = default() {
+                local.track_unhandled(node)
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+/// Reports an unhandled rejection through this thread's hook, or on stderr.
+pub(crate) fn report_unhandled(error: &crate::Error) {
+    let hook = CONTEXT
+        .try_with(|cx| cx.unhandled_hook.borrow().clone())
+        .ok()
+        .flatten();
+    match hook {
+        Some(hook) => hook(error),
+        None => eprintln!("thenable: unhandled rejection: {error}"),
+    }
+}
+
+/// Replaces this thread's unhandled-rejection hook (`None`: the default, one line
+/// on stderr).
+pub(crate) fn set_unhandled_hook(hook: Option<UnhandledHook>) {
+    CONTEXT.with(|cx| *cx.unhandled_hook.borrow_mut() = hook);
+}
+
 /// Queues a task to be polled on its own loop.
 pub(crate) fn schedule_task(task: Arc<TaskWaker>) {
     let local = CONTEXT
@@ -101,6 +152,38 @@ pub(crate) fn schedule_task(task: Arc<TaskWaker>) {
             home.inject(SendJob::Poll(task));
         }
     }
+}
+
+/// Runs `f` on the loop `home`, as a microtask: queued directly when that loop
+/// belongs to this thread, through its injector otherwise.
+pub(crate) fn run_on(home: &LoopRef, f: Box<dyn FnOnce() + Send>) {
+    let local = CONTEXT
+        .try_with(|cx| {
+            let running = cx.running.borrow().clone();
+            let created = cx.created.borrow();
+            running
+                .into_iter()
+                .chain(created.iter().filter_map(Weak::upgrade))
+                .find(|local| Arc::ptr_eq(home, &local.shared))
+        })
+        .ok()
+        .flatten();
+    match local {
+        Some(local) => local.push(Job::Call(f)),
+        None => home.inject(SendJob::Call(f)),
+    }
+}
+
+/// Drops a task's future because its promise was cancelled, on the task's loop.
+pub(crate) fn cancel_task(task: &std::sync::Weak<TaskWaker>) {
+    let Some(task) = task.upgrade() else { return };
+    let home = task.home.clone();
+    run_on(
+        &home,
+        Box::new(move || {
+            with_current(|local| local.cancel_task(&task));
+        }),
+    );
 }
 
 /// Runs `f` with the loop running on this thread, if any.

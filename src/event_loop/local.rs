@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{context, orphans};
-use crate::promise::core::{Graph, Runnable};
+use crate::promise::core::{self, Graph, Runnable};
 use crate::reactor::Reactor;
 use crate::task::TaskWaker;
 use crate::timer::{Callback, Due, Timers};
@@ -150,6 +150,8 @@ pub(crate) struct Local {
     tasks: RefCell<Vec<Option<TaskEntry>>>,
     free_tasks: RefCell<Vec<usize>>,
     live_tasks: Cell<usize>,
+    /// Promises rejected with nobody watching, checked when the microtasks drain.
+    unhandled: RefCell<Vec<Arc<dyn Graph>>>,
 }
 
 impl Local {
@@ -174,6 +176,7 @@ impl Local {
             tasks: RefCell::new(Vec::new()),
             free_tasks: RefCell::new(Vec::new()),
             live_tasks: Cell::new(0),
+            unhandled: RefCell::new(Vec::new()),
         }
     }
 
@@ -230,20 +233,52 @@ impl Local {
         });
         match poll {
             Ok(Poll::Pending) => {
-                if let Some(Some(entry)) = self.tasks.borrow_mut().get_mut(task.key) {
-                    entry.future = Some(future);
-                    return;
+                let mut tasks = self.tasks.borrow_mut();
+                match tasks.get_mut(task.key) {
+                    Some(Some(entry)) if Arc::ptr_eq(&entry.task, &task) => {
+                        entry.future = Some(future);
+                    }
+                    // Cancelled while it was being polled.
+                    _ => {
+                        drop(tasks);
+                        core::run_cancellation(|| drop(future));
+                    }
                 }
+                return;
             }
             Ok(Poll::Ready(())) => {}
             // Task futures catch their own panics; this is a last line of defence.
             Err(payload) => report_panic("a task", &*payload),
         }
-        let entry = self.tasks.borrow_mut()[task.key].take();
-        self.free_tasks.borrow_mut().push(task.key);
-        self.live_tasks.set(self.live_tasks.get() - 1);
+        let entry = self.remove_task(&task);
         drop(entry);
         drop(future);
+    }
+
+    /// Takes a task out of the table (if it is still there).
+    fn remove_task(&self, task: &Arc<TaskWaker>) -> Option<TaskEntry> {
+        let entry = {
+            let mut tasks = self.tasks.borrow_mut();
+            match tasks.get_mut(task.key) {
+                Some(slot @ Some(_))
+                    if slot.as_ref().is_some_and(|e| Arc::ptr_eq(&e.task, task)) =>
+                {
+                    slot.take()
+                }
+                _ => return None,
+            }
+        };
+        self.free_tasks.borrow_mut().push(task.key);
+        self.live_tasks.set(self.live_tasks.get() - 1);
+        entry
+    }
+
+    /// Drops a task's future (its promise was cancelled): its destructors run, and
+    /// promises it was the only consumer of are cancelled in turn.
+    pub(crate) fn cancel_task(&self, task: &Arc<TaskWaker>) {
+        if let Some(entry) = self.remove_task(task) {
+            core::run_cancellation(|| drop(entry));
+        }
     }
 
     fn run_job(&self, job: Job) {
@@ -258,13 +293,28 @@ impl Local {
         }
     }
 
-    /// Runs microtasks until the queue is empty, including ones queued meanwhile.
+    pub(crate) fn track_unhandled(&self, node: Arc<dyn Graph>) {
+        self.unhandled.borrow_mut().push(node);
+    }
+
+    /// Runs microtasks until the queue is empty, including ones queued meanwhile;
+    /// then reports the rejections that are still unhandled (as Node.js does after
+    /// the microtask queue drains).
     fn drain_micro(&self) {
         loop {
             let job = self.micro.borrow_mut().pop_front();
             match job {
                 Some(job) => self.run_job(job),
                 None => break,
+            }
+        }
+        if self.unhandled.borrow().is_empty() {
+            return;
+        }
+        let suspects = std::mem::take(&mut *self.unhandled.borrow_mut());
+        for node in suspects {
+            if let Some(error) = node.unhandled() {
+                context::report_unhandled(&error);
             }
         }
     }

@@ -245,9 +245,12 @@ impl LoopHandle {
         E: From<Error> + Send + 'static,
     {
         let (promise, settler, graph) = task_promise::<T, E>();
+        let hooks = settler.cancel_hooks();
         let task = output_future(future, settler);
         self.shared.inject(SendJob::Call(Box::new(move || {
-            context::with_current(|local| local.spawn(Box::pin(task), Some(graph)));
+            let task = context::with_current(|local| local.spawn(Box::pin(task), Some(graph)));
+            let task = Arc::downgrade(&task);
+            hooks.add(move || context::cancel_task(&task));
         })));
         promise
     }
@@ -360,8 +363,11 @@ where
     E: From<Error> + Send + 'static,
 {
     let (promise, settler, graph) = task_promise::<T, E>();
+    let hooks = settler.cancel_hooks();
     let task = output_future(future, settler);
-    context::with_current(|local| local.spawn(Box::pin(task), Some(graph)));
+    let task = context::with_current(|local| local.spawn(Box::pin(task), Some(graph)));
+    let task = Arc::downgrade(&task);
+    hooks.add(move || context::cancel_task(&task));
     promise
 }
 
@@ -471,7 +477,42 @@ pub fn clear_timer(id: TimerId) -> bool {
     cleared.is_some()
 }
 
+/// Sets what happens to rejections nobody handled by the end of the microtask
+/// drain in which they happened, on this thread (Node.js's `unhandledRejection`).
+/// The default writes one line to stderr. Cancellations are never reported.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
+/// use thenable::{Error, EventLoop, Promise};
+///
+/// let event_loop = EventLoop::new();
+/// let seen = Rc::new(RefCell::new(Vec::new()));
+/// let log = seen.clone();
+/// thenable::set_unhandled_rejection_hook(move |e: &Error| log.borrow_mut().push(e.to_string()));
+/// let _ignored = Promise::<i32>::resolved(1).then(|_| Err::<i32, _>(Error::msg("lost")));
+/// let handled = Promise::<i32>::rejected(Error::msg("seen")).catch(|_| Ok(0));
+/// event_loop.run().unwrap();
+/// assert_eq!(*seen.borrow(), ["lost"]);
+/// # drop(handled);
+/// thenable::reset_unhandled_rejection_hook();
+/// ```
+pub fn set_unhandled_rejection_hook(hook: impl Fn(&Error) + 'static) {
+    context::set_unhandled_hook(Some(Rc::new(hook)));
+}
+
+/// Restores the default unhandled-rejection report (one line on stderr).
+///
+/// ```
+/// thenable::set_unhandled_rejection_hook(|_| {});
+/// thenable::reset_unhandled_rejection_hook();
+/// ```
+pub fn reset_unhandled_rejection_hook() {
+    context::set_unhandled_hook(None);
+}
+
 /// A promise fulfilled `duration` from now (a timer of this thread's loop).
+/// Cancelling it removes the timer, so it no longer keeps the loop alive.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -482,6 +523,16 @@ pub fn clear_timer(id: TimerId) -> bool {
 /// ```
 pub fn sleep(duration: Duration) -> Promise<()> {
     let (promise, mut settler) = promise::internal::<(), Error>();
-    set_timeout(duration, move || settler.settle(Ok(())));
+    let hooks = settler.cancel_hooks();
+    let id = set_timeout(duration, move || settler.settle(Ok(())));
+    let home = context::with_current(|local| local.shared.clone());
+    hooks.add(move || {
+        context::run_on(
+            &home.clone(),
+            Box::new(move || {
+                clear_timer(id);
+            }),
+        )
+    });
     promise
 }

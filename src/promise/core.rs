@@ -1,11 +1,15 @@
 //! The state machine of one promise: pending with a list of waiters, then settled
-//! exactly once.
+//! (fulfilled, rejected or cancelled) exactly once.
 //!
 //! A [`Core`] owns the outcome and decides who receives it: reactions (the `then`
 //! children and adoption forwarders) get it moved or cloned and are handed to the
-//! scheduler; wakers are woken and take it when polled. It never runs a handler
-//! itself and never calls a reaction inline, so depth never turns into stack.
+//! scheduler; wakers are woken and take it when polled. It also counts consumers, so
+//! that cancellation travels upstream only when nobody else wants the value. It never
+//! runs a handler itself and never calls a reaction inline, so depth never turns into
+//! stack.
 
+use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -25,37 +29,67 @@ pub(crate) trait Runnable: Send + Sync {
     fn abandon(self: Arc<Self>);
 }
 
-/// One edge of the promise graph, used to find chaining cycles.
+/// One node of the promise graph as seen without its types: for chaining-cycle
+/// detection, unhandled-rejection reports and upstream cancellation.
 pub(crate) trait Graph: Send + Sync {
     /// Identity of the node.
     fn key(&self) -> usize;
     /// The nodes whose settlement waits on this one.
     fn downstream(&self, out: &mut Vec<Arc<dyn Graph>>);
+    /// The rejection reason, if this promise was rejected and nobody ever consumed it.
+    fn unhandled(&self) -> Option<Error>;
+    /// The consumer `consumer` (a reaction of this node) was cancelled. Returns true
+    /// when that left this promise pending with no consumer at all: then the caller
+    /// cancels it in turn (see [`withdraw`], which keeps this iterative).
+    fn withdraw_consumer(&self, consumer: usize) -> bool;
+    /// Cancels this node; false if it was settled already.
+    fn cancel_node(self: Arc<Self>) -> bool;
+}
+
+/// What a reaction receives.
+pub(crate) enum Input<T, E> {
+    Outcome(Result<T, E>),
+    /// The promise was cancelled: `then`/`catch` handlers must not run.
+    Cancelled,
+    /// The loop is gone: no user code may run.
+    Abandoned,
 }
 
 /// A consumer that receives the outcome of a promise by value.
 pub(crate) trait Reaction<T, E>: Send + Sync {
-    /// Stores the outcome and returns the job that must be queued to process it.
-    fn deliver(self: Arc<Self>, outcome: Result<T, E>) -> Arc<dyn Runnable>;
+    /// Stores the input and returns the job that must be queued to process it.
+    fn deliver(self: Arc<Self>, input: Input<T, E>) -> Arc<dyn Runnable>;
     /// The node this reaction settles, for cycle detection.
     fn target(self: Arc<Self>) -> Option<Arc<dyn Graph>>;
+    /// Identity of the reaction, for [`Core::withdraw`].
+    fn reaction_key(&self) -> usize;
+}
+
+/// What a node's link does when the node is cancelled: release whatever would
+/// have settled it (a parent, a timer, a task, a followed promise).
+pub(crate) trait Link<T, E>: Send + Sync + Sized + 'static {
+    fn on_cancel(node: &Arc<Node<T, E, Self>>);
+}
+
+impl<T, E> Link<T, E> for () {
+    fn on_cancel(_: &Arc<Node<T, E, Self>>) {}
 }
 
 /// A promise node seen through its value and error types only; the concrete type
-/// also carries the handler of the `then` that created it, in the same allocation.
+/// also carries the link (for `then` children, the handler) in the same allocation.
 pub(crate) trait NodeDyn<T, E>: Graph {
     fn core(&self) -> &Core<T, E>;
 }
 
 pub(crate) type NodeRef<T, E> = Arc<dyn NodeDyn<T, E>>;
 
-/// A promise's state plus, for `then` children, the handler (`link`).
+/// A promise's state plus its link.
 pub(crate) struct Node<T, E, L> {
     pub(crate) core: Core<T, E>,
     pub(crate) link: L,
 }
 
-impl<T: Send, E: Send, L: Send + Sync> Graph for Node<T, E, L> {
+impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L> {
     fn key(&self) -> usize {
         &self.core as *const Core<T, E> as usize
     }
@@ -73,11 +107,50 @@ impl<T: Send, E: Send, L: Send + Sync> Graph for Node<T, E, L> {
             }
         }
     }
+
+    fn unhandled(&self) -> Option<Error> {
+        let inner = self.core.inner.lock();
+        match &inner.state {
+            State::Settled(Some(Err(error))) if !inner.handled && !inner.cancelled => {
+                Some(describe(error))
+            }
+            _ => None,
+        }
+    }
+
+    fn withdraw_consumer(&self, consumer: usize) -> bool {
+        self.core.withdraw(consumer)
+    }
+
+    fn cancel_node(self: Arc<Self>) -> bool {
+        if !self.core.settle_cancelled() {
+            return false;
+        }
+        L::on_cancel(&self);
+        true
+    }
 }
 
-impl<T: Send, E: Send, L: Send + Sync> NodeDyn<T, E> for Node<T, E, L> {
+impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> NodeDyn<T, E> for Node<T, E, L> {
     fn core(&self) -> &Core<T, E> {
         &self.core
+    }
+}
+
+/// A rejection reason as an `Error`, for the unhandled-rejection hook.
+fn describe<E: 'static>(error: &E) -> Error {
+    let any: &dyn Any = error;
+    if let Some(error) = any.downcast_ref::<Error>() {
+        error.clone()
+    } else if let Some(text) = any.downcast_ref::<String>() {
+        Error::msg(text)
+    } else if let Some(error) = any.downcast_ref::<std::io::Error>() {
+        Error::msg(error)
+    } else {
+        Error::msg(format!(
+            "a rejection of type {}",
+            std::any::type_name::<E>()
+        ))
     }
 }
 
@@ -101,14 +174,14 @@ impl<T, E> Waiter<T, E> {
 
 type Waiters<T, E> = SmallVec<[Waiter<T, E>; 1]>;
 
+/// Copies an outcome for one more consumer (set by `Promise::clone`).
+pub(crate) type Cloner<T, E> = fn(&Result<T, E>) -> Result<T, E>;
+
 /// What settling does for one waiter, once the lock is released.
 enum Serve<T, E> {
     Run(Arc<dyn Runnable>),
     Wake(Waiter<T, E>),
 }
-
-/// Copies an outcome for one more consumer (set by `Promise::clone`).
-pub(crate) type Cloner<T, E> = fn(&Result<T, E>) -> Result<T, E>;
 
 enum State<T, E> {
     Pending(Waiters<T, E>),
@@ -122,8 +195,32 @@ struct Inner<T, E> {
     handles: u32,
     /// A live, unsettled `Resolver` exists (so waiting on this is not a deadlock).
     has_resolver: bool,
+    /// Someone attached a handler or awaited: a rejection is not "unhandled".
+    handled: bool,
+    cancelled: bool,
     /// Set by `Promise::clone`: how to give each consumer its own copy.
     cloner: Option<Cloner<T, E>>,
+}
+
+/// How a promise was settled, for `Promise::is_*`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Status {
+    Pending,
+    Fulfilled,
+    Rejected,
+    Cancelled,
+}
+
+/// The result of [`Core::settle`].
+#[must_use]
+#[derive(PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// It was settled before: nothing changed.
+    Already,
+    Done,
+    /// Rejected with nobody to see it yet: the caller registers it with
+    /// [`track_unhandled`].
+    Unwatched,
 }
 
 pub(crate) struct Core<T, E> {
@@ -165,6 +262,8 @@ impl<T, E> Core<T, E> {
                 state,
                 handles: 1,
                 has_resolver,
+                handled: false,
+                cancelled: false,
                 cloner: None,
             }),
             from_error,
@@ -180,27 +279,41 @@ impl<T, E> Core<T, E> {
         (self.from_error)(error)
     }
 
+    /// Settles the promise. Reactions go to the loop chosen by `context::schedule`
+    /// (`home` is the resolver's loop, if a resolver settles it).
+    pub(crate) fn settle(&self, outcome: Result<T, E>, home: Option<&LoopRef>) -> Settle {
+        self.finish(Some(outcome), home)
+    }
+
     /// Settles as broken: nothing is left that could settle it otherwise.
-    pub(crate) fn settle_broken(&self, home: Option<&LoopRef>) -> bool {
+    pub(crate) fn settle_broken(&self, home: Option<&LoopRef>) -> Settle {
         self.settle(Err(self.fail(Error::broken())), home)
     }
 
-    /// Settles the promise; false if it already was. Reactions go to the loop
-    /// running on this thread, or else to `home`.
-    pub(crate) fn settle(&self, outcome: Result<T, E>, home: Option<&LoopRef>) -> bool {
+    /// Settles as cancelled; false if already settled.
+    pub(crate) fn settle_cancelled(&self) -> bool {
+        self.finish(None, None) != Settle::Already
+    }
+
+    /// `outcome` is `None` for a cancellation.
+    fn finish(&self, outcome: Option<Result<T, E>>, home: Option<&LoopRef>) -> Settle {
         let mut inner = self.inner.lock();
         let waiters = match &mut inner.state {
             State::Pending(waiters) => std::mem::take(waiters),
-            State::Settled(_) => return false,
+            State::Settled(_) => return Settle::Already,
         };
         inner.has_resolver = false;
+        let cancelled = outcome.is_none();
+        inner.cancelled = cancelled;
+        let rejected = matches!(outcome, Some(Err(_)));
+        let mut slot = outcome.or_else(|| Some(Err(self.fail(Error::cancelled()))));
         let mut reactions_left = waiters
             .iter()
             .filter(|w| matches!(w, Waiter::Reaction(_)))
             .count();
+        let watched = !waiters.is_empty();
         let keep = inner.handles > 0;
         let cloner = inner.cloner;
-        let mut slot = Some(outcome);
         // Reactions and wakers are served in the order they were attached (an
         // `await` is a `then` too, as in JavaScript).
         let mut served: SmallVec<[Serve<T, E>; 1]> = SmallVec::new();
@@ -208,9 +321,13 @@ impl<T, E> Core<T, E> {
             match waiter {
                 Waiter::Reaction(reaction) => {
                     reactions_left -= 1;
-                    let last = reactions_left == 0 && !keep;
-                    let outcome = share(&mut slot, last, cloner, self.from_error);
-                    served.push(Serve::Run(reaction.deliver(outcome)));
+                    let input = if cancelled {
+                        Input::Cancelled
+                    } else {
+                        let last = reactions_left == 0 && !keep;
+                        Input::Outcome(share(&mut slot, last, cloner, self.from_error))
+                    };
+                    served.push(Serve::Run(reaction.deliver(input)));
                 }
                 other => served.push(Serve::Wake(other)),
             }
@@ -223,7 +340,11 @@ impl<T, E> Core<T, E> {
                 Serve::Wake(waiter) => waiter.wake(),
             }
         }
-        true
+        if rejected && !watched {
+            Settle::Unwatched
+        } else {
+            Settle::Done
+        }
     }
 
     /// Consumes one handle and attaches a reaction. If the promise is already
@@ -231,17 +352,23 @@ impl<T, E> Core<T, E> {
     pub(crate) fn attach(&self, reaction: Arc<dyn Reaction<T, E>>) -> Option<Arc<dyn Runnable>> {
         let mut inner = self.inner.lock();
         inner.handles -= 1;
+        inner.handled = true;
         let last = inner.handles == 0;
         let cloner = inner.cloner;
+        let cancelled = inner.cancelled;
         match &mut inner.state {
             State::Pending(waiters) => {
                 waiters.push(Waiter::Reaction(reaction));
                 None
             }
+            State::Settled(_) if cancelled => {
+                drop(inner);
+                Some(reaction.deliver(Input::Cancelled))
+            }
             State::Settled(slot) => {
                 let outcome = share(slot, last, cloner, self.from_error);
                 drop(inner);
-                Some(reaction.deliver(outcome))
+                Some(reaction.deliver(Input::Outcome(outcome)))
             }
         }
     }
@@ -253,6 +380,7 @@ impl<T, E> Core<T, E> {
         waiter: impl FnOnce(bool) -> Waiter<T, E>,
     ) -> Option<Result<T, E>> {
         let mut inner = self.inner.lock();
+        inner.handled = true;
         let has_resolver = inner.has_resolver;
         match &mut inner.state {
             State::Pending(waiters) => {
@@ -279,18 +407,32 @@ impl<T, E> Core<T, E> {
         }
     }
 
-    /// A `Promise` handle was dropped without consuming the outcome.
-    pub(crate) fn release_handle(&self) {
+    /// A `Promise` handle was dropped without consuming the outcome. Returns true
+    /// when the promise is pending and has no consumer left.
+    pub(crate) fn release_handle(&self) -> bool {
         let mut inner = self.inner.lock();
         inner.handles -= 1;
-        if inner.handles == 0 {
-            if let State::Settled(slot) = &mut inner.state {
-                // Nobody can read it any more: free it now, outside the lock.
-                let outcome = slot.take();
-                drop(inner);
-                drop(outcome);
-            }
+        if inner.handles > 0 {
+            return false;
         }
+        match &mut inner.state {
+            State::Pending(waiters) => !waiters.iter().any(|w| matches!(w, Waiter::Reaction(_))),
+            State::Settled(_) => false,
+        }
+    }
+
+    /// Removes the reaction `consumer` (it was cancelled). Returns true when the
+    /// promise is pending and has no consumer left.
+    fn withdraw(&self, consumer: usize) -> bool {
+        let mut inner = self.inner.lock();
+        let handles = inner.handles;
+        let State::Pending(waiters) = &mut inner.state else {
+            return false;
+        };
+        let before = waiters.len();
+        waiters.retain(|w| !matches!(w, Waiter::Reaction(r) if r.reaction_key() == consumer));
+        let removed = waiters.len() < before;
+        removed && handles == 0 && !waiters.iter().any(|w| matches!(w, Waiter::Reaction(_)))
     }
 
     pub(crate) fn add_handle(&self, cloner: Cloner<T, E>) {
@@ -304,13 +446,14 @@ impl<T, E> Core<T, E> {
         self.inner.lock().has_resolver = false;
     }
 
-    /// `Some(true)` fulfilled, `Some(false)` rejected, `None` pending.
-    pub(crate) fn status(&self) -> Option<bool> {
-        match &self.inner.lock().state {
-            State::Pending(_) => None,
-            State::Settled(Some(outcome)) => Some(outcome.is_ok()),
-            // Taken already: only possible without live handles.
-            State::Settled(None) => Some(false),
+    pub(crate) fn status(&self) -> Status {
+        let inner = self.inner.lock();
+        match &inner.state {
+            State::Pending(_) => Status::Pending,
+            State::Settled(_) if inner.cancelled => Status::Cancelled,
+            State::Settled(Some(Ok(_))) => Status::Fulfilled,
+            // Taken already (only possible without live handles) counts as rejected.
+            State::Settled(_) => Status::Rejected,
         }
     }
 }
@@ -324,11 +467,66 @@ impl<T, E> Drop for Core<T, E> {
             for waiter in waiters {
                 match waiter {
                     Waiter::Reaction(reaction) => {
-                        context::schedule(reaction.deliver(Err(self.fail(Error::broken()))), None)
+                        let broken = Input::Outcome(Err(self.fail(Error::broken())));
+                        context::schedule(reaction.deliver(broken), None)
                     }
                     other => other.wake(),
                 }
             }
         }
     }
+}
+
+/// A consumer (key) leaving an upstream node.
+type Withdrawal = (Arc<dyn Graph>, usize);
+
+thread_local! {
+    /// Withdrawals waiting to travel further upstream (see [`withdraw`]).
+    static WITHDRAWING: RefCell<Option<Vec<Withdrawal>>> = const { RefCell::new(None) };
+    /// Set while a cancelled task's future is dropped: promise handles dropped then
+    /// withdraw their consumer instead of merely going away.
+    static CANCELLING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Tells `upstream` that its consumer `consumer` was cancelled, cancelling it in
+/// turn if that left it with no consumer, and so on up the chain, iteratively.
+pub(crate) fn withdraw(upstream: Arc<dyn Graph>, consumer: usize) {
+    let outermost = WITHDRAWING.with(|w| {
+        let mut w = w.borrow_mut();
+        match w.as_mut() {
+            Some(pending) => {
+                pending.push((upstream.clone(), consumer));
+                false
+            }
+            None => {
+                *w = Some(vec![(upstream.clone(), consumer)]);
+                true
+            }
+        }
+    });
+    if !outermost {
+        return;
+    }
+    while let Some((node, consumer)) =
+        WITHDRAWING.with(|w| w.borrow_mut().as_mut().and_then(Vec::pop))
+    {
+        if node.withdraw_consumer(consumer) {
+            node.cancel_node();
+        }
+    }
+    WITHDRAWING.with(|w| w.borrow_mut().take());
+}
+
+/// Runs `f` (which drops a cancelled task's future) so that the promises it was
+/// awaiting are cancelled too when it was their only consumer.
+pub(crate) fn run_cancellation<R>(f: impl FnOnce() -> R) -> R {
+    let previous = CANCELLING.with(|c| c.replace(true));
+    let result = f();
+    CANCELLING.with(|c| c.set(previous));
+    result
+}
+
+/// True while a cancelled task's future is being dropped on this thread.
+pub(crate) fn cancelling() -> bool {
+    CANCELLING.try_with(Cell::get).unwrap_or(false)
 }

@@ -1,14 +1,16 @@
 //! How one promise's outcome becomes another's: the `then` link (a handler stored
-//! in the child's own allocation) and adoption (a promise resolved with a promise).
+//! in the child's own allocation), adoption (a promise resolved with a promise), and
+//! the hooks that release a root promise's resource when it is cancelled.
 //!
 //! Links run only from the microtask queue. Adoption is iterative: a forwarder is a
 //! reaction like any other, and a chaining cycle is refused before it can hang.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::core::{Graph, Node, NodeRef, Reaction, Runnable};
+use super::core::{self, Graph, Input, Link, Node, NodeRef, Reaction, Runnable, Settle};
 use super::Promise;
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
@@ -19,30 +21,49 @@ pub enum Next<T, E> {
     Settled(Result<T, E>),
     /// Follow this promise.
     Adopt(Promise<T, E>),
+    /// The input was a cancellation: cancel too.
+    Cancelled,
 }
 
-/// The input of a link's function: the parent's outcome, or word that it will never
-/// come (the loop was dropped), in which case no user code may run.
-pub(crate) enum Input<T, E> {
-    Outcome(Result<T, E>),
-    Abandoned,
+/// Settles `node`, registering an unwatched rejection for the unhandled report.
+pub(crate) fn settle<T, E>(node: &NodeRef<T, E>, outcome: Result<T, E>, home: Option<&LoopRef>)
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    if node.core().settle(outcome, home) == Settle::Unwatched {
+        context::track_unhandled(node.clone());
+    }
 }
 
 enum Slot<T0, E0, F> {
-    Waiting(F),
-    Ready(F, Result<T0, E0>),
+    /// Attached to `parent`, waiting for its outcome.
+    Waiting {
+        f: F,
+        parent: Arc<dyn Graph>,
+    },
+    /// Queued with its input.
+    Ready {
+        f: F,
+        input: Input<T0, E0>,
+    },
     Done,
 }
 
-/// The handler of a `then`-like call, kept in the child node.
+/// The handler of a `then`-like call, kept in the child node (`T0, E0` are the
+/// parent's types).
 pub(crate) struct ThenLink<T0, E0, F> {
     slot: Mutex<Slot<T0, E0, F>>,
+    /// Set when the handler returned a promise: cancelling this node stops
+    /// following it.
+    following: Mutex<Option<Arc<dyn Cancel>>>,
 }
 
 impl<T0, E0, F> ThenLink<T0, E0, F> {
-    pub(crate) fn new(f: F) -> Self {
+    pub(crate) fn new(f: F, parent: Arc<dyn Graph>) -> Self {
         ThenLink {
-            slot: Mutex::new(Slot::Waiting(f)),
+            slot: Mutex::new(Slot::Waiting { f, parent }),
+            following: Mutex::new(None),
         }
     }
 }
@@ -56,11 +77,54 @@ where
     F: FnOnce(Input<T0, E0>) -> Next<T, E> + Send + 'static,
 {
     fn complete(self: Arc<Self>, next: Next<T, E>) {
+        let me: NodeRef<T, E> = self.clone();
         match next {
-            Next::Settled(outcome) => {
-                self.core.settle(outcome, None);
+            Next::Settled(outcome) => settle(&me, outcome, None),
+            Next::Adopt(promise) => {
+                let forward = adopt(me, promise, None);
+                *self.link.following.lock() = Some(forward);
             }
-            Next::Adopt(promise) => adopt(self, promise, None),
+            Next::Cancelled => {
+                me.cancel_node();
+            }
+        }
+    }
+}
+
+impl<T, E, T0, E0, F> Link<T, E> for ThenLink<T0, E0, F>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    T0: Send + 'static,
+    E0: Send + 'static,
+    F: FnOnce(Input<T0, E0>) -> Next<T, E> + Send + 'static,
+{
+    fn on_cancel(node: &Arc<Node<T, E, Self>>) {
+        let mut slot = node.link.slot.lock();
+        match std::mem::replace(&mut *slot, Slot::Done) {
+            Slot::Waiting { f, parent } => {
+                // Handlers see the cancellation (a `finally` runs), from the queue.
+                *slot = Slot::Ready {
+                    f,
+                    input: Input::Cancelled,
+                };
+                drop(slot);
+                context::schedule(node.clone(), None);
+                core::withdraw(parent, node.key());
+            }
+            Slot::Ready { f, .. } => {
+                *slot = Slot::Ready {
+                    f,
+                    input: Input::Cancelled,
+                }
+            }
+            Slot::Done => {
+                drop(slot);
+                let following = node.link.following.lock().take();
+                if let Some(forward) = following {
+                    forward.cancel();
+                }
+            }
         }
     }
 }
@@ -73,11 +137,11 @@ where
     E0: Send + 'static,
     F: FnOnce(Input<T0, E0>) -> Next<T, E> + Send + 'static,
 {
-    fn deliver(self: Arc<Self>, outcome: Result<T0, E0>) -> Arc<dyn Runnable> {
+    fn deliver(self: Arc<Self>, input: Input<T0, E0>) -> Arc<dyn Runnable> {
         {
             let mut slot = self.link.slot.lock();
-            if let Slot::Waiting(f) = std::mem::replace(&mut *slot, Slot::Done) {
-                *slot = Slot::Ready(f, outcome);
+            if let Slot::Waiting { f, .. } = std::mem::replace(&mut *slot, Slot::Done) {
+                *slot = Slot::Ready { f, input };
             }
         }
         self
@@ -85,6 +149,10 @@ where
 
     fn target(self: Arc<Self>) -> Option<Arc<dyn Graph>> {
         Some(self)
+    }
+
+    fn reaction_key(&self) -> usize {
+        self.key()
     }
 }
 
@@ -98,91 +166,217 @@ where
 {
     fn run(self: Arc<Self>) {
         let slot = std::mem::replace(&mut *self.link.slot.lock(), Slot::Done);
-        if let Slot::Ready(f, outcome) = slot {
-            self.complete(f(Input::Outcome(outcome)));
+        if let Slot::Ready { f, input } = slot {
+            self.complete(f(input));
         }
     }
 
     fn abandon(self: Arc<Self>) {
         let slot = std::mem::replace(&mut *self.link.slot.lock(), Slot::Done);
-        if let Slot::Waiting(f) | Slot::Ready(f, _) = slot {
+        if let Slot::Waiting { f, .. } | Slot::Ready { f, .. } = slot {
             self.complete(f(Input::Abandoned));
         }
     }
 }
 
+/// The link of a promise that something other than a parent settles (a resolver,
+/// a timer, a task): what to release if it is cancelled. For a resolver's promise it
+/// also holds the home loop, kept alive until the resolver is done.
+pub(crate) struct Hooks {
+    on_cancel: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    home: Option<LoopRef>,
+    /// Settled, following another promise, or cancelled: the settler is done.
+    finished: AtomicBool,
+}
+
+impl Hooks {
+    /// `home` is the loop a resolver keeps alive (already acquired).
+    pub(crate) fn new(home: Option<LoopRef>) -> Hooks {
+        Hooks {
+            on_cancel: Mutex::new(Vec::new()),
+            home,
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn home(&self) -> Option<&LoopRef> {
+        self.home.as_ref()
+    }
+
+    /// Marks the settler done; false if it already was. The caller settles, then
+    /// calls [`release_home`](Self::release_home): in that order, a loop waiting
+    /// on the home loop's resolvers sees the settlement's work before it sees the
+    /// resolver gone, and does not mistake the moment for a deadlock.
+    pub(crate) fn finish(&self) -> bool {
+        !self.finished.swap(true, Ordering::AcqRel)
+    }
+
+    /// Stops keeping the home loop alive (once, after `finish` returned true).
+    pub(crate) fn release_home(&self) {
+        if let Some(home) = &self.home {
+            home.release();
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Adds a cancellation hook: run at once if the node is already cancelled,
+    /// dropped if it settled otherwise.
+    pub(crate) fn add<T, E>(node: &Node<T, E, Hooks>, hook: Box<dyn FnOnce() + Send>) {
+        let mut hooks = node.link.on_cancel.lock();
+        match node.core.status() {
+            core::Status::Pending => hooks.push(hook),
+            core::Status::Cancelled => {
+                drop(hooks);
+                hook();
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<T, E> Link<T, E> for Hooks {
+    fn on_cancel(node: &Arc<Node<T, E, Self>>) {
+        if node.link.finish() {
+            node.link.release_home();
+        }
+        let hooks = std::mem::take(&mut *node.link.on_cancel.lock());
+        for hook in hooks {
+            hook();
+        }
+    }
+}
+
+/// Something that can stop following a promise.
+pub(crate) trait Cancel: Send + Sync {
+    fn cancel(&self);
+}
+
 /// Follows `source` and settles `target` with its outcome, one microtask later (as
-/// V8 does for a native promise returned from a handler).
-pub(crate) fn adopt<T, E>(target: NodeRef<T, E>, source: Promise<T, E>, home: Option<&LoopRef>)
+/// V8 does for a native promise returned from a handler). The returned forwarder
+/// lets a cancelled `target` stop following (and withdraw from) `source`.
+pub(crate) fn adopt<T, E>(
+    target: NodeRef<T, E>,
+    source: Promise<T, E>,
+    home: Option<&LoopRef>,
+) -> Arc<dyn Cancel>
 where
     T: Send + 'static,
     E: Send + 'static,
 {
     let forward = Arc::new(Forward {
-        target,
+        target: Mutex::new(Some(target)),
         step: Mutex::new(Step::Attach(source)),
     });
-    context::schedule(forward, home);
+    context::schedule(forward.clone(), home);
+    forward
 }
 
 enum Step<T, E> {
     Attach(Promise<T, E>),
-    Forward(Result<T, E>),
-    Waiting,
+    Waiting(Arc<dyn Graph>),
+    Forward(Input<T, E>),
     Done,
 }
 
 struct Forward<T, E> {
-    target: NodeRef<T, E>,
+    /// `None` once forwarded or cancelled.
+    target: Mutex<Option<NodeRef<T, E>>>,
     step: Mutex<Step<T, E>>,
+}
+
+impl<T: Send + 'static, E: Send + 'static> Forward<T, E> {
+    fn take_target(&self) -> Option<NodeRef<T, E>> {
+        self.target.lock().take()
+    }
 }
 
 impl<T: Send + 'static, E: Send + 'static> Runnable for Forward<T, E> {
     fn run(self: Arc<Self>) {
-        let step = std::mem::replace(&mut *self.step.lock(), Step::Waiting);
+        let step = std::mem::replace(&mut *self.step.lock(), Step::Done);
         match step {
             Step::Attach(mut source) => {
-                let node = source.node.take().expect("adopting a consumed promise");
-                if creates_cycle(&*self.target, &*node) {
-                    *self.step.lock() = Step::Done;
+                let Some(target) = self.target.lock().clone() else {
+                    return;
+                };
+                let node = source.take_node();
+                if creates_cycle(&*target, &*node) {
+                    self.take_target();
                     node.core().release_handle();
-                    let core = self.target.core();
+                    let core = target.core();
                     let cycle = Error::deadlock(
                         "chaining cycle: a promise was resolved with a promise that waits on it",
                     );
-                    core.settle(Err(core.fail(cycle)), None);
+                    settle(&target, Err(core.fail(cycle)), None);
                     return;
                 }
+                *self.step.lock() = Step::Waiting(node.clone());
                 let me: Arc<dyn Reaction<T, E>> = self.clone();
                 if let Some(job) = node.core().attach(me) {
                     context::schedule(job, None);
                 }
             }
-            Step::Forward(outcome) => {
-                *self.step.lock() = Step::Done;
-                self.target.core().settle(outcome, None);
+            Step::Forward(input) => {
+                let Some(target) = self.take_target() else {
+                    return;
+                };
+                match input {
+                    Input::Outcome(outcome) => settle(&target, outcome, None),
+                    Input::Cancelled => {
+                        target.cancel_node();
+                    }
+                    Input::Abandoned => {
+                        let core = target.core();
+                        settle(&target, Err(core.fail(Error::broken())), None);
+                    }
+                }
             }
             other => *self.step.lock() = other,
         }
     }
 
     fn abandon(self: Arc<Self>) {
-        let step = std::mem::replace(&mut *self.step.lock(), Step::Done);
-        if !matches!(step, Step::Done) {
-            self.target.core().settle_broken(None);
+        *self.step.lock() = Step::Done;
+        if let Some(target) = self.take_target() {
+            let _ = target.core().settle_broken(None);
         }
     }
 }
 
 impl<T: Send + 'static, E: Send + 'static> Reaction<T, E> for Forward<T, E> {
-    fn deliver(self: Arc<Self>, outcome: Result<T, E>) -> Arc<dyn Runnable> {
-        *self.step.lock() = Step::Forward(outcome);
+    fn deliver(self: Arc<Self>, input: Input<T, E>) -> Arc<dyn Runnable> {
+        *self.step.lock() = Step::Forward(input);
         self
     }
 
     fn target(self: Arc<Self>) -> Option<Arc<dyn Graph>> {
-        let target: Arc<dyn Graph> = self.target.clone();
+        let target: Arc<dyn Graph> = self.target.lock().clone()?;
         Some(target)
+    }
+
+    fn reaction_key(&self) -> usize {
+        self as *const Self as usize
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Cancel for Forward<T, E> {
+    fn cancel(&self) {
+        let step = std::mem::replace(&mut *self.step.lock(), Step::Done);
+        self.take_target();
+        match step {
+            // Not attached yet: we hold the only handle we took; let it go as a
+            // cancelled consumer would.
+            Step::Attach(mut source) => {
+                let node = source.take_node();
+                if node.core().release_handle() {
+                    node.cancel_node();
+                }
+            }
+            Step::Waiting(source) => core::withdraw(source, self.reaction_key()),
+            Step::Forward(_) | Step::Done => {}
+        }
     }
 }
 
@@ -190,8 +384,8 @@ impl<T, E> Drop for Forward<T, E> {
     fn drop(&mut self) {
         // Dropped before it could forward (its source was abandoned): the target
         // would otherwise stay pending for ever.
-        if !matches!(self.step.get_mut(), Step::Done) {
-            self.target.core().settle_broken(None);
+        if let Some(target) = self.target.get_mut().take() {
+            let _ = target.core().settle_broken(None);
         }
     }
 }

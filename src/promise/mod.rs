@@ -12,14 +12,13 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use self::core::{Core, Node, NodeRef, Waiter};
+use self::core::{Core, Graph, Input, Node, NodeRef, Status, Waiter};
 #[doc(hidden)]
 pub use self::link::Next;
-use self::link::{adopt, Input, ThenLink};
+use self::link::{adopt, settle, Hooks, ThenLink};
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
 use crate::task::TaskRef;
@@ -69,10 +68,7 @@ pub struct Resolver<T, E = Error> {
 }
 
 struct ResolverShared<T, E> {
-    node: NodeRef<T, E>,
-    home: LoopRef,
-    /// Settled, or following another promise: nothing more to do.
-    done: AtomicBool,
+    node: Arc<Node<T, E, Hooks>>,
 }
 
 /// What a handler may return: a `Result` (`Err` plays JavaScript's `throw`) or a
@@ -126,10 +122,25 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    fn from_outcome(outcome: Option<Result<T, E>>, has_resolver: bool) -> Arc<Node<T, E, ()>> {
-        Arc::new(Node {
-            core: Core::new(outcome, has_resolver, from_error::<E>),
+    fn settled(outcome: Result<T, E>) -> Promise<T, E> {
+        let rejected = outcome.is_err();
+        let node: NodeRef<T, E> = Arc::new(Node {
+            core: Core::new(Some(outcome), false, from_error::<E>),
             link: (),
+        });
+        if rejected {
+            context::track_unhandled(node.clone());
+        }
+        Promise { node: Some(node) }
+    }
+
+    /// A pending node settled by something other than a parent: a resolver (with
+    /// its `home` loop) or the library itself.
+    fn rooted(home: Option<LoopRef>) -> Arc<Node<T, E, Hooks>> {
+        let has_resolver = home.is_some();
+        Arc::new(Node {
+            core: Core::new(None, has_resolver, from_error::<E>),
+            link: Hooks::new(home),
         })
     }
 
@@ -146,15 +157,11 @@ where
     /// assert_eq!(thenable::block_on(p).unwrap(), 7);
     /// ```
     pub fn pending() -> (Promise<T, E>, Resolver<T, E>) {
-        let node: NodeRef<T, E> = Promise::from_outcome(None, true);
         let home = context::with_current(|local| local.shared.clone());
         home.acquire();
+        let node = Promise::rooted(Some(home));
         let resolver = Resolver {
-            shared: Arc::new(ResolverShared {
-                node: node.clone(),
-                home,
-                done: AtomicBool::new(false),
-            }),
+            shared: Arc::new(ResolverShared { node: node.clone() }),
         };
         (Promise { node: Some(node) }, resolver)
     }
@@ -188,9 +195,7 @@ where
     /// assert!(p.is_fulfilled());
     /// ```
     pub fn resolved(value: T) -> Promise<T, E> {
-        Promise {
-            node: Some(Promise::from_outcome(Some(Ok(value)), false)),
-        }
+        Promise::settled(Ok(value))
     }
 
     /// A promise already rejected with `error`.
@@ -200,15 +205,7 @@ where
     /// assert!(p.is_rejected());
     /// ```
     pub fn rejected(error: E) -> Promise<T, E> {
-        Promise {
-            node: Some(Promise::from_outcome(Some(Err(error)), false)),
-        }
-    }
-
-    fn take_node(&mut self) -> NodeRef<T, E> {
-        self.node
-            .take()
-            .expect("thenable: promise used after it was awaited to completion")
+        Promise::settled(Err(error))
     }
 
     /// The one way to derive a promise: `f` receives this promise's outcome on the
@@ -220,9 +217,10 @@ where
         F: FnOnce(Input<T, E>) -> Next<U, E2> + Send + 'static,
     {
         let parent = self.take_node();
+        let upstream: Arc<dyn Graph> = parent.clone();
         let child = Arc::new(Node {
             core: Core::new(None, false, from_error::<E2>),
-            link: ThenLink::new(f),
+            link: ThenLink::new(f, upstream),
         });
         if let Some(job) = parent.core().attach(child.clone()) {
             context::schedule(job, None);
@@ -251,6 +249,7 @@ where
         self.chain(move |input| match input {
             Input::Outcome(Ok(value)) => guarded(|| on_fulfilled(value).into_next()),
             Input::Outcome(Err(error)) => Next::Settled(Err(error)),
+            Input::Cancelled => Next::Cancelled,
             Input::Abandoned => broken(),
         })
     }
@@ -272,6 +271,7 @@ where
         self.chain(move |input| match input {
             Input::Outcome(Ok(value)) => Next::Settled(Ok(value)),
             Input::Outcome(Err(error)) => guarded(|| on_rejected(error).into_next()),
+            Input::Cancelled => Next::Cancelled,
             Input::Abandoned => broken(),
         })
     }
@@ -301,6 +301,7 @@ where
         self.chain(move |input| match input {
             Input::Outcome(Ok(value)) => guarded(|| on_fulfilled(value).into_next()),
             Input::Outcome(Err(error)) => guarded(|| on_rejected(error).into_next()),
+            Input::Cancelled => Next::Cancelled,
             Input::Abandoned => broken(),
         })
     }
@@ -329,6 +330,10 @@ where
                 on_settled();
                 Next::Settled(outcome)
             }),
+            Input::Cancelled => guarded(|| {
+                on_settled();
+                Next::Cancelled
+            }),
             Input::Abandoned => broken(),
         })
     }
@@ -347,6 +352,7 @@ where
         self.chain(move |input| match input {
             Input::Outcome(Ok(value)) => guarded(|| Next::Settled(Ok(f(value)))),
             Input::Outcome(Err(error)) => Next::Settled(Err(error)),
+            Input::Cancelled => Next::Cancelled,
             Input::Abandoned => broken(),
         })
     }
@@ -368,14 +374,21 @@ where
         self.chain(move |input| match input {
             Input::Outcome(Ok(value)) => Next::Settled(Ok(value)),
             Input::Outcome(Err(error)) => guarded(|| Next::Settled(Err(f(error)))),
+            Input::Cancelled => Next::Cancelled,
             Input::Abandoned => broken(),
         })
     }
 }
 
 impl<T, E> Promise<T, E> {
-    fn status(&self) -> Option<bool> {
-        self.node.as_ref().and_then(|node| node.core().status())
+    fn take_node(&mut self) -> NodeRef<T, E> {
+        self.node
+            .take()
+            .expect("thenable: promise used after it was awaited to completion")
+    }
+
+    fn status(&self) -> Option<Status> {
+        self.node.as_ref().map(|node| node.core().status())
     }
 
     /// True until the promise settles.
@@ -385,7 +398,7 @@ impl<T, E> Promise<T, E> {
     /// assert!(p.is_pending());
     /// ```
     pub fn is_pending(&self) -> bool {
-        self.node.is_some() && self.status().is_none()
+        self.status() == Some(Status::Pending)
     }
 
     /// True once the promise is fulfilled.
@@ -394,17 +407,57 @@ impl<T, E> Promise<T, E> {
     /// assert!(thenable::Promise::<i32>::resolved(1).is_fulfilled());
     /// ```
     pub fn is_fulfilled(&self) -> bool {
-        self.status() == Some(true)
+        self.status() == Some(Status::Fulfilled)
     }
 
-    /// True once the promise is rejected.
+    /// True once the promise is rejected (a cancelled promise is not rejected).
     ///
     /// ```
     /// let p = thenable::Promise::<i32>::rejected(thenable::Error::msg("x"));
     /// assert!(p.is_rejected());
     /// ```
     pub fn is_rejected(&self) -> bool {
-        self.status() == Some(false)
+        self.status() == Some(Status::Rejected)
+    }
+
+    /// True once the promise is cancelled.
+    ///
+    /// ```
+    /// let (p, _r) = thenable::Promise::<i32>::pending();
+    /// p.cancel();
+    /// assert!(p.is_cancelled());
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.status() == Some(Status::Cancelled)
+    }
+
+    /// Cancels the promise if it is still pending (false otherwise), as bluebird's
+    /// `cancel()`:
+    ///
+    /// - it settles as cancelled: awaiting it gives an error for which
+    ///   [`Error::is_cancelled`] is true; its `then`, `catch` and `map` handlers never
+    ///   run, its `finally` handlers do, and promises derived from it are cancelled;
+    /// - cancellation travels upstream: the promise it was derived from, once every
+    ///   one of *its* consumers (handlers and live handles) has cancelled, is cancelled
+    ///   too, and so on up to the root, where the resource is released: a
+    ///   [`sleep`](crate::sleep)'s timer is removed, a spawned task's future is dropped
+    ///   (running its destructors, and cancelling what it was awaiting), a promise
+    ///   made with [`Promise::pending`] runs its [`Resolver::on_cancel`] callbacks.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let event_loop = thenable::EventLoop::new();
+    /// let slow = thenable::sleep(Duration::from_secs(3600)).map(|()| unreachable!());
+    /// assert!(slow.cancel());
+    /// event_loop.run().unwrap(); // returns at once: the timer is gone
+    /// assert!(event_loop.block_on(slow).unwrap_err().is_cancelled());
+    /// ```
+    pub fn cancel(&self) -> bool {
+        match &self.node {
+            Some(node) => node.clone().cancel_node(),
+            None => false,
+        }
     }
 }
 
@@ -436,18 +489,24 @@ impl<T: Clone + Send, E: Clone + Send> Clone for Promise<T, E> {
 impl<T, E> Drop for Promise<T, E> {
     fn drop(&mut self) {
         if let Some(node) = self.node.take() {
-            node.core().release_handle();
+            // Dropping a promise does not cancel it (a dropped `spawn` handle leaves
+            // the task running, as in tokio); but a cancelled task's future dropping
+            // the promise it awaited is that promise's consumer cancelling.
+            if node.core().release_handle() && core::cancelling() {
+                node.cancel_node();
+            }
         }
     }
 }
 
 impl<T, E> fmt::Debug for Promise<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match (&self.node, self.status()) {
-            (None, _) => "consumed",
-            (Some(_), None) => "pending",
-            (Some(_), Some(true)) => "fulfilled",
-            (Some(_), Some(false)) => "rejected",
+        let state = match self.status() {
+            None => "consumed",
+            Some(Status::Pending) => "pending",
+            Some(Status::Fulfilled) => "fulfilled",
+            Some(Status::Rejected) => "rejected",
+            Some(Status::Cancelled) => "cancelled",
         };
         f.debug_struct("Promise").field("state", &state).finish()
     }
@@ -477,7 +536,7 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
             None
         } else {
             let local = context::ambient();
-            let settled = || node.core().status().is_some();
+            let settled = || node.core().status() != Status::Pending;
             let _ = context::enter(&local, || local.turn_until(&settled, false));
             Some(local)
         };
@@ -511,12 +570,8 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    fn finish(&self) -> bool {
-        if self.shared.done.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        self.shared.home.release();
-        true
+    fn node(&self) -> NodeRef<T, E> {
+        self.shared.node.clone()
     }
 
     /// Fulfils or rejects with `outcome`; `false` if already settled. Handy to turn
@@ -536,12 +591,13 @@ where
     /// assert!(thenable::block_on(parse_later("x")).is_err());
     /// ```
     pub fn settle(&self, outcome: Result<T, E>) -> bool {
-        self.finish()
-            && self
-                .shared
-                .node
-                .core()
-                .settle(outcome, Some(&self.shared.home))
+        let link = &self.shared.node.link;
+        if !link.finish() {
+            return false;
+        }
+        settle(&self.node(), outcome, link.home());
+        link.release_home();
+        true
     }
 
     /// Fulfils the promise; `false` if it was already settled (nothing changes).
@@ -570,7 +626,8 @@ where
 
     /// Makes the promise follow `other`: it settles as `other` settles. `false` if
     /// already settled or following. Following a promise that itself waits on this
-    /// one rejects with a chaining-cycle error ([`Error::is_deadlock`]).
+    /// one rejects with a chaining-cycle error ([`Error::is_deadlock`]). Cancelling
+    /// the promise then withdraws it from `other`.
     ///
     /// ```
     /// use thenable::Promise;
@@ -580,16 +637,20 @@ where
     /// assert_eq!(thenable::block_on(p).unwrap(), 2);
     /// ```
     pub fn resolve_with(&self, other: Promise<T, E>) -> bool {
-        if !self.finish() {
+        let link = &self.shared.node.link;
+        if !link.finish() {
             return false;
         }
-        let node = self.shared.node.clone();
+        let node = self.node();
         node.core().resolver_gone();
-        adopt(node, other, Some(&self.shared.home));
+        let forward = adopt(node, other, link.home());
+        Hooks::add(&self.shared.node, Box::new(move || forward.cancel()));
+        link.release_home();
         true
     }
 
-    /// True once this resolver (or a clone) has settled or followed.
+    /// True once this resolver (or a clone) has settled or followed, or the promise
+    /// was cancelled.
     ///
     /// ```
     /// let (_p, r) = thenable::Promise::<i32>::pending();
@@ -598,7 +659,28 @@ where
     /// assert!(r.is_done());
     /// ```
     pub fn is_done(&self) -> bool {
-        self.shared.done.load(Ordering::Acquire)
+        self.shared.node.link.is_finished()
+    }
+
+    /// Runs `on_cancel` if the promise is cancelled (at once if it already was;
+    /// never if it settles otherwise): the place to stop the work that would have
+    /// settled it, as bluebird's `onCancel`. It runs inside the `cancel` call.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use thenable::Promise;
+    ///
+    /// let stopped = Arc::new(AtomicBool::new(false));
+    /// let flag = stopped.clone();
+    /// let (p, r) = Promise::<i32>::pending();
+    /// r.on_cancel(move || flag.store(true, Ordering::SeqCst));
+    /// p.cancel();
+    /// assert!(stopped.load(Ordering::SeqCst));
+    /// assert!(!r.resolve(1)); // too late
+    /// ```
+    pub fn on_cancel(&self, on_cancel: impl FnOnce() + Send + 'static) {
+        Hooks::add(&self.shared.node, Box::new(on_cancel));
     }
 }
 
@@ -613,16 +695,17 @@ impl<T, E> Clone for Resolver<T, E> {
 impl<T, E> fmt::Debug for Resolver<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Resolver")
-            .field("done", &self.shared.done.load(Ordering::Relaxed))
+            .field("done", &self.shared.node.link.is_finished())
             .finish()
     }
 }
 
 impl<T, E> Drop for ResolverShared<T, E> {
     fn drop(&mut self) {
-        if !*self.done.get_mut() {
-            self.home.release();
-            self.node.core().settle_broken(Some(&self.home));
+        let link = &self.node.link;
+        if link.finish() {
+            let _ = self.node.core.settle_broken(link.home());
+            link.release_home();
         }
     }
 }
@@ -631,30 +714,38 @@ impl<T, E> Drop for ResolverShared<T, E> {
 /// `Resolver` it does not keep any loop alive, and it settles as broken if dropped
 /// unused.
 pub(crate) struct Settler<T, E> {
-    node: Option<Arc<Node<T, E, ()>>>,
+    node: Option<Arc<Node<T, E, Hooks>>>,
 }
 
 impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
-    pub(crate) fn new(node: Arc<Node<T, E, ()>>) -> Self {
-        Settler { node: Some(node) }
+    fn node(&self) -> &Arc<Node<T, E, Hooks>> {
+        self.node.as_ref().expect("settler used after settling")
     }
 
     pub(crate) fn error_converter(&self) -> fn(Error) -> E {
-        self.node
-            .as_ref()
-            .expect("settler used after settling")
-            .core
-            .error_converter()
+        self.node().core.error_converter()
     }
 
-    pub(crate) fn graph(&self) -> std::sync::Weak<dyn core::Graph> {
-        let node: Arc<dyn core::Graph> = self.node.clone().expect("settler used after settling");
+    pub(crate) fn graph(&self) -> std::sync::Weak<dyn Graph> {
+        let node: Arc<dyn Graph> = self.node().clone();
         Arc::downgrade(&node)
+    }
+
+    /// Runs `hook` if the promise is cancelled (the resource to release).
+    pub(crate) fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
+        Hooks::add(self.node(), Box::new(hook));
+    }
+
+    /// Where to register what to release if the promise is cancelled; usable after
+    /// the settler itself was moved away.
+    pub(crate) fn cancel_hooks(&self) -> CancelHooks<T, E> {
+        CancelHooks(self.node().clone())
     }
 
     pub(crate) fn settle(&mut self, outcome: Result<T, E>) {
         if let Some(node) = self.node.take() {
-            node.core.settle(outcome, None);
+            let node: NodeRef<T, E> = node;
+            settle(&node, outcome, None);
         }
     }
 }
@@ -662,8 +753,18 @@ impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
 impl<T, E> Drop for Settler<T, E> {
     fn drop(&mut self) {
         if let Some(node) = self.node.take() {
-            node.core.settle_broken(None);
+            let _ = node.core.settle_broken(None);
         }
+    }
+}
+
+/// See [`Settler::cancel_hooks`].
+pub(crate) struct CancelHooks<T, E>(Arc<Node<T, E, Hooks>>);
+
+impl<T, E> CancelHooks<T, E> {
+    /// Runs `hook` if the promise is cancelled (the resource to release).
+    pub(crate) fn add(&self, hook: impl FnOnce() + Send + 'static) {
+        Hooks::add(&self.0, Box::new(hook));
     }
 }
 
@@ -673,9 +774,9 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    let node = Promise::from_outcome(None, false);
+    let node = Promise::rooted(None);
     let promise = Promise {
         node: Some(node.clone() as NodeRef<T, E>),
     };
-    (promise, Settler::new(node))
+    (promise, Settler { node: Some(node) })
 }

@@ -1,0 +1,260 @@
+//! Cancellation (bluebird's model) and unhandled-rejection reports.
+//!
+//! No timing assertions: a cancelled hour-long sleep must not keep `run()` alive,
+//! which `within` turns into a failure (after a generous safety net) instead of a
+//! hang.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use thenable::{sleep, spawn, Error, EventLoop, Promise};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Runs `f` on its own thread and fails if it does not finish in 20 s.
+fn within(f: impl FnOnce() + Send + 'static) {
+    let (done, finished) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        f();
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(20)) {
+        Ok(()) => worker.join().unwrap(),
+        Err(_) => match worker.is_finished() {
+            true => worker.join().unwrap(), // it panicked: show why
+            false => panic!("still running after 20 s: something kept the loop alive"),
+        },
+    }
+}
+
+#[derive(Clone, Default)]
+struct Counter(Arc<AtomicUsize>);
+
+impl Counter {
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_cancelled_promise_skips_then_and_catch_but_runs_finally() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let (ran, finally) = (Counter::default(), Counter::default());
+        let (p, _r) = Promise::<i32>::pending();
+        let (a, b, c) = (ran.clone(), ran.clone(), finally.clone());
+        let child = p
+            .clone()
+            .then(move |v| {
+                a.bump();
+                Ok(v)
+            })
+            .catch(move |e| {
+                b.bump();
+                Err(e)
+            })
+            .finally(move || c.bump());
+        assert!(p.cancel());
+        assert!(p.is_cancelled() && !p.is_rejected() && !p.is_pending());
+        assert!(!p.cancel(), "a settled promise cannot be cancelled");
+        event_loop.run().unwrap();
+        assert_eq!(ran.get(), 0);
+        assert_eq!(finally.get(), 1);
+        assert!(child.is_cancelled());
+        assert!(event_loop.block_on(child).unwrap_err().is_cancelled());
+        assert!(event_loop.block_on(p).unwrap_err().is_cancelled());
+    });
+}
+
+#[test]
+fn cancelling_the_only_consumer_of_a_sleep_removes_its_timer() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let fired = Counter::default();
+        let bump = fired.clone();
+        let tail = sleep(HOUR).map(move |()| bump.bump());
+        assert!(tail.cancel());
+        event_loop.run().unwrap(); // would take an hour if the timer stayed
+        assert_eq!(fired.get(), 0);
+    });
+}
+
+#[test]
+fn cancellation_travels_upstream_only_when_every_consumer_cancelled() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let (root, resolver) = Promise::<i32>::pending();
+        let upstream_cancelled = Counter::default();
+        let flag = upstream_cancelled.clone();
+        resolver.on_cancel(move || flag.bump());
+        let a = root.clone().map(|v| v + 1);
+        let b = root.map(|v| v + 2);
+        a.cancel();
+        assert_eq!(upstream_cancelled.get(), 0, "b still wants the value");
+        assert!(!resolver.is_done());
+        b.cancel();
+        assert_eq!(upstream_cancelled.get(), 1);
+        assert!(resolver.is_done());
+        assert!(!resolver.resolve(1));
+        event_loop.run().unwrap(); // the cancelled resolver no longer keeps it alive
+    });
+}
+
+#[test]
+fn a_live_handle_keeps_the_upstream_promise_from_being_cancelled() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let (root, resolver) = Promise::<i32>::pending();
+        let child = root.clone().map(|v| v * 2);
+        child.cancel();
+        assert!(root.is_pending());
+        resolver.resolve(21);
+        assert_eq!(event_loop.block_on(root).unwrap(), 21);
+    });
+}
+
+struct DropCounter(Counter);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.bump();
+    }
+}
+
+#[test]
+fn cancelling_a_task_drops_its_future_and_cancels_what_it_awaited() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let (dropped, finished) = (Counter::default(), Counter::default());
+        let guard = DropCounter(dropped.clone());
+        let done = finished.clone();
+        let task = spawn(async move {
+            let _guard = guard;
+            sleep(HOUR).await?;
+            done.bump();
+            Ok::<_, Error>(())
+        });
+        // Let the task start and park on its sleep.
+        event_loop
+            .block_on(sleep(Duration::from_millis(1)))
+            .unwrap();
+        assert_eq!(dropped.get(), 0);
+        assert!(task.cancel());
+        event_loop.run().unwrap(); // the hour-long sleep was cancelled too
+        assert_eq!(dropped.get(), 1);
+        assert_eq!(finished.get(), 0);
+        assert!(event_loop.block_on(task).unwrap_err().is_cancelled());
+    });
+}
+
+#[test]
+fn cancelling_a_task_before_it_ever_ran_drops_its_future() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let dropped = Counter::default();
+        let guard = DropCounter(dropped.clone());
+        let task = spawn(async move {
+            let _guard = guard;
+            Ok::<_, Error>(1)
+        });
+        task.cancel();
+        event_loop.run().unwrap();
+        assert_eq!(dropped.get(), 1);
+    });
+}
+
+#[test]
+fn cancellation_reaches_a_promise_returned_by_a_handler() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let fired = Counter::default();
+        let bump = fired.clone();
+        let outer =
+            Promise::<()>::resolved(()).then(move |()| sleep(HOUR).map(move |()| bump.bump()));
+        // Let the handler run and the adoption attach.
+        event_loop
+            .block_on(sleep(Duration::from_millis(1)))
+            .unwrap();
+        assert!(outer.is_pending());
+        outer.cancel();
+        event_loop.run().unwrap();
+        assert_eq!(fired.get(), 0);
+    });
+}
+
+#[test]
+fn cancelling_the_tail_of_a_million_links_reaches_the_root_without_overflow() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let (root, resolver) = Promise::<u64>::pending();
+        let cancelled = Counter::default();
+        let flag = cancelled.clone();
+        resolver.on_cancel(move || flag.bump());
+        let mut tail = root;
+        for _ in 0..1_000_000 {
+            tail = tail.then(|v| Ok(v + 1));
+        }
+        tail.cancel();
+        assert_eq!(cancelled.get(), 1);
+        event_loop.run().unwrap();
+    });
+}
+
+#[test]
+fn on_cancel_registered_after_cancellation_runs_at_once() {
+    let (p, r) = Promise::<i32>::pending();
+    p.cancel();
+    let ran = Counter::default();
+    let bump = ran.clone();
+    r.on_cancel(move || bump.bump());
+    assert_eq!(ran.get(), 1);
+}
+
+#[test]
+fn an_unhandled_rejection_is_reported_once_and_a_handled_one_not_at_all() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let seen = Rc::new(RefCell::new(Vec::<String>::new()));
+        let log = seen.clone();
+        thenable::set_unhandled_rejection_hook(move |e| log.borrow_mut().push(e.to_string()));
+        // Rejected inside a drain with nobody attached: reported.
+        let lost = Promise::<i32>::resolved(1).then(|_| Err::<i32, _>(Error::msg("lost")));
+        // Rejected, then handled later in the same drain: not reported.
+        let (p, r) = Promise::<i32>::pending();
+        thenable::queue_microtask(move || {
+            r.reject(Error::msg("late but handled"));
+        });
+        thenable::queue_microtask(move || {
+            drop(p.catch(|_| Ok(0)));
+        });
+        // Cancelled: never reported.
+        let (c, _rc) = Promise::<i32>::pending();
+        c.cancel();
+        event_loop.run().unwrap();
+        assert_eq!(*seen.borrow(), ["lost"]);
+        drop(lost);
+        thenable::reset_unhandled_rejection_hook();
+    });
+}
+
+#[test]
+fn awaiting_a_rejection_counts_as_handling_it() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let seen = Rc::new(RefCell::new(0));
+        let count = seen.clone();
+        thenable::set_unhandled_rejection_hook(move |_| *count.borrow_mut() += 1);
+        let rejected = Promise::<i32>::rejected(Error::msg("x"));
+        assert!(event_loop.block_on(rejected).is_err());
+        event_loop.run().unwrap();
+        assert_eq!(*seen.borrow(), 0);
+        thenable::reset_unhandled_rejection_hook();
+    });
+}
