@@ -1,19 +1,63 @@
-//! The loop's blocking point: one `polling::Poller` per loop.
+//! The loop's blocking point: one `polling::Poller` per loop, and the I/O sources
+//! registered with it.
 //!
-//! The loop sleeps here when it has nothing to run, for as long as its next timer
-//! allows; another thread wakes it with [`Reactor::notify`] after pushing work on
-//! the loop's injector. I/O sources will register here too. The reactor never runs
-//! callbacks and never decides whether the loop is alive.
+//! The loop sleeps in [`Reactor::wait`] when it has nothing to run, for as long as
+//! its next timer allows; another thread wakes it with [`Reactor::notify`]. A source
+//! (a socket, a pipe) is registered once, with no interest; interest is armed
+//! oneshot when a task waits for readiness and re-armed on demand. Readiness wakes
+//! the waiting tasks, which then retry their non-blocking operation. The reactor
+//! never runs callbacks and never decides whether the loop is alive.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use polling::{Events, Poller};
+use polling::{Event, Events, Poller};
 
 pub(crate) struct Reactor {
     poller: Poller,
     events: Mutex<Events>,
+    sources: Mutex<Sources>,
+    /// Sources with a task waiting on them: each keeps the loop alive.
+    armed: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Sources {
+    slots: Vec<Option<Arc<Source>>>,
+    free: Vec<usize>,
+}
+
+/// One registered I/O source.
+pub(crate) struct Source {
+    pub(crate) key: usize,
+    waiters: Mutex<Waiters>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    readers: Vec<Waker>,
+    writers: Vec<Waker>,
+    /// Readiness seen since the last `poll_*` took it (so a wake that raced with
+    /// re-arming is not lost).
+    readable: bool,
+    writable: bool,
+}
+
+impl Waiters {
+    fn is_waiting(&self) -> bool {
+        !self.readers.is_empty() || !self.writers.is_empty()
+    }
+}
+
+/// Which readiness a task waits for.
+#[derive(Clone, Copy)]
+pub(crate) enum Direction {
+    Read,
+    Write,
 }
 
 impl Reactor {
@@ -21,6 +65,8 @@ impl Reactor {
         Ok(Reactor {
             poller: Poller::new()?,
             events: Mutex::new(Events::new()),
+            sources: Mutex::new(Sources::default()),
+            armed: AtomicUsize::new(0),
         })
     }
 
@@ -35,14 +81,134 @@ impl Reactor {
             .expect("thenable: failed to wake the event loop");
     }
 
-    /// Blocks until notified or until `timeout` passes (`None`: no limit).
+    /// True while some task waits for readiness of a source of this loop.
+    pub(crate) fn has_armed_sources(&self) -> bool {
+        self.armed.load(Ordering::Acquire) > 0
+    }
+
+    /// Blocks until notified, an armed source is ready, or `timeout` passes
+    /// (`None`: no limit); then wakes the tasks waiting on ready sources.
     pub(crate) fn wait(&self, timeout: Option<Duration>) {
-        let mut events = self.events.lock();
-        events.clear();
-        match self.poller.wait(&mut events, timeout) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("thenable: polling failed: {e}"),
+        let mut ready: Vec<Event> = Vec::new();
+        {
+            let mut events = self.events.lock();
+            events.clear();
+            match self.poller.wait(&mut events, timeout) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("thenable: polling failed: {e}"),
+            }
+            ready.extend(events.iter());
         }
+        for event in ready {
+            let source = self.sources.lock().slots.get(event.key).cloned().flatten();
+            if let Some(source) = source {
+                self.fire(&source, event.readable, event.writable);
+            }
+        }
+    }
+
+    fn fire(&self, source: &Source, readable: bool, writable: bool) {
+        let mut wake = Vec::new();
+        {
+            let mut waiters = source.waiters.lock();
+            let was_waiting = waiters.is_waiting();
+            if readable {
+                waiters.readable = true;
+                wake.append(&mut waiters.readers);
+            }
+            if writable {
+                waiters.writable = true;
+                wake.append(&mut waiters.writers);
+            }
+            if was_waiting && !waiters.is_waiting() {
+                self.armed.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        for waker in wake {
+            waker.wake();
+        }
+    }
+
+    /// Registers `fd` with no interest yet.
+    ///
+    /// The caller must [`deregister`](Self::deregister) it before the descriptor is
+    /// closed (the `Async` wrapper does, in its `Drop`, before dropping the I/O
+    /// object).
+    #[cfg(unix)]
+    pub(crate) fn register(&self, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Arc<Source>> {
+        use std::os::fd::AsRawFd;
+        let mut sources = self.sources.lock();
+        let key = sources.free.pop().unwrap_or(sources.slots.len());
+        let source = Arc::new(Source {
+            key,
+            waiters: Mutex::new(Waiters::default()),
+        });
+        #[allow(unsafe_code)]
+        // SAFETY: `polling` requires the source to be deleted from the poller before
+        // it is closed. Every registration is owned by an `Async<T>` that holds the
+        // descriptor and calls `deregister` in its `Drop` before the descriptor is
+        // dropped (tested by `io::tests::descriptors_are_not_leaked_or_reused`).
+        unsafe {
+            self.poller.add(fd.as_raw_fd(), Event::none(key))?
+        };
+        if key == sources.slots.len() {
+            sources.slots.push(Some(source.clone()));
+        } else {
+            sources.slots[key] = Some(source.clone());
+        }
+        Ok(source)
+    }
+
+    /// Removes a source; tasks still waiting on it are woken (their retry fails or
+    /// sees the closed source).
+    #[cfg(unix)]
+    pub(crate) fn deregister(&self, source: &Source, fd: std::os::fd::BorrowedFd<'_>) {
+        let _ = self.poller.delete(fd);
+        {
+            let mut sources = self.sources.lock();
+            sources.slots[source.key] = None;
+            sources.free.push(source.key);
+        }
+        self.fire(source, true, true);
+    }
+
+    /// Ready, or registers the waker and arms interest (oneshot) in `direction`.
+    #[cfg(unix)]
+    pub(crate) fn poll_ready(
+        &self,
+        source: &Source,
+        fd: std::os::fd::BorrowedFd<'_>,
+        direction: Direction,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut guard = source.waiters.lock();
+        let waiters = &mut *guard;
+        let (seen, list) = match direction {
+            Direction::Read => (&mut waiters.readable, &mut waiters.readers),
+            Direction::Write => (&mut waiters.writable, &mut waiters.writers),
+        };
+        if std::mem::take(seen) {
+            return Poll::Ready(Ok(()));
+        }
+        let was_waiting = !list.is_empty();
+        if !list.iter().any(|w| w.will_wake(cx.waker())) {
+            list.push(cx.waker().clone());
+        }
+        let other_waiting = match direction {
+            Direction::Read => !waiters.writers.is_empty(),
+            Direction::Write => !waiters.readers.is_empty(),
+        };
+        if !was_waiting && !other_waiting {
+            self.armed.fetch_add(1, Ordering::AcqRel);
+        }
+        let interest = Event::new(
+            source.key,
+            !waiters.readers.is_empty(),
+            !waiters.writers.is_empty(),
+        );
+        drop(guard);
+        self.poller.modify(fd, interest)?;
+        Poll::Pending
     }
 }

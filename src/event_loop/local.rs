@@ -93,6 +93,10 @@ impl Shared {
         self.reactor.notify();
     }
 
+    pub(crate) fn reactor(&self) -> &Reactor {
+        &self.reactor
+    }
+
     pub(crate) fn is_driven(&self) -> bool {
         self.driven.load(Ordering::Acquire)
     }
@@ -384,9 +388,12 @@ impl Local {
     }
 
     /// Something outside the queues may still bring work: a live resolver or loop
-    /// handle, or a task whose waker is held by code the loop cannot see.
+    /// handle, I/O a task waits for, or a task whose waker is held by code the loop
+    /// cannot see.
     fn kept_alive(&self) -> bool {
-        if self.shared.keep_alive.load(Ordering::Acquire) > 0 {
+        if self.shared.keep_alive.load(Ordering::Acquire) > 0
+            || self.shared.reactor.has_armed_sources()
+        {
             return true;
         }
         self.tasks
@@ -425,7 +432,9 @@ impl Local {
             if !block && timeout != Some(Duration::ZERO) {
                 return Stop::Stalled;
             }
-            if timeout != Some(Duration::ZERO) {
+            // With work queued, still look at I/O (without blocking) if some task
+            // waits for it, so that busy loops do not starve sockets.
+            if timeout != Some(Duration::ZERO) || self.shared.reactor.has_armed_sources() {
                 self.shared.reactor.wait(timeout);
             }
             self.take_injected();
