@@ -4,3 +4,10 @@
 //! Everything here is built on the public promise API plus cancellation; nothing
 //! here touches a loop's queues or a promise's state directly. Results always come
 //! back in input order unless the name says otherwise (`as_completed`).
+
+mod as_completed;
+mod collect;
+mod shield;
+pub use self::as_completed::*;
+pub use self::collect::*;
+pub use self::shield::*;

@@ -1,0 +1,353 @@
+//! `as_completed`: the outcomes of many promises, in the order they settle.
+//!
+//! Each input costs one `then` link reporting to shared state. Outcomes go, in
+//! arrival order, to whoever asked first: the promises handed out by `next_promise`
+//! (which `poll_next` uses too), or a queue kept for the next request.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::stream::{FusedStream, Stream};
+use parking_lot::Mutex;
+
+use super::collect::{watch, Links, Receiver, Release};
+use crate::error::Error;
+use crate::promise::{internal, Promise, Settler};
+
+/// The outcomes of a set of promises in the order they settle, made by
+/// [`as_completed`] (asyncio's `as_completed`).
+///
+/// Use it as a [`Stream`] of `Result<T, E>` (`while let Some(outcome) =
+/// stream.next().await`), or chain promises with
+/// [`next_promise`](AsCompleted::next_promise). Both draw from the same sequence:
+/// each outcome goes to exactly one request, in the order the requests were made.
+///
+/// Dropping it cancels the inputs still pending (see [`Promise::cancel`]), once no
+/// promise handed out by `next_promise` is still waiting for its outcome. An input
+/// cancelled elsewhere yields an `Err` for which [`Error::is_cancelled`] holds.
+///
+/// ```
+/// use std::time::Duration;
+/// use futures::StreamExt;
+/// use thenable::{as_completed, sleep};
+///
+/// let mut done = as_completed([
+///     sleep(Duration::from_millis(30)).map(|()| "slow"),
+///     sleep(Duration::from_millis(1)).map(|()| "fast"),
+/// ]);
+/// let order = thenable::block_on(async move {
+///     let mut order = Vec::new();
+///     while let Some(outcome) = done.next().await {
+///         order.push(outcome?);
+///     }
+///     Ok::<_, thenable::Error>(order)
+/// });
+/// assert_eq!(order.unwrap(), ["fast", "slow"]);
+/// ```
+#[must_use = "an AsCompleted does nothing unless polled or asked for promises"]
+pub struct AsCompleted<T: Send + 'static, E: Send + 'static = Error> {
+    shared: Arc<Completion<T, E>>,
+    /// The request `poll_next` waits on.
+    current: Option<Promise<T, E>>,
+}
+
+struct Completion<T: Send + 'static, E: Send + 'static> {
+    state: Mutex<CompletionState<T, E>>,
+}
+
+struct CompletionState<T: Send + 'static, E: Send + 'static> {
+    links: Links<E>,
+    /// Outcomes that arrived before anyone asked for them, in arrival order.
+    ready: VecDeque<Result<T, E>>,
+    /// Promises handed out and waiting for an outcome, in the order handed out,
+    /// each with the number that identifies it if it is cancelled.
+    waiting: VecDeque<(u64, Settler<T, E>)>,
+    next_request: u64,
+    /// Outcomes not promised to anybody yet: inputs still pending, plus `ready`,
+    /// minus `waiting`.
+    unclaimed: usize,
+    /// The `AsCompleted` is gone: once nothing waits, cancel the inputs still pending.
+    dropped: bool,
+}
+
+impl<T: Send + 'static, E: Send + 'static> CompletionState<T, E> {
+    /// Closes if the `AsCompleted` is gone and no handed-out promise still waits.
+    fn release_if_unwanted(&mut self) -> Release<E> {
+        if self.dropped && self.waiting.is_empty() {
+            self.links.close()
+        } else {
+            Release::default()
+        }
+    }
+}
+
+/// The receiver of input `index`.
+struct CompletionInput<T: Send + 'static, E: Send + 'static> {
+    shared: Arc<Completion<T, E>>,
+    index: usize,
+}
+
+impl<T: Send + 'static, E: Send + 'static> Clone for CompletionInput<T, E> {
+    fn clone(&self) -> Self {
+        CompletionInput {
+            shared: self.shared.clone(),
+            index: self.index,
+        }
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Receiver<T, E> for CompletionInput<T, E> {
+    fn receive(self, outcome: Result<T, E>) {
+        let (served, release) = {
+            let mut state = self.shared.state.lock();
+            if !state.links.report(self.index) {
+                return;
+            }
+            let served = match state.waiting.pop_front() {
+                Some((_, settler)) => Some((settler, outcome)),
+                None => {
+                    state.ready.push_back(outcome);
+                    None
+                }
+            };
+            (served, state.release_if_unwanted())
+        };
+        if let Some((mut settler, outcome)) = served {
+            settler.settle(outcome);
+        }
+        release.run();
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Completion<T, E> {
+    /// A handed-out promise was cancelled: its outcome goes to the next request.
+    fn withdraw(&self, request: u64) {
+        let (withdrawn, release) = {
+            let mut state = self.state.lock();
+            let position = state.waiting.iter().position(|(id, _)| *id == request);
+            let withdrawn = position.and_then(|at| state.waiting.remove(at));
+            if withdrawn.is_some() {
+                state.unclaimed += 1;
+            }
+            (withdrawn, state.release_if_unwanted())
+        };
+        drop(withdrawn);
+        release.run();
+    }
+}
+
+/// The outcomes of `promises` in the order they settle (asyncio's
+/// `as_completed`), as an [`AsCompleted`]: a [`Stream`] of `Result<T, E>`, and a
+/// source of promises through [`next_promise`](AsCompleted::next_promise).
+///
+/// An empty input ends at once. For results in input order, see [`all`](crate::all)
+/// and [`all_settled`](crate::all_settled).
+///
+/// ```
+/// use futures::StreamExt;
+/// use thenable::{as_completed, Error, Promise};
+///
+/// let (late, resolver) = Promise::<i32>::pending();
+/// let mut outcomes = as_completed([late, Promise::rejected(Error::msg("early"))]);
+/// resolver.resolve(2);
+/// let (first, second) = thenable::block_on(async move {
+///     Ok::<_, Error>((outcomes.next().await.unwrap(), outcomes.next().await.unwrap()))
+/// })
+/// .unwrap();
+/// assert_eq!(first.unwrap_err().to_string(), "early");
+/// assert_eq!(second.unwrap(), 2);
+/// ```
+pub fn as_completed<T, E>(promises: impl IntoIterator<Item = Promise<T, E>>) -> AsCompleted<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let inputs: Vec<Promise<T, E>> = promises.into_iter().collect();
+    let shared = Arc::new(Completion {
+        state: Mutex::new(CompletionState {
+            links: Links::new(inputs.len()),
+            ready: VecDeque::new(),
+            waiting: VecDeque::new(),
+            next_request: 0,
+            unclaimed: inputs.len(),
+            dropped: false,
+        }),
+    });
+    for (index, input) in inputs.into_iter().enumerate() {
+        let receiver = CompletionInput {
+            shared: shared.clone(),
+            index,
+        };
+        let link = watch(input, receiver);
+        let release = shared.state.lock().links.attached(index, link);
+        release.run();
+    }
+    AsCompleted {
+        shared,
+        current: None,
+    }
+}
+
+impl<T, E> AsCompleted<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    /// A promise of the next outcome in completion order, or `None` once every
+    /// input's outcome has been handed out. Promises handed out earlier get earlier
+    /// outcomes, whether or not they have settled yet; this is how to consume the
+    /// outcomes by chaining `then`s instead of awaiting.
+    ///
+    /// Cancelling a promise it returned gives its outcome to the next request
+    /// (dropping it does not: the outcome would then be dropped with it).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use thenable::{as_completed, sleep, AsCompleted, Promise};
+    ///
+    /// // Log each outcome as it comes, then the end: a then-chain, no async.
+    /// fn drain(mut rest: AsCompleted<u64>, log: Arc<Mutex<Vec<u64>>>) -> Promise<()> {
+    ///     match rest.next_promise() {
+    ///         None => Promise::resolved(()),
+    ///         Some(next) => next.then(move |ms| {
+    ///             log.lock().unwrap().push(ms);
+    ///             drain(rest, log)
+    ///         }),
+    ///     }
+    /// }
+    ///
+    /// let naps = [20, 1, 10].map(|ms| sleep(Duration::from_millis(ms)).map(move |()| ms));
+    /// let log = Arc::new(Mutex::new(Vec::new()));
+    /// thenable::block_on(drain(as_completed(naps), log.clone())).unwrap();
+    /// assert_eq!(*log.lock().unwrap(), [1, 10, 20]);
+    /// ```
+    pub fn next_promise(&mut self) -> Option<Promise<T, E>> {
+        let mut state = self.shared.state.lock();
+        if state.unclaimed == 0 {
+            return None;
+        }
+        state.unclaimed -= 1;
+        if let Some(outcome) = state.ready.pop_front() {
+            drop(state);
+            return Some(match outcome {
+                Ok(value) => Promise::resolved(value),
+                Err(error) => Promise::rejected(error),
+            });
+        }
+        let (promise, settler) = internal::<T, E>();
+        let request = state.next_request;
+        state.next_request += 1;
+        let weak = Arc::downgrade(&self.shared);
+        settler.on_cancel(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.withdraw(request);
+            }
+        });
+        state.waiting.push_back((request, settler));
+        Some(promise)
+    }
+}
+
+/// Yields each input's outcome in the order they settle, then ends.
+///
+/// ```
+/// use futures::StreamExt;
+/// use thenable::{as_completed, Promise};
+///
+/// let outcomes = as_completed([Promise::<i32>::resolved(1), Promise::resolved(2)]);
+/// let values = thenable::block_on(async move {
+///     Ok::<_, thenable::Error>(outcomes.map(Result::unwrap).collect::<Vec<_>>().await)
+/// });
+/// assert_eq!(values.unwrap(), [1, 2]);
+/// ```
+impl<T, E> Stream for AsCompleted<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    type Item = Result<T, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // Waiting on a promise (rather than storing a waker ourselves) gives the
+        // stream everything a promise does when polled: it drives this thread's loop
+        // under a foreign executor, and the loop can tell a deadlock.
+        let current = match &mut this.current {
+            Some(current) => current,
+            None => match this.next_promise() {
+                Some(next) => this.current.insert(next),
+                None => return Poll::Ready(None),
+            },
+        };
+        match Pin::new(current).poll(cx) {
+            Poll::Ready(outcome) => {
+                this.current = None;
+                Poll::Ready(Some(outcome))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let state = self.shared.state.lock();
+        let asked = usize::from(self.current.is_some());
+        (state.ready.len(), Some(state.unclaimed + asked))
+    }
+}
+
+/// Terminated once every outcome has been yielded.
+///
+/// ```
+/// use futures::stream::{FusedStream, StreamExt};
+/// use thenable::{as_completed, Promise};
+///
+/// let mut outcomes = as_completed([Promise::<i32>::resolved(1)]);
+/// assert!(!outcomes.is_terminated());
+/// thenable::block_on(async {
+///     while outcomes.next().await.is_some() {}
+///     Ok::<_, thenable::Error>(())
+/// })
+/// .unwrap();
+/// assert!(outcomes.is_terminated());
+/// ```
+impl<T, E> FusedStream for AsCompleted<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    fn is_terminated(&self) -> bool {
+        self.current.is_none() && self.shared.state.lock().unclaimed == 0
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Drop for AsCompleted<T, E> {
+    fn drop(&mut self) {
+        if let Some(current) = self.current.take() {
+            // Gives its outcome back (its `on_cancel` runs inside `cancel`).
+            current.cancel();
+        }
+        let (ready, release) = {
+            let mut state = self.shared.state.lock();
+            state.dropped = true;
+            let ready = std::mem::take(&mut state.ready);
+            (ready, state.release_if_unwanted())
+        };
+        release.run();
+        drop(ready);
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> std::fmt::Debug for AsCompleted<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.shared.state.lock();
+        f.debug_struct("AsCompleted")
+            .field("ready", &state.ready.len())
+            .field("unclaimed", &state.unclaimed)
+            .field("waiting", &state.waiting.len())
+            .finish()
+    }
+}

@@ -1,0 +1,858 @@
+//! `all`, `all_settled`, `race`, `any` and `join`: one promise made from many, with
+//! results in input order.
+//!
+//! Each input costs one `then` link (`then_or_catch`) whose handler reports the
+//! input's outcome to state shared by the call (`Gather`). The output is settled
+//! from inside the library, like a `then` child: it does not keep the loop alive by
+//! itself (the inputs do, if anything does). When the output is decided early (the
+//! first rejection for `all`, the first outcome for `race`, ...) or is cancelled,
+//! the links still pending are cancelled, and that cancellation travels upstream
+//! into the inputs whose only consumer they were, releasing their timers and tasks.
+//!
+//! The link machinery (`watch`, `Receiver`, `Links`) is shared with
+//! `as_completed` and `shield`.
+
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::error::Error;
+use crate::promise::{internal, Promise, Settler};
+
+// ---------------------------------------------------------------------------
+// Links: one `then` per input, reporting to a receiver
+// ---------------------------------------------------------------------------
+
+/// Where a link delivers its input's outcome (on the loop that runs the link).
+pub(crate) trait Receiver<T, E>: Clone + Send + 'static {
+    /// Receives input's outcome; may be called a second time with a cancellation
+    /// for the same input (see `watch`), which the receiver must ignore.
+    fn receive(self, outcome: Result<T, E>);
+}
+
+/// A receiver that reports `Err(cancelled)` if it is dropped without receiving:
+/// that happens when the input is cancelled elsewhere (its `then` handlers never
+/// run, they are dropped), or when its loop is dropped with the link queued.
+struct ReceiveOnce<R: Receiver<T, E>, T, E: From<Error>> {
+    receiver: Option<R>,
+    _outcome: PhantomData<fn(T, E)>,
+}
+
+impl<R: Receiver<T, E>, T, E: From<Error>> ReceiveOnce<R, T, E> {
+    fn new(receiver: R) -> Self {
+        ReceiveOnce {
+            receiver: Some(receiver),
+            _outcome: PhantomData,
+        }
+    }
+
+    fn receive(mut self, outcome: Result<T, E>) {
+        if let Some(receiver) = self.receiver.take() {
+            receiver.receive(outcome);
+        }
+    }
+}
+
+impl<R: Receiver<T, E>, T, E: From<Error>> Drop for ReceiveOnce<R, T, E> {
+    fn drop(&mut self) {
+        if let Some(receiver) = self.receiver.take() {
+            receiver.receive(Err(E::from(Error::cancelled())));
+        }
+    }
+}
+
+/// Attaches one `then` link to `input` that hands its outcome to `receiver`. The
+/// returned link (a `Promise<(), E>` that always fulfils) is what to cancel to stop
+/// watching: cancelling it withdraws it from `input`, and cancels `input` in turn if
+/// nobody else consumes it.
+///
+/// A rejection reaches `receiver` first and then the fulfilment side's guard drops
+/// and reports a cancellation for the same input: receivers ignore a second report.
+pub(crate) fn watch<T, E, R>(input: Promise<T, E>, receiver: R) -> Promise<(), E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+    R: Receiver<T, E>,
+{
+    let on_fulfilled = ReceiveOnce::new(receiver.clone());
+    input.then_or_catch(
+        move |value| {
+            on_fulfilled.receive(Ok(value));
+            Ok(())
+        },
+        move |error| {
+            receiver.receive(Err(error));
+            Ok(())
+        },
+    )
+}
+
+/// One input's link, as the shared state sees it.
+enum LinkSlot<E> {
+    /// Being attached: its handler may report before the link is stored (when the
+    /// input settles on another thread's loop).
+    Attaching,
+    /// Attached and waiting for the input.
+    Waiting(Promise<(), E>),
+    /// The input's outcome arrived. The link is kept, to be dropped outside the lock.
+    Reported(Option<Promise<(), E>>),
+}
+
+/// The links of one combinator call: which inputs reported, which links to cancel.
+pub(crate) struct Links<E> {
+    slots: Vec<LinkSlot<E>>,
+    closed: bool,
+}
+
+impl<E> Links<E> {
+    pub(crate) fn new(count: usize) -> Links<E> {
+        Links {
+            slots: (0..count).map(|_| LinkSlot::Attaching).collect(),
+            closed: false,
+        }
+    }
+
+    /// Records that input `index` reported. False when its outcome must be ignored:
+    /// it reported already, or the combinator is closed.
+    pub(crate) fn report(&mut self, index: usize) -> bool {
+        if self.closed {
+            return false;
+        }
+        let slot = &mut self.slots[index];
+        match std::mem::replace(slot, LinkSlot::Reported(None)) {
+            LinkSlot::Attaching => true,
+            LinkSlot::Waiting(link) => {
+                *slot = LinkSlot::Reported(Some(link));
+                true
+            }
+            reported @ LinkSlot::Reported(_) => {
+                *slot = reported;
+                false
+            }
+        }
+    }
+
+    /// Stores input `index`'s link once `then` returned it.
+    pub(crate) fn attached(&mut self, index: usize, link: Promise<(), E>) -> Release<E> {
+        let slot = &mut self.slots[index];
+        match slot {
+            // Closed while we were attaching: this input is no longer wanted.
+            LinkSlot::Attaching if self.closed => Release::cancel(link),
+            LinkSlot::Attaching => {
+                *slot = LinkSlot::Waiting(link);
+                Release::default()
+            }
+            // It reported already (its input settled on another thread's loop).
+            _ => Release::drop(link),
+        }
+    }
+
+    /// Accepts no outcome any more; returns the links still waiting (to cancel) and
+    /// the others (to drop).
+    pub(crate) fn close(&mut self) -> Release<E> {
+        self.closed = true;
+        let mut release = Release::default();
+        for slot in &mut self.slots {
+            match std::mem::replace(slot, LinkSlot::Reported(None)) {
+                LinkSlot::Waiting(link) => release.to_cancel.push(link),
+                LinkSlot::Reported(Some(link)) => release.to_drop.push(link),
+                // Still being attached: `attached` will cancel it.
+                LinkSlot::Attaching => *slot = LinkSlot::Attaching,
+                LinkSlot::Reported(None) => {}
+            }
+        }
+        release
+    }
+}
+
+/// Links taken out of shared state, to cancel or drop once its lock is released:
+/// cancelling runs other promises' code (`on_cancel` callbacks), which must never
+/// run under our lock.
+#[must_use = "call run() once the lock is released"]
+pub(crate) struct Release<E> {
+    to_cancel: Vec<Promise<(), E>>,
+    to_drop: Vec<Promise<(), E>>,
+}
+
+impl<E> Default for Release<E> {
+    fn default() -> Self {
+        Release {
+            to_cancel: Vec::new(),
+            to_drop: Vec::new(),
+        }
+    }
+}
+
+impl<E> Release<E> {
+    fn cancel(link: Promise<(), E>) -> Release<E> {
+        Release {
+            to_cancel: vec![link],
+            to_drop: Vec::new(),
+        }
+    }
+
+    fn drop(link: Promise<(), E>) -> Release<E> {
+        Release {
+            to_cancel: Vec::new(),
+            to_drop: vec![link],
+        }
+    }
+
+    /// Cancels the links still waiting, in input order, then drops everything.
+    pub(crate) fn run(self) {
+        for link in &self.to_cancel {
+            link.cancel();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Gather: many inputs, one output decided by a policy
+// ---------------------------------------------------------------------------
+
+/// Decides, from one input's outcome, whether the output settles now (and how).
+/// A plain function pointer, so that the inputs of a tuple, each of its own type,
+/// can report to one state.
+type Decide<P, T, O, E> = fn(&mut P, usize, Result<T, E>) -> Option<Result<O, E>>;
+
+/// The state shared by the links of one `all`/`all_settled`/`race`/`any`/`join`
+/// call. `P` is what the combinator keeps (values so far, reasons so far, ...).
+struct Gather<P, O: Send + 'static, E: Send + 'static> {
+    state: Mutex<GatherState<P, O, E>>,
+}
+
+struct GatherState<P, O: Send + 'static, E: Send + 'static> {
+    policy: P,
+    /// `None` once the output is settled or cancelled.
+    output: Option<Settler<O, E>>,
+    links: Links<E>,
+}
+
+/// The receiver of input `index`.
+struct GatherInput<P, T, O: Send + 'static, E: Send + 'static> {
+    gather: Arc<Gather<P, O, E>>,
+    index: usize,
+    decide: Decide<P, T, O, E>,
+}
+
+impl<P, T, O: Send + 'static, E: Send + 'static> Clone for GatherInput<P, T, O, E> {
+    fn clone(&self) -> Self {
+        GatherInput {
+            gather: self.gather.clone(),
+            index: self.index,
+            decide: self.decide,
+        }
+    }
+}
+
+impl<P, T, O, E> Receiver<T, E> for GatherInput<P, T, O, E>
+where
+    P: Send + 'static,
+    T: Send + 'static,
+    O: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    fn receive(self, outcome: Result<T, E>) {
+        self.gather.receive(self.index, outcome, self.decide);
+    }
+}
+
+impl<P, O, E> Gather<P, O, E>
+where
+    P: Send + 'static,
+    O: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    /// The output promise and the state its inputs will report to. Cancelling the
+    /// output cancels the inputs' links.
+    fn new(policy: P, count: usize) -> (Promise<O, E>, Arc<Self>) {
+        let (output, settler) = internal::<O, E>();
+        let gather = Arc::new(Gather {
+            state: Mutex::new(GatherState {
+                policy,
+                output: None,
+                links: Links::new(count),
+            }),
+        });
+        // Weak: the output must not keep the state (and so the inputs' links) alive.
+        let weak = Arc::downgrade(&gather);
+        settler.on_cancel(move || {
+            if let Some(gather) = weak.upgrade() {
+                gather.abort();
+            }
+        });
+        gather.state.lock().output = Some(settler);
+        (output, gather)
+    }
+
+    /// A call whose inputs all have the same type.
+    fn start<T: Send + 'static>(
+        policy: P,
+        inputs: Vec<Promise<T, E>>,
+        decide: Decide<P, T, O, E>,
+    ) -> Promise<O, E> {
+        let (output, gather) = Gather::new(policy, inputs.len());
+        for (index, input) in inputs.into_iter().enumerate() {
+            gather.watch(index, input, decide);
+        }
+        output
+    }
+
+    fn watch<T: Send + 'static>(
+        self: &Arc<Self>,
+        index: usize,
+        input: Promise<T, E>,
+        decide: Decide<P, T, O, E>,
+    ) {
+        let receiver = GatherInput {
+            gather: self.clone(),
+            index,
+            decide,
+        };
+        let link = watch(input, receiver);
+        let release = self.state.lock().links.attached(index, link);
+        release.run();
+    }
+
+    fn receive<T>(&self, index: usize, outcome: Result<T, E>, decide: Decide<P, T, O, E>) {
+        let (output, decided, release) = {
+            let mut state = self.state.lock();
+            if !state.links.report(index) {
+                return;
+            }
+            let Some(decided) = decide(&mut state.policy, index, outcome) else {
+                return;
+            };
+            (state.output.take(), decided, state.links.close())
+        };
+        if let Some(mut output) = output {
+            output.settle(decided);
+        }
+        release.run();
+    }
+
+    /// The output was cancelled: stop watching the inputs.
+    fn abort(&self) {
+        let (output, release) = {
+            let mut state = self.state.lock();
+            (state.output.take(), state.links.close())
+        };
+        release.run();
+        drop(output);
+    }
+}
+
+/// `slots` as a `Vec`, every slot filled.
+fn take_all<T>(slots: &mut [Option<T>]) -> Vec<T> {
+    slots
+        .iter_mut()
+        .map(|slot| slot.take().expect("every input reported exactly once"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// all
+// ---------------------------------------------------------------------------
+
+struct AllOf<T> {
+    values: Vec<Option<T>>,
+    left: usize,
+}
+
+fn decide_all<T, E>(
+    state: &mut AllOf<T>,
+    index: usize,
+    outcome: Result<T, E>,
+) -> Option<Result<Vec<T>, E>> {
+    match outcome {
+        Ok(value) => {
+            state.values[index] = Some(value);
+            state.left -= 1;
+            (state.left == 0).then(|| Ok(take_all(&mut state.values)))
+        }
+        Err(error) => Some(Err(error)),
+    }
+}
+
+/// Fulfils with every input's value, in input order, once all have fulfilled
+/// (JavaScript's `Promise.all`, asyncio's `gather`).
+///
+/// Fails fast: the first rejection rejects the output at once, and the inputs still
+/// pending are then cancelled (see [`Promise::cancel`]: an input that something
+/// else also consumes keeps running for that consumer). An empty input fulfils with
+/// an empty `Vec`. An input cancelled elsewhere counts as a rejection with
+/// [`Error::cancelled`]. Cancelling the output cancels the inputs still pending.
+/// For inputs of different value types, see [`join`].
+///
+/// ```
+/// use std::time::Duration;
+/// use thenable::{all, sleep, Promise};
+///
+/// let slow = sleep(Duration::from_millis(20)).map(|()| "slow");
+/// let fast = sleep(Duration::from_millis(1)).map(|()| "fast");
+/// let both = all([slow, fast]);
+/// assert_eq!(thenable::block_on(both).unwrap(), ["slow", "fast"]); // input order
+///
+/// let none: Vec<Promise<i32>> = Vec::new();
+/// assert!(thenable::block_on(all(none)).unwrap().is_empty());
+/// ```
+pub fn all<T, E>(promises: impl IntoIterator<Item = Promise<T, E>>) -> Promise<Vec<T>, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let inputs: Vec<Promise<T, E>> = promises.into_iter().collect();
+    if inputs.is_empty() {
+        return Promise::resolved(Vec::new());
+    }
+    let policy = AllOf {
+        values: (0..inputs.len()).map(|_| None).collect(),
+        left: inputs.len(),
+    };
+    Gather::start(policy, inputs, decide_all::<T, E>)
+}
+
+// ---------------------------------------------------------------------------
+// all_settled
+// ---------------------------------------------------------------------------
+
+struct AllSettled<T, E> {
+    outcomes: Vec<Option<Result<T, E>>>,
+    left: usize,
+}
+
+fn decide_all_settled<T, E>(
+    state: &mut AllSettled<T, E>,
+    index: usize,
+    outcome: Result<T, E>,
+) -> Option<Result<Vec<Result<T, E>>, E>> {
+    state.outcomes[index] = Some(outcome);
+    state.left -= 1;
+    (state.left == 0).then(|| Ok(take_all(&mut state.outcomes)))
+}
+
+/// Fulfils with every input's outcome (`Ok` value or `Err` reason), in input order,
+/// once all have settled (JavaScript's `Promise.allSettled`, asyncio's
+/// `gather(..., return_exceptions=True)`).
+///
+/// It never rejects on account of its inputs (only if it is itself cancelled). An
+/// empty input fulfils with an empty `Vec`; an input cancelled elsewhere gives an
+/// `Err` for which [`Error::is_cancelled`] holds. Cancelling the output cancels the
+/// inputs still pending.
+///
+/// ```
+/// use thenable::{all_settled, Error, Promise};
+///
+/// let outcomes = all_settled([
+///     Promise::<i32>::resolved(1),
+///     Promise::rejected(Error::msg("no")),
+/// ]);
+/// let outcomes = thenable::block_on(outcomes).unwrap();
+/// assert_eq!(*outcomes[0].as_ref().unwrap(), 1);
+/// assert_eq!(outcomes[1].as_ref().unwrap_err().to_string(), "no");
+/// ```
+pub fn all_settled<T, E>(
+    promises: impl IntoIterator<Item = Promise<T, E>>,
+) -> Promise<Vec<Result<T, E>>, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let inputs: Vec<Promise<T, E>> = promises.into_iter().collect();
+    if inputs.is_empty() {
+        return Promise::resolved(Vec::new());
+    }
+    let policy = AllSettled {
+        outcomes: (0..inputs.len()).map(|_| None).collect(),
+        left: inputs.len(),
+    };
+    Gather::start(policy, inputs, decide_all_settled::<T, E>)
+}
+
+// ---------------------------------------------------------------------------
+// race
+// ---------------------------------------------------------------------------
+
+fn decide_race<T, E>(_: &mut (), _: usize, outcome: Result<T, E>) -> Option<Result<T, E>> {
+    Some(outcome)
+}
+
+/// Settles as the first input to settle, fulfilled or rejected (JavaScript's
+/// `Promise.race`); the losers still pending are then cancelled, which releases
+/// their timers and tasks unless something else consumes them.
+///
+/// An empty input rejects at once with an error for which [`Error::is_deadlock`]
+/// holds: JavaScript's `Promise.race([])` stays pending for ever, which here would be
+/// a silent hang. An input cancelled elsewhere counts as settling with
+/// [`Error::cancelled`]. Cancelling the output cancels every input still pending.
+///
+/// ```
+/// use std::time::Duration;
+/// use thenable::{race, sleep, Promise};
+///
+/// let slow = sleep(Duration::from_secs(3600)).map(|()| "slow");
+/// let fast = sleep(Duration::from_millis(1)).map(|()| "fast");
+/// // The hour-long timer is cancelled with its loser: block_on returns at once.
+/// assert_eq!(thenable::block_on(race([slow, fast])).unwrap(), "fast");
+///
+/// let none: Vec<Promise<i32>> = Vec::new();
+/// assert!(thenable::block_on(race(none)).unwrap_err().is_deadlock());
+/// ```
+pub fn race<T, E>(promises: impl IntoIterator<Item = Promise<T, E>>) -> Promise<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let inputs: Vec<Promise<T, E>> = promises.into_iter().collect();
+    if inputs.is_empty() {
+        return Promise::rejected(E::from(Error::deadlock(
+            "race of no promises: nothing could ever settle it",
+        )));
+    }
+    Gather::start((), inputs, decide_race::<T, E>)
+}
+
+// ---------------------------------------------------------------------------
+// any
+// ---------------------------------------------------------------------------
+
+struct AnyOf<E, C> {
+    reasons: Vec<Option<E>>,
+    left: usize,
+    combine: Option<C>,
+}
+
+fn decide_any<T, E: From<Error>, C: FnOnce(Vec<E>) -> E>(
+    state: &mut AnyOf<E, C>,
+    index: usize,
+    outcome: Result<T, E>,
+) -> Option<Result<T, E>> {
+    match outcome {
+        Ok(value) => Some(Ok(value)),
+        Err(reason) => {
+            state.reasons[index] = Some(reason);
+            state.left -= 1;
+            if state.left > 0 {
+                return None;
+            }
+            let combine = state.combine.take().expect("the last reason arrives once");
+            let reasons = take_all(&mut state.reasons);
+            // A panic in the user's `combine` rejects the output, as in any handler.
+            let combined = catch_unwind(AssertUnwindSafe(|| combine(reasons)))
+                .unwrap_or_else(|payload| E::from(Error::panic(payload)));
+            Some(Err(combined))
+        }
+    }
+}
+
+/// Fulfils as the first input to fulfil (JavaScript's `Promise.any`); the others
+/// still pending are then cancelled. When every input rejects, rejects with
+/// [`Error::aggregate`] of every reason, in input order (not in the order they
+/// came), converted to `E`.
+///
+/// The bound `E: Into<Error>` is what lets reasons of type `E` go into an aggregate:
+/// it holds for [`Error`] itself (the reasons are then the very errors the inputs
+/// rejected with) and for every `std::error::Error + Send + Sync`, such as
+/// `std::io::Error`. For other error types (`String`, your own enum) use
+/// [`any_with`], which combines the reasons with your function.
+///
+/// An empty input rejects at once with an empty aggregate (as JavaScript does). An
+/// input cancelled elsewhere counts as a rejection with [`Error::cancelled`].
+/// Cancelling the output cancels the inputs still pending.
+///
+/// ```
+/// use thenable::{any, Error, Promise};
+///
+/// let first_ok = any([
+///     Promise::<i32>::rejected(Error::msg("mirror 1 down")),
+///     Promise::resolved(2),
+/// ]);
+/// assert_eq!(thenable::block_on(first_ok).unwrap(), 2);
+///
+/// let all_bad = any([
+///     Promise::<i32>::rejected(Error::msg("a")),
+///     Promise::rejected(Error::msg("b")),
+/// ]);
+/// let error = thenable::block_on(all_bad).unwrap_err();
+/// assert!(error.is_aggregate());
+/// assert_eq!(error.to_string(), "2 errors: a; b");
+/// ```
+pub fn any<T, E>(promises: impl IntoIterator<Item = Promise<T, E>>) -> Promise<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Into<Error> + Send + 'static,
+{
+    any_with(promises, |reasons: Vec<E>| {
+        E::from(Error::aggregate(
+            reasons.into_iter().map(Into::into).collect(),
+        ))
+    })
+}
+
+/// [`any`] for any error type: when every input rejects, `combine` receives the
+/// reasons in input order and makes the output's error (it runs at most once; on an
+/// empty input it runs at once with no reasons). If it panics, the output rejects
+/// with [`Error::panic`].
+///
+/// ```
+/// use thenable::{any_with, Promise};
+///
+/// let p = any_with(
+///     [Promise::<i32, String>::rejected("a".into()), Promise::rejected("b".into())],
+///     |reasons| reasons.join(" and "),
+/// );
+/// assert_eq!(thenable::block_on(p).unwrap_err(), "a and b");
+/// ```
+pub fn any_with<T, E, C>(
+    promises: impl IntoIterator<Item = Promise<T, E>>,
+    combine: C,
+) -> Promise<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+    C: FnOnce(Vec<E>) -> E + Send + 'static,
+{
+    let inputs: Vec<Promise<T, E>> = promises.into_iter().collect();
+    if inputs.is_empty() {
+        return Promise::rejected(combine(Vec::new()));
+    }
+    let policy = AnyOf {
+        reasons: (0..inputs.len()).map(|_| None).collect(),
+        left: inputs.len(),
+        combine: Some(combine),
+    };
+    Gather::start(policy, inputs, decide_any::<T, E, C>)
+}
+
+// ---------------------------------------------------------------------------
+// join: all over a tuple of promises of different value types
+// ---------------------------------------------------------------------------
+
+/// A tuple of 2 to 12 promises with one error type and any value types, which
+/// [`join`] turns into one promise of the tuple of their values: `all` for
+/// heterogeneous inputs (futures' `join!`, asyncio's `gather` with differently typed
+/// results).
+///
+/// It behaves as [`all`]: values in input order, fails fast on the first rejection
+/// and then cancels the inputs still pending; cancelling the output cancels them too.
+///
+/// ```
+/// use thenable::{Join, Promise};
+///
+/// let (id, name) = (Promise::<u32>::resolved(7), Promise::resolved("ada"));
+/// let both: Promise<(u32, &str)> = (id, name).join();
+/// assert_eq!(thenable::block_on(both).unwrap(), (7, "ada"));
+/// ```
+pub trait Join {
+    /// The tuple of the inputs' value types, e.g. `(u32, &str)` for
+    /// `(Promise<u32>, Promise<&str>)`.
+    ///
+    /// ```
+    /// use thenable::{Join, Promise};
+    /// let values: <(Promise<u8>, Promise<bool>) as Join>::Values = (1, true);
+    /// # let _ = values;
+    /// ```
+    type Values: Send + 'static;
+
+    /// The error type the inputs share.
+    ///
+    /// ```
+    /// use thenable::{Error, Join, Promise};
+    /// let error: <(Promise<u8>, Promise<bool>) as Join>::Error = Error::msg("x");
+    /// # let _ = error;
+    /// ```
+    type Error: From<Error> + Send + 'static;
+
+    /// One promise of all the values; see the trait's documentation.
+    ///
+    /// ```
+    /// use thenable::{Error, Join, Promise};
+    ///
+    /// let failed = (Promise::<u8>::resolved(1), Promise::<bool>::rejected(Error::msg("no")));
+    /// assert_eq!(thenable::block_on(failed.join()).unwrap_err().to_string(), "no");
+    /// ```
+    fn join(self) -> Promise<Self::Values, Self::Error>;
+}
+
+/// One promise of the values of a tuple of promises of different types: see
+/// [`Join`]. The same as `promises.join()`.
+///
+/// ```
+/// use std::time::Duration;
+/// use thenable::{join, sleep, Promise};
+///
+/// let count = sleep(Duration::from_millis(5)).map(|()| 3_usize);
+/// let label = Promise::resolved(String::from("items"));
+/// let (n, what) = thenable::block_on(join((count, label))).unwrap();
+/// assert_eq!(format!("{n} {what}"), "3 items");
+/// ```
+pub fn join<J: Join>(promises: J) -> Promise<J::Values, J::Error> {
+    promises.join()
+}
+
+/// What a `join` keeps: one slot per input, and how many are still empty.
+struct JoinOf<S> {
+    slots: S,
+    left: usize,
+}
+
+/// A tuple of `Option`s, all filled once every input fulfilled.
+trait Slots {
+    type Values;
+    fn take_all(&mut self) -> Self::Values;
+}
+
+macro_rules! join_tuple {
+    ($count:expr; $($value:ident $index:tt),+) => {
+        impl<$($value),+> Slots for ($(Option<$value>,)+) {
+            type Values = ($($value,)+);
+
+            fn take_all(&mut self) -> Self::Values {
+                ($(self.$index.take().expect("every input reported exactly once"),)+)
+            }
+        }
+
+        impl<$($value,)+ E> Join for ($(Promise<$value, E>,)+)
+        where
+            $($value: Send + 'static,)+
+            E: From<Error> + Send + 'static,
+        {
+            type Values = ($($value,)+);
+            type Error = E;
+
+            fn join(self) -> Promise<Self::Values, E> {
+                let policy = JoinOf {
+                    slots: ($(None::<$value>,)+),
+                    left: $count,
+                };
+                let (output, gather) = Gather::new(policy, $count);
+                $(
+                    gather.watch(
+                        $index,
+                        self.$index,
+                        |state, _, outcome| {
+                            match outcome {
+                                Ok(value) => {
+                                    state.slots.$index = Some(value);
+                                    state.left -= 1;
+                                    (state.left == 0).then(|| Ok(state.slots.take_all()))
+                                }
+                                Err(error) => Some(Err(error)),
+                            }
+                        },
+                    );
+                )+
+                output
+            }
+        }
+    };
+}
+
+join_tuple!(2; A 0, B 1);
+join_tuple!(3; A 0, B 1, C 2);
+join_tuple!(4; A 0, B 1, C 2, D 3);
+join_tuple!(5; A 0, B 1, C 2, D 3, F 4);
+join_tuple!(6; A 0, B 1, C 2, D 3, F 4, G 5);
+join_tuple!(7; A 0, B 1, C 2, D 3, F 4, G 5, H 6);
+join_tuple!(8; A 0, B 1, C 2, D 3, F 4, G 5, H 6, I 7);
+join_tuple!(9; A 0, B 1, C 2, D 3, F 4, G 5, H 6, I 7, J 8);
+join_tuple!(10; A 0, B 1, C 2, D 3, F 4, G 5, H 6, I 7, J 8, K 9);
+join_tuple!(11; A 0, B 1, C 2, D 3, F 4, G 5, H 6, I 7, J 8, K 9, L 10);
+join_tuple!(12; A 0, B 1, C 2, D 3, F 4, G 5, H 6, I 7, J 8, K 9, L 10, M 11);
+
+// ---------------------------------------------------------------------------
+// The same, as associated functions of `Promise`
+// ---------------------------------------------------------------------------
+
+impl<T, E> Promise<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    /// [`all`] as an associated function: `Promise::all(promises)`, as in JavaScript.
+    ///
+    /// ```
+    /// use thenable::Promise;
+    ///
+    /// let p = Promise::all(vec![Promise::<i32>::resolved(1), Promise::resolved(2)]);
+    /// assert_eq!(thenable::block_on(p).unwrap(), [1, 2]);
+    /// ```
+    pub fn all(promises: impl IntoIterator<Item = Promise<T, E>>) -> Promise<Vec<T>, E> {
+        all(promises)
+    }
+
+    /// [`all_settled`] as an associated function: `Promise::all_settled(promises)`.
+    ///
+    /// ```
+    /// use thenable::{Error, Promise};
+    ///
+    /// let p = Promise::all_settled([Promise::<i32>::rejected(Error::msg("x"))]);
+    /// assert!(thenable::block_on(p).unwrap()[0].is_err());
+    /// ```
+    pub fn all_settled(
+        promises: impl IntoIterator<Item = Promise<T, E>>,
+    ) -> Promise<Vec<Result<T, E>>, E> {
+        all_settled(promises)
+    }
+
+    /// [`race`] as an associated function: `Promise::race(promises)`.
+    ///
+    /// ```
+    /// use thenable::Promise;
+    ///
+    /// let (never, _keep) = Promise::<i32>::pending();
+    /// let p = Promise::race([never, Promise::resolved(5)]);
+    /// assert_eq!(thenable::block_on(p).unwrap(), 5);
+    /// ```
+    pub fn race(promises: impl IntoIterator<Item = Promise<T, E>>) -> Promise<T, E> {
+        race(promises)
+    }
+
+    /// [`any`] as an associated function: `Promise::any(promises)`.
+    ///
+    /// ```
+    /// use thenable::{Error, Promise};
+    ///
+    /// let p = Promise::any([Promise::<i32>::rejected(Error::msg("x")), Promise::resolved(3)]);
+    /// assert_eq!(thenable::block_on(p).unwrap(), 3);
+    /// ```
+    pub fn any(promises: impl IntoIterator<Item = Promise<T, E>>) -> Promise<T, E>
+    where
+        E: Into<Error>,
+    {
+        any(promises)
+    }
+
+    /// [`any_with`] as an associated function.
+    ///
+    /// ```
+    /// use thenable::Promise;
+    ///
+    /// let p = Promise::any_with([Promise::<i32, String>::rejected("x".into())], |r| r.concat());
+    /// assert_eq!(thenable::block_on(p).unwrap_err(), "x");
+    /// ```
+    pub fn any_with<C>(
+        promises: impl IntoIterator<Item = Promise<T, E>>,
+        combine: C,
+    ) -> Promise<T, E>
+    where
+        C: FnOnce(Vec<E>) -> E + Send + 'static,
+    {
+        any_with(promises, combine)
+    }
+
+    /// [`join`] as an associated function: `Promise::join((a, b, ...))`, the tuple
+    /// form of `Promise.all`.
+    ///
+    /// ```
+    /// use thenable::Promise;
+    ///
+    /// let p = Promise::join((Promise::<i32>::resolved(1), Promise::resolved('x')));
+    /// assert_eq!(thenable::block_on(p).unwrap(), (1, 'x'));
+    /// ```
+    pub fn join<J: Join<Values = T, Error = E>>(promises: J) -> Promise<T, E> {
+        promises.join()
+    }
+}

@@ -1,0 +1,90 @@
+//! `shield`: a promise that follows another, but whose cancellation stops there.
+//!
+//! The shielded promise watches its input through one `then` link that nobody can
+//! reach, so the input always keeps one consumer that never cancels: cancellation
+//! coming from the shield's consumers ends at the shield (asyncio's `shield`).
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::collect::{watch, Receiver};
+use crate::error::Error;
+use crate::promise::{internal, Promise, Settler};
+
+/// Settles the shielded promise with the input's outcome.
+struct Follow<T: Send + 'static, E: Send + 'static>(Arc<Mutex<Option<Settler<T, E>>>>);
+
+impl<T: Send + 'static, E: Send + 'static> Clone for Follow<T, E> {
+    fn clone(&self) -> Self {
+        Follow(self.0.clone())
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Receiver<T, E> for Follow<T, E> {
+    fn receive(self, outcome: Result<T, E>) {
+        let settler = self.0.lock().take();
+        if let Some(mut settler) = settler {
+            settler.settle(outcome);
+        }
+    }
+}
+
+/// A promise that settles as `promise` does, but whose cancellation does not travel
+/// upstream to `promise` (asyncio's `shield`): cancelling it, or everything that
+/// consumes it (a [`race`](crate::race) it lost, a cancelled task awaiting it),
+/// leaves `promise` and the work behind it running.
+///
+/// Only the shield's own consumers are held off: cancelling `promise` itself
+/// (through a clone of it) still stops it, and the shielded promise then rejects
+/// with an error for which [`Error::is_cancelled`] holds.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use thenable::{shield, sleep, EventLoop};
+///
+/// let event_loop = EventLoop::new();
+/// let saved = Arc::new(AtomicBool::new(false));
+/// let flag = saved.clone();
+/// let save = sleep(Duration::from_millis(5)).map(move |()| flag.store(true, Ordering::SeqCst));
+///
+/// let shielded = shield(save);
+/// assert!(shielded.cancel()); // the consumer gives up...
+/// event_loop.run().unwrap();
+/// assert!(saved.load(Ordering::SeqCst)); // ...but the save still happened
+/// ```
+pub fn shield<T, E>(promise: Promise<T, E>) -> Promise<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let (shielded, settler) = internal::<T, E>();
+    let follow = Follow(Arc::new(Mutex::new(Some(settler))));
+    // The link is let go on purpose: nobody can cancel it, so `promise` keeps a
+    // consumer that never cancels, and cancellation stops at `shielded`.
+    drop(watch(promise, follow));
+    shielded
+}
+
+impl<T, E> Promise<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    /// [`shield`] as a method: `promise.shield()`.
+    ///
+    /// ```
+    /// use thenable::Promise;
+    ///
+    /// let (inner, resolver) = Promise::<i32>::pending();
+    /// let outer = inner.shield();
+    /// outer.cancel();
+    /// assert!(outer.is_cancelled());
+    /// assert!(resolver.resolve(1)); // the inner promise was not cancelled
+    /// ```
+    pub fn shield(self) -> Promise<T, E> {
+        shield(self)
+    }
+}
