@@ -196,6 +196,39 @@ fn cancelling_the_output_of_all_cancels_its_inputs() {
 }
 
 #[test]
+fn cancelling_a_chain_that_adopted_all_cancels_its_inputs() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let fired = Counter::default();
+        let inputs = fired.clone();
+        let chain = Promise::<()>::resolved(())
+            .then(move |()| all([after(HOUR, (), &inputs)]))
+            .map(|_| ());
+        event_loop.block_on(sleep(ms(5))).unwrap(); // the handler ran: all(...) is adopted
+        assert!(chain.cancel());
+        event_loop.run().unwrap();
+        assert_eq!(fired.get(), 0);
+    });
+}
+
+#[test]
+fn cancelling_a_task_awaiting_all_cancels_its_inputs() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let fired = Counter::default();
+        let inputs = fired.clone();
+        let task = spawn(async move {
+            all([after(HOUR, (), &inputs)]).await?;
+            Ok::<_, Error>(())
+        });
+        event_loop.block_on(sleep(ms(5))).unwrap(); // the task is awaiting all(...)
+        assert!(task.cancel());
+        event_loop.run().unwrap();
+        assert_eq!(fired.get(), 0);
+    });
+}
+
+#[test]
 fn an_input_cancelled_elsewhere_rejects_all_as_cancelled() {
     within(|| {
         let event_loop = EventLoop::new();
