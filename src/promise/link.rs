@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use super::core::{self, Graph, Input, Link, Node, NodeRef, Reaction, Runnable, Settle};
 use super::Promise;
@@ -183,7 +184,7 @@ where
 /// a timer, a task): what to release if it is cancelled. For a resolver's promise it
 /// also holds the home loop, kept alive until the resolver is done.
 pub(crate) struct Hooks {
-    on_cancel: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    on_cancel: Mutex<SmallVec<[Box<dyn FnOnce() + Send>; 1]>>,
     home: Option<LoopRef>,
     /// Settled, following another promise, or cancelled: the settler is done.
     finished: AtomicBool,
@@ -193,7 +194,7 @@ impl Hooks {
     /// `home` is the loop a resolver keeps alive (already acquired).
     pub(crate) fn new(home: Option<LoopRef>) -> Hooks {
         Hooks {
-            on_cancel: Mutex::new(Vec::new()),
+            on_cancel: Mutex::new(SmallVec::new()),
             home,
             finished: AtomicBool::new(false),
         }
