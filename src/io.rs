@@ -259,3 +259,7 @@ mod tests {
         assert_eq!(open_descriptors(), before);
     }
 }
+
+// Standard input as lines: in its own file, as it owns more than readiness.
+mod stdin;
+pub use self::stdin::*;

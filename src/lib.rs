@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)] // one exception, in `reactor`, with its SAFETY argument
 
+mod blocking;
 mod combinators;
 mod error;
 mod event_loop;
@@ -37,6 +38,7 @@ mod reactor;
 mod task;
 mod timer;
 
+pub use crate::blocking::*;
 #[allow(unused_imports)] // filled in as the combinators land
 pub use crate::combinators::*;
 pub use crate::error::Error;
