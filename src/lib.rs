@@ -33,6 +33,8 @@ mod error;
 mod event_loop;
 #[cfg(unix)]
 pub mod io;
+#[cfg(unix)]
+pub mod net;
 mod promise;
 mod reactor;
 mod task;

@@ -1,0 +1,1191 @@
+//! TCP and UDP on the loop: [`TcpListener`], [`TcpStream`] and [`UdpSocket`].
+//!
+//! Every operation that waits returns a [`Promise`], so it can be chained with
+//! `then` or awaited. The work starts when the method is called (as in
+//! JavaScript), on the loop of the calling thread, and never blocks that thread:
+//! sockets are non-blocking and registered with the loop's reactor through
+//! [`Async`]. Failures reject with an [`Error`] that wraps the `std::io::Error`, so
+//! `err.downcast_ref::<std::io::Error>().unwrap().kind()` tells what happened.
+//!
+//! ```
+//! use thenable::net::{TcpListener, TcpStream};
+//!
+//! let listener = TcpListener::bind("127.0.0.1:0")?;
+//! let addr = listener.local_addr()?;
+//! let server = thenable::spawn(async move {
+//!     let (conn, _peer) = listener.accept().await?;
+//!     let line = conn.read_line(1024).await?.unwrap_or_default();
+//!     conn.write_all(format!("echo: {line}\n")).await
+//! });
+//! let reply = TcpStream::connect(addr)
+//!     .then(|client| client.write_all("hi\n").map(move |()| client))
+//!     .then(|client| client.read_line(1024));
+//! assert_eq!(thenable::block_on(reply)?.as_deref(), Some("echo: hi"));
+//! thenable::block_on(server)?;
+//! # Ok::<_, thenable::Error>(())
+//! ```
+//!
+//! A socket belongs to the loop that was current where it was created (the running
+//! loop, or else the thread's ambient one, see [`EventLoop`](crate::EventLoop)): use
+//! it from that loop. This module owns the sockets' buffering and the mapping of
+//! their operations onto readiness; it never blocks the loop thread and never
+//! touches the reactor except through [`Async`].
+//!
+//! `TcpStream` also implements the `futures-io` traits `AsyncRead`, `AsyncBufRead`
+//! and `AsyncWrite`, for codecs and utilities written against them. Its inherent
+//! methods (which return promises) share names with the methods of the extension
+//! traits (`AsyncReadExt::read` and so on); with those traits in scope, call the
+//! trait forms by path: `AsyncReadExt::read(&mut stream, &mut buf)`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{self as std_net, Shutdown, SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use futures_core::Stream;
+use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
+use parking_lot::Mutex;
+
+use crate::error::Error;
+use crate::event_loop::spawn;
+use crate::io::Async;
+use crate::promise::Promise;
+
+/// How much a buffered read asks the socket for at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// The most a single buffered read asks for, however much `read_exact` wants.
+const MAX_READ_CHUNK: usize = 1024 * 1024;
+/// How many queued writes go out in one `writev`.
+const MAX_WRITE_SLICES: usize = 32;
+/// The stack of the helper thread that resolves and connects (see
+/// [`TcpStream::connect`]); name resolution needs more than the bare minimum.
+const CONNECT_THREAD_STACK: usize = 256 * 1024;
+
+fn would_block(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::WouldBlock
+}
+
+/// A TCP socket listening for connections.
+///
+/// ```
+/// use thenable::net::{TcpListener, TcpStream};
+///
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// let peer = thenable::block_on(async move {
+///     let client = TcpStream::connect(addr).await?;
+///     let (_conn, peer) = listener.accept().await?;
+///     assert_eq!(peer, client.local_addr()?);
+///     Ok::<_, thenable::Error>(peer)
+/// })?;
+/// assert!(peer.ip().is_loopback());
+/// # Ok::<_, thenable::Error>(())
+/// ```
+pub struct TcpListener {
+    socket: Arc<Async<std_net::TcpListener>>,
+}
+
+impl TcpListener {
+    /// Binds and listens on `addr` (port 0: a free port, see
+    /// [`local_addr`](Self::local_addr)). Binding does not wait, so it returns
+    /// directly. Name resolution, if `addr` is a host name, happens here, on this
+    /// thread: bind to addresses rather than names inside a busy loop.
+    ///
+    /// ```
+    /// let listener = thenable::net::TcpListener::bind("127.0.0.1:0")?;
+    /// assert_ne!(listener.local_addr()?.port(), 0);
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        TcpListener::from_std(std_net::TcpListener::bind(addr)?)
+    }
+
+    /// Takes over a listener made with the standard library: switches it to
+    /// non-blocking mode and registers it with this thread's loop.
+    ///
+    /// ```
+    /// let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = std_listener.local_addr()?;
+    /// let listener = thenable::net::TcpListener::from_std(std_listener)?;
+    /// assert_eq!(listener.local_addr()?, addr);
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn from_std(listener: std_net::TcpListener) -> io::Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        Ok(TcpListener {
+            socket: Arc::new(Async::new(listener)?),
+        })
+    }
+
+    /// The address the listener is bound to.
+    ///
+    /// ```
+    /// let listener = thenable::net::TcpListener::bind("127.0.0.1:0")?;
+    /// assert!(listener.local_addr()?.ip().is_loopback());
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.get_ref().local_addr()
+    }
+
+    /// The next connection and the peer's address.
+    ///
+    /// While it waits, the promise keeps the listening socket open (and the loop
+    /// alive), even if the `TcpListener` itself is dropped; cancel the promise to
+    /// stop waiting.
+    ///
+    /// ```
+    /// use thenable::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let client = TcpStream::connect(listener.local_addr()?);
+    /// let accepted = listener.accept().map(|(conn, _peer)| conn.peer_addr());
+    /// let client = thenable::block_on(client)?;
+    /// assert_eq!(thenable::block_on(accepted)??, client.local_addr()?);
+    /// # Ok::<_, thenable::Error>(())
+    /// ```
+    pub fn accept(&self) -> Promise<(TcpStream, SocketAddr)> {
+        let socket = self.socket.clone();
+        spawn(async move {
+            let (stream, peer) = socket.read_with(|listener| listener.accept()).await?;
+            Ok((TcpStream::from_std(stream)?, peer))
+        })
+    }
+
+    /// The connections, as a [`Stream`] that never ends (like std's `incoming`).
+    /// An error, such as running out of file descriptors, is yielded and the stream
+    /// goes on with the next connection. The stream keeps the listening socket open
+    /// while it exists.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use thenable::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
+    /// let mut incoming = listener.incoming();
+    /// let count = thenable::block_on(async move {
+    ///     let clients = [TcpStream::connect(addr), TcpStream::connect(addr)];
+    ///     let mut accepted = 0;
+    ///     while accepted < clients.len() {
+    ///         let _conn = incoming.next().await.expect("never ends")?;
+    ///         accepted += 1;
+    ///     }
+    ///     Ok::<_, thenable::Error>(accepted)
+    /// })?;
+    /// assert_eq!(count, 2);
+    /// # Ok::<_, thenable::Error>(())
+    /// ```
+    pub fn incoming(&self) -> Incoming {
+        Incoming {
+            socket: self.socket.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("local_addr", &self.local_addr().ok())
+            .finish()
+    }
+}
+
+/// The connections of a [`TcpListener`], from [`TcpListener::incoming`].
+///
+/// ```
+/// use futures::StreamExt;
+///
+/// let listener = thenable::net::TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// let mut incoming = listener.incoming();
+/// drop(listener); // the stream keeps the socket open
+/// let _client = std::net::TcpStream::connect(addr)?;
+/// let conn = thenable::block_on(async move { incoming.next().await.unwrap() })?;
+/// assert!(conn.peer_addr()?.ip().is_loopback());
+/// # Ok::<_, thenable::Error>(())
+/// ```
+pub struct Incoming {
+    socket: Arc<Async<std_net::TcpListener>>,
+}
+
+impl Stream for Incoming {
+    type Item = Result<TcpStream, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.socket.get_ref().accept() {
+                Ok((stream, _peer)) => {
+                    return Poll::Ready(Some(TcpStream::from_std(stream).map_err(Error::from)))
+                }
+                Err(e) if would_block(&e) => {
+                    if let Err(e) = ready!(self.socket.poll_readable(cx)) {
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                }
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("local_addr", &self.socket.get_ref().local_addr().ok())
+            .finish()
+    }
+}
+
+/// A TCP connection.
+///
+/// Reads go through a buffer kept with the socket, so no byte is lost between
+/// operations: what `read_line` read past the end of its line, what a cancelled
+/// `read_exact` had gathered, is there for the next read. Writes are queued in the
+/// order they were called and go out in that order, however the promises are
+/// awaited; a write's promise fulfils once its bytes were handed to the kernel.
+///
+/// Clones share the socket, its read buffer and its write queue (cheap: one
+/// `Arc`), which is how a promise can own the connection while you keep a handle,
+/// and how one task can read while another writes. The socket closes when the
+/// last clone and the last operation in flight are gone.
+///
+/// ```
+/// use thenable::net::{TcpListener, TcpStream};
+///
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// thenable::block_on(async move {
+///     let client = TcpStream::connect(addr).await?;
+///     let (server, _) = listener.accept().await?;
+///     let _ = client.write_all("one\ntwo\n");
+///     client.shutdown(std::net::Shutdown::Write).await?;
+///     assert_eq!(server.read_line(100).await?.as_deref(), Some("one"));
+///     assert_eq!(server.read_line(100).await?.as_deref(), Some("two"));
+///     assert_eq!(server.read_line(100).await?, None); // end of stream
+///     Ok::<_, thenable::Error>(())
+/// })?;
+/// # Ok::<_, thenable::Error>(())
+/// ```
+pub struct TcpStream {
+    shared: Arc<StreamShared>,
+    /// Bytes this handle's `poll_fill_buf` handed out and that were not consumed
+    /// yet (`AsyncBufRead` must lend a slice that outlives the call, which the
+    /// shared buffer behind its lock cannot). Every other read through this handle
+    /// first puts them back in front of the shared buffer, so order is kept.
+    lent: Mutex<LentBytes>,
+}
+
+struct StreamShared {
+    socket: Async<std_net::TcpStream>,
+    buffers: Mutex<StreamBuffers>,
+}
+
+#[derive(Default)]
+struct StreamBuffers {
+    inbound: ReadBuffer,
+    outbound: WriteQueue,
+}
+
+impl TcpStream {
+    /// Connects to `addr`.
+    ///
+    /// Name resolution and the standard library's connect both block, so they run
+    /// on a short-lived helper thread (as Node.js resolves names on its thread
+    /// pool); the loop thread goes on, and the connected socket is registered with
+    /// the calling thread's loop. A refused connection rejects with
+    /// `ErrorKind::ConnectionRefused`.
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use thenable::net::TcpStream;
+    ///
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let free_port = listener.local_addr()?;
+    /// drop(listener); // nobody listens there any more
+    /// let err = thenable::block_on(TcpStream::connect(free_port)).unwrap_err();
+    /// let kind = err.downcast_ref::<std::io::Error>().unwrap().kind();
+    /// assert_eq!(kind, ErrorKind::ConnectionRefused);
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn connect<A>(addr: A) -> Promise<TcpStream>
+    where
+        A: ToSocketAddrs + Send + 'static,
+    {
+        let (connected, resolver) = Promise::<std_net::TcpStream>::pending();
+        let helper = std::thread::Builder::new()
+            .name("thenable-connect".into())
+            .stack_size(CONNECT_THREAD_STACK)
+            .spawn(move || resolver.settle(std_net::TcpStream::connect(addr).map_err(Error::from)));
+        // If the thread could not start, the resolver went down with its closure
+        // and `connected` is broken: report why instead.
+        let spawn_error = helper.err().map(Error::from);
+        // Registered in a reaction on the resolver's home loop: the calling loop.
+        connected.then_or_catch(
+            |stream| Ok(TcpStream::from_std(stream)?),
+            move |error| Err(spawn_error.unwrap_or(error)),
+        )
+    }
+
+    /// Takes over a connected stream made with the standard library: switches it to
+    /// non-blocking mode and registers it with this thread's loop.
+    ///
+    /// ```
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let std_stream = std::net::TcpStream::connect(listener.local_addr()?)?;
+    /// let stream = thenable::net::TcpStream::from_std(std_stream)?;
+    /// assert_eq!(stream.peer_addr()?, listener.local_addr()?);
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn from_std(stream: std_net::TcpStream) -> io::Result<TcpStream> {
+        stream.set_nonblocking(true)?;
+        Ok(TcpStream {
+            shared: Arc::new(StreamShared {
+                socket: Async::new(stream)?,
+                buffers: Mutex::new(StreamBuffers::default()),
+            }),
+            lent: Mutex::new(LentBytes::default()),
+        })
+    }
+
+    /// The address of the other end.
+    ///
+    /// ```
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let stream = thenable::net::TcpStream::from_std(std::net::TcpStream::connect(
+    ///     listener.local_addr()?,
+    /// )?)?;
+    /// assert_eq!(stream.peer_addr()?, listener.local_addr()?);
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.shared.socket.get_ref().peer_addr()
+    }
+
+    /// The address of this end.
+    ///
+    /// ```
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let stream = thenable::net::TcpStream::from_std(std::net::TcpStream::connect(
+    ///     listener.local_addr()?,
+    /// )?)?;
+    /// let (_server, peer) = listener.accept()?;
+    /// assert_eq!(stream.local_addr()?, peer);
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.shared.socket.get_ref().local_addr()
+    }
+
+    /// Turns Nagle's algorithm off (`true`) or on: with it off, small writes go
+    /// out at once instead of waiting to be coalesced.
+    ///
+    /// ```
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let stream = thenable::net::TcpStream::from_std(std::net::TcpStream::connect(
+    ///     listener.local_addr()?,
+    /// )?)?;
+    /// stream.set_nodelay(true)?;
+    /// assert!(stream.nodelay()?);
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.shared.socket.get_ref().set_nodelay(nodelay)
+    }
+
+    /// Whether Nagle's algorithm is off (see [`set_nodelay`](Self::set_nodelay)).
+    ///
+    /// ```
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let stream = thenable::net::TcpStream::from_std(std::net::TcpStream::connect(
+    ///     listener.local_addr()?,
+    /// )?)?;
+    /// assert!(!stream.nodelay()?); // the operating system's default
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn nodelay(&self) -> io::Result<bool> {
+        self.shared.socket.get_ref().nodelay()
+    }
+
+    /// Up to `max_len` bytes, as soon as some are available: buffered bytes first,
+    /// else one read from the socket (which may return fewer than were sent: TCP
+    /// has no message boundaries). Empty only at the end of the stream (or when
+    /// `max_len` is 0).
+    ///
+    /// ```
+    /// use thenable::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
+    /// thenable::block_on(async move {
+    ///     let client = TcpStream::connect(addr).await?;
+    ///     let (server, _) = listener.accept().await?;
+    ///     client.write_all("hello").await?;
+    ///     drop(client);
+    ///     let mut got = Vec::new();
+    ///     loop {
+    ///         let chunk = server.read(3).await?;
+    ///         if chunk.is_empty() {
+    ///             break; // the client closed
+    ///         }
+    ///         assert!(chunk.len() <= 3);
+    ///         got.extend(chunk);
+    ///     }
+    ///     assert_eq!(got, b"hello");
+    ///     Ok::<_, thenable::Error>(())
+    /// })?;
+    /// # Ok::<_, thenable::Error>(())
+    /// ```
+    pub fn read(&self, max_len: usize) -> Promise<Vec<u8>> {
+        self.return_lent();
+        let shared = self.shared.clone();
+        spawn(async move {
+            if max_len == 0 {
+                return Ok(Vec::new());
+            }
+            let bytes = shared
+                .io(Async::poll_readable, |buffers, mut socket| {
+                    if !buffers.inbound.is_empty() {
+                        return Ok(buffers.inbound.take(max_len));
+                    }
+                    let mut bytes = vec![0; max_len];
+                    let n = socket.read(&mut bytes)?;
+                    bytes.truncate(n);
+                    Ok(bytes)
+                })
+                .await?;
+            Ok(bytes)
+        })
+    }
+
+    /// Exactly `len` bytes. If the stream ends first, rejects with
+    /// `ErrorKind::UnexpectedEof` and the bytes that did arrive stay buffered for
+    /// the next read (as they do if the promise is cancelled).
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use thenable::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
+    /// thenable::block_on(async move {
+    ///     let client = TcpStream::connect(addr).await?;
+    ///     let (server, _) = listener.accept().await?;
+    ///     let _ = client.write_all("head");
+    ///     client.write_all("er+rest").await?;
+    ///     drop(client);
+    ///     assert_eq!(server.read_exact(6).await?, b"header");
+    ///     let err = server.read_exact(10).await.unwrap_err();
+    ///     let kind = err.downcast_ref::<std::io::Error>().unwrap().kind();
+    ///     assert_eq!(kind, ErrorKind::UnexpectedEof);
+    ///     assert_eq!(server.read(100).await?, b"+rest"); // still there
+    ///     Ok::<_, thenable::Error>(())
+    /// })?;
+    /// # Ok::<_, thenable::Error>(())
+    /// ```
+    pub fn read_exact(&self, len: usize) -> Promise<Vec<u8>> {
+        self.return_lent();
+        let shared = self.shared.clone();
+        spawn(async move {
+            let bytes = shared
+                .io(Async::poll_readable, |buffers, socket| {
+                    while buffers.inbound.len() < len {
+                        let missing = len - buffers.inbound.len();
+                        let chunk = missing.clamp(READ_CHUNK, MAX_READ_CHUNK);
+                        if buffers.inbound.fill_from(socket, chunk)? == 0 {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!(
+                                    "connection closed after {} of {len} bytes",
+                                    buffers.inbound.len()
+                                ),
+                            ));
+                        }
+                    }
+                    Ok(buffers.inbound.take(len))
+                })
+                .await?;
+            Ok(bytes)
+        })
+    }
+
+    /// The next line, without its `\n` (or `\r\n`); `None` at the end of the
+    /// stream. Bytes after the line stay buffered for the next read.
+    ///
+    /// Rejects, with the error kind inside the [`Error`]:
+    /// - `InvalidData` if the line is longer than `max_line_len` bytes (not counting
+    ///   the terminator). Nothing is consumed (where the line ends is unknown), and
+    ///   no more than about `max_line_len` bytes are ever buffered for it: a peer
+    ///   cannot make a reader hoard memory. Close the connection, or read on.
+    /// - `InvalidData` if the line is not UTF-8; that line is consumed.
+    /// - `UnexpectedEof` if the stream ends in the middle of a line (the partial
+    ///   line stays buffered).
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use thenable::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
+    /// thenable::block_on(async move {
+    ///     let client = TcpStream::connect(addr).await?;
+    ///     let (server, _) = listener.accept().await?;
+    ///     client.write_all("short\r\nthis line is far too long\n").await?;
+    ///     assert_eq!(server.read_line(8).await?.as_deref(), Some("short"));
+    ///     let err = server.read_line(8).await.unwrap_err();
+    ///     let kind = err.downcast_ref::<std::io::Error>().unwrap().kind();
+    ///     assert_eq!(kind, ErrorKind::InvalidData);
+    ///     Ok::<_, thenable::Error>(())
+    /// })?;
+    /// # Ok::<_, thenable::Error>(())
+    /// ```
+    pub fn read_line(&self, max_line_len: usize) -> Promise<Option<String>> {
+        self.return_lent();
+        let shared = self.shared.clone();
+        spawn(async move {
+            let line = shared
+                .io(Async::poll_readable, |buffers, socket| {
+                    take_line(&mut buffers.inbound, socket, max_line_len)
+                })
+                .await?;
+            Ok(line)
+        })
+    }
+
+    /// Queues `data` to be written, after everything queued before; fulfils once
+    /// all of it was handed to the kernel (in as many partial writes as the
+    /// socket needs). Cancelling the promise does not take the bytes back: they
+    /// go out with the next write or [`flush`](Self::flush).
+    ///
+    /// ```
+    /// use thenable::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
+    /// thenable::block_on(async move {
+    ///     let client = TcpStream::connect(addr).await?;
+    ///     let (server, _) = listener.accept().await?;
+    ///     let big = vec![7u8; 1 << 20];
+    ///     let sent = client.write_all(big.clone()); // more than one write can take
+    ///     assert_eq!(server.read_exact(big.len()).await?, big);
+    ///     sent.await
+    /// })?;
+    /// # Ok::<_, thenable::Error>(())
+    /// ```
+    pub fn write_all(&self, data: impl Into<Vec<u8>>) -> Promise<()> {
+        let end = self.shared.buffers.lock().outbound.push(data.into());
+        self.send_queued_until(end)
+    }
+
+    /// Fulfils once everything queued so far was handed to the kernel. (There is
+    /// no other buffering in between: the kernel sends on its own.)
+    ///
+    /// ```
+    /// use thenable::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
+    /// thenable::block_on(async move {
+    ///     let client = TcpStream::connect(addr).await?;
+    ///     let (server, _) = listener.accept().await?;
+    ///     let _ = client.write_all("a");
+    ///     let _ = client.write_all("b");
+    ///     client.flush().await?;
+    ///     assert_eq!(server.read_exact(2).await?, b"ab");
+    ///     Ok::<_, thenable::Error>(())
+    /// })?;
+    /// # Ok::<_, thenable::Error>(())
+    /// ```
+    pub fn flush(&self) -> Promise<()> {
+        let end = self.shared.buffers.lock().outbound.queued_end();
+        self.send_queued_until(end)
+    }
+
+    fn send_queued_until(&self, end: u64) -> Promise<()> {
+        let shared = self.shared.clone();
+        spawn(async move {
+            shared
+                .io(Async::poll_writable, |buffers, socket| {
+                    buffers.outbound.send_until(socket, end)
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// Shuts down the reading half, the writing half, or both. Shutting down
+    /// writing first sends everything queued, then tells the peer no more is
+    /// coming (it reads the end of the stream) while it can still send to us: a
+    /// half-close.
+    ///
+    /// ```
+    /// use std::net::Shutdown;
+    /// use thenable::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
+    /// thenable::block_on(async move {
+    ///     let client = TcpStream::connect(addr).await?;
+    ///     let (server, _) = listener.accept().await?;
+    ///     let _ = client.write_all("question");
+    ///     client.shutdown(Shutdown::Write).await?;
+    ///     assert_eq!(server.read_exact(8).await?, b"question");
+    ///     assert!(server.read(10).await?.is_empty()); // the client is done sending
+    ///     server.write_all("answer").await?; // but still reads
+    ///     assert_eq!(client.read_exact(6).await?, b"answer");
+    ///     Ok::<_, thenable::Error>(())
+    /// })?;
+    /// # Ok::<_, thenable::Error>(())
+    /// ```
+    pub fn shutdown(&self, how: Shutdown) -> Promise<()> {
+        let shared = self.shared.clone();
+        spawn(async move {
+            if how != Shutdown::Read {
+                shared
+                    .io(Async::poll_writable, |buffers, socket| {
+                        let end = buffers.outbound.queued_end();
+                        buffers.outbound.send_until(socket, end)
+                    })
+                    .await?;
+            }
+            shared.socket.get_ref().shutdown(how)?;
+            Ok(())
+        })
+    }
+
+    /// Puts the bytes this handle lent through `AsyncBufRead` and that were not
+    /// consumed back in front of the shared buffer, before any other read.
+    fn return_lent(&self) {
+        let unconsumed = self.lent.lock().take_unconsumed();
+        if !unconsumed.is_empty() {
+            self.shared.buffers.lock().inbound.put_back(unconsumed);
+        }
+    }
+}
+
+impl StreamShared {
+    /// Runs `op` with the buffers and the socket until it stops returning
+    /// `WouldBlock`, waiting with `wait_ready` (readable or writable) in between.
+    /// `op` keeps its progress in the buffers, never in locals, so an operation
+    /// dropped half-way (a cancelled promise) loses nothing.
+    fn poll_io<R>(
+        &self,
+        cx: &mut Context<'_>,
+        wait_ready: fn(&Async<std_net::TcpStream>, &mut Context<'_>) -> Poll<io::Result<()>>,
+        op: &mut impl FnMut(&mut StreamBuffers, &std_net::TcpStream) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            let result = op(&mut self.buffers.lock(), self.socket.get_ref());
+            match result {
+                Err(e) if would_block(&e) => ready!(wait_ready(&self.socket, cx))?,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    async fn io<R>(
+        &self,
+        wait_ready: fn(&Async<std_net::TcpStream>, &mut Context<'_>) -> Poll<io::Result<()>>,
+        mut op: impl FnMut(&mut StreamBuffers, &std_net::TcpStream) -> io::Result<R>,
+    ) -> io::Result<R> {
+        std::future::poll_fn(|cx| self.poll_io(cx, wait_ready, &mut op)).await
+    }
+}
+
+/// Takes the next line out of `inbound`, reading more from `socket` as needed (see
+/// [`TcpStream::read_line`] for the rules).
+fn take_line(
+    inbound: &mut ReadBuffer,
+    mut socket: impl Read,
+    max_line_len: usize,
+) -> io::Result<Option<String>> {
+    let too_long = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("line longer than {max_line_len} bytes"),
+        )
+    };
+    let mut searched = 0;
+    loop {
+        let filled = inbound.filled();
+        if let Some(offset) = filled[searched..].iter().position(|&b| b == b'\n') {
+            let newline = searched + offset;
+            let content_len = if newline > 0 && filled[newline - 1] == b'\r' {
+                newline - 1
+            } else {
+                newline
+            };
+            if content_len > max_line_len {
+                return Err(too_long());
+            }
+            let mut line = inbound.take(newline + 1);
+            line.truncate(content_len);
+            return String::from_utf8(line).map(Some).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("line is not UTF-8: {e}"),
+                )
+            });
+        }
+        // Even a `\r\n` arriving next would leave more than `max_line_len` before it.
+        if filled.len() > max_line_len + 1 {
+            return Err(too_long());
+        }
+        searched = filled.len();
+        if inbound.fill_from(&mut socket, READ_CHUNK)? == 0 {
+            return match inbound.len() {
+                0 => Ok(None),
+                partial => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed in the middle of a line ({partial} bytes)"),
+                )),
+            };
+        }
+    }
+}
+
+impl Clone for TcpStream {
+    /// Another handle on the same connection.
+    ///
+    /// ```
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let stream = thenable::net::TcpStream::from_std(std::net::TcpStream::connect(
+    ///     listener.local_addr()?,
+    /// )?)?;
+    /// let writer = stream.clone();
+    /// assert_eq!(writer.local_addr()?, stream.local_addr()?);
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    fn clone(&self) -> Self {
+        self.return_lent();
+        TcpStream {
+            shared: self.shared.clone(),
+            lent: Mutex::new(LentBytes::default()),
+        }
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        // Other clones (or operations in flight) may still read them.
+        let unconsumed = self.lent.get_mut().take_unconsumed();
+        if !unconsumed.is_empty() {
+            self.shared.buffers.lock().inbound.put_back(unconsumed);
+        }
+    }
+}
+
+impl fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("local_addr", &self.local_addr().ok())
+            .field("peer_addr", &self.peer_addr().ok())
+            .finish()
+    }
+}
+
+/// Reads through the same buffer as the promise-returning methods.
+impl AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let lent = this.lent.get_mut();
+        if !lent.unconsumed().is_empty() {
+            let n = lent.unconsumed().len().min(buf.len());
+            buf[..n].copy_from_slice(&lent.unconsumed()[..n]);
+            lent.consume(n);
+            return Poll::Ready(Ok(n));
+        }
+        this.shared
+            .poll_io(cx, Async::poll_readable, &mut |buffers, mut socket| {
+                if buffers.inbound.is_empty() {
+                    socket.read(buf)
+                } else {
+                    let n = buffers.inbound.len().min(buf.len());
+                    buf[..n].copy_from_slice(&buffers.inbound.filled()[..n]);
+                    buffers.inbound.consume(n);
+                    Ok(n)
+                }
+            })
+    }
+}
+
+impl AsyncBufRead for TcpStream {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.lent.get_mut().unconsumed().is_empty() {
+            let bytes =
+                ready!(this
+                    .shared
+                    .poll_io(cx, Async::poll_readable, &mut |buffers, socket| {
+                        if buffers.inbound.is_empty() {
+                            buffers.inbound.fill_from(socket, READ_CHUNK)?;
+                        }
+                        Ok(buffers.inbound.take(usize::MAX))
+                    }))?;
+            *this.lent.get_mut() = LentBytes { bytes, consumed: 0 };
+        }
+        Poll::Ready(Ok(this.lent.get_mut().unconsumed()))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        self.get_mut().lent.get_mut().consume(amt);
+    }
+}
+
+/// Writes after everything queued by [`TcpStream::write_all`], keeping the order.
+impl AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.shared
+            .poll_io(cx, Async::poll_writable, &mut |buffers, mut socket| {
+                let end = buffers.outbound.queued_end();
+                buffers.outbound.send_until(socket, end)?;
+                socket.write(buf)
+            })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shared
+            .poll_io(cx, Async::poll_writable, &mut |buffers, socket| {
+                let end = buffers.outbound.queued_end();
+                buffers.outbound.send_until(socket, end)
+            })
+    }
+
+    /// Sends what is queued, then shuts down the writing half.
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        Poll::Ready(self.shared.socket.get_ref().shutdown(Shutdown::Write))
+    }
+}
+
+/// Bytes read from a socket and not yet delivered: a `Vec` consumed from the front.
+#[derive(Default)]
+struct ReadBuffer {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl ReadBuffer {
+    fn filled(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.bytes.len());
+        if self.start == self.bytes.len() {
+            self.bytes.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Takes up to `n` bytes from the front.
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let n = n.min(self.len());
+        if self.start == 0 && n == self.bytes.len() {
+            return std::mem::take(&mut self.bytes);
+        }
+        let taken = self.filled()[..n].to_vec();
+        self.consume(n);
+        taken
+    }
+
+    /// Puts `front` back before the buffered bytes.
+    fn put_back(&mut self, mut front: Vec<u8>) {
+        front.extend_from_slice(self.filled());
+        self.bytes = front;
+        self.start = 0;
+    }
+
+    /// One read of up to `chunk` bytes from `reader` appended; 0 at end of stream.
+    fn fill_from(&mut self, mut reader: impl Read, chunk: usize) -> io::Result<usize> {
+        // Reclaim the consumed front once it is at least half the buffer, so
+        // compaction costs amortised O(1) per byte.
+        if self.start > 0 && self.start * 2 >= self.bytes.len() {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        let old_len = self.bytes.len();
+        self.bytes.resize(old_len + chunk, 0);
+        let result = reader.read(&mut self.bytes[old_len..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.bytes.truncate(old_len + n);
+        result
+    }
+}
+
+/// Bytes lent by `poll_fill_buf`, see [`TcpStream`]'s `lent` field.
+#[derive(Default)]
+struct LentBytes {
+    bytes: Vec<u8>,
+    consumed: usize,
+}
+
+impl LentBytes {
+    fn unconsumed(&self) -> &[u8] {
+        &self.bytes[self.consumed..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.consumed = (self.consumed + n).min(self.bytes.len());
+    }
+
+    fn take_unconsumed(&mut self) -> Vec<u8> {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.drain(..std::mem::take(&mut self.consumed));
+        bytes
+    }
+}
+
+/// Writes not yet handed to the kernel, in call order. Positions are counted in
+/// bytes since the stream opened, so a writer knows when its own bytes are out.
+#[derive(Default)]
+struct WriteQueue {
+    chunks: VecDeque<Vec<u8>>,
+    /// How much of the front chunk is already sent.
+    front_sent: usize,
+    queued_end: u64,
+    sent_end: u64,
+}
+
+impl WriteQueue {
+    /// Queues `data`; returns the position its last byte ends at.
+    fn push(&mut self, data: Vec<u8>) -> u64 {
+        if !data.is_empty() {
+            self.queued_end += data.len() as u64;
+            self.chunks.push_back(data);
+        }
+        self.queued_end
+    }
+
+    fn queued_end(&self) -> u64 {
+        self.queued_end
+    }
+
+    /// Writes until every byte before `end` is sent (`WouldBlock` if the socket
+    /// fills up first: what was written stays written).
+    fn send_until(&mut self, mut writer: impl Write, end: u64) -> io::Result<()> {
+        while self.sent_end < end {
+            let mut slices: [IoSlice<'_>; MAX_WRITE_SLICES] = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+            let mut count = 0;
+            for (i, chunk) in self.chunks.iter().take(MAX_WRITE_SLICES).enumerate() {
+                let from = if i == 0 { self.front_sent } else { 0 };
+                slices[i] = IoSlice::new(&chunk[from..]);
+                count += 1;
+            }
+            let written = match writer.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.advance(written);
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.sent_end += written as u64;
+        while written > 0 {
+            let front_left = self.chunks[0].len() - self.front_sent;
+            if written < front_left {
+                self.front_sent += written;
+                return;
+            }
+            written -= front_left;
+            self.chunks.pop_front();
+            self.front_sent = 0;
+        }
+    }
+}
+
+/// A UDP socket.
+///
+/// ```
+/// use thenable::net::UdpSocket;
+///
+/// let a = UdpSocket::bind("127.0.0.1:0")?;
+/// let b = UdpSocket::bind("127.0.0.1:0")?;
+/// let b_addr = b.local_addr()?;
+/// let (datagram, from) = thenable::block_on(async move {
+///     a.send_to("ping", b_addr).await?;
+///     b.recv_from(1500).await
+/// })?;
+/// assert_eq!(datagram, b"ping");
+/// assert!(from.ip().is_loopback());
+/// # Ok::<_, thenable::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct UdpSocket {
+    socket: Arc<Async<std_net::UdpSocket>>,
+}
+
+impl UdpSocket {
+    /// Binds to `addr` (port 0: a free port).
+    ///
+    /// ```
+    /// let socket = thenable::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// assert_ne!(socket.local_addr()?.port(), 0);
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn bind(addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
+        UdpSocket::from_std(std_net::UdpSocket::bind(addr)?)
+    }
+
+    /// Takes over a socket made with the standard library: switches it to
+    /// non-blocking mode and registers it with this thread's loop.
+    ///
+    /// ```
+    /// let std_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// let addr = std_socket.local_addr()?;
+    /// let socket = thenable::net::UdpSocket::from_std(std_socket)?;
+    /// assert_eq!(socket.local_addr()?, addr);
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn from_std(socket: std_net::UdpSocket) -> io::Result<UdpSocket> {
+        socket.set_nonblocking(true)?;
+        Ok(UdpSocket {
+            socket: Arc::new(Async::new(socket)?),
+        })
+    }
+
+    /// The address the socket is bound to.
+    ///
+    /// ```
+    /// let socket = thenable::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// assert!(socket.local_addr()?.ip().is_loopback());
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.get_ref().local_addr()
+    }
+
+    /// Sends one datagram to `target`; fulfils with the number of bytes sent. The
+    /// target is an address, not a name: resolving names would block the loop.
+    ///
+    /// ```
+    /// let socket = thenable::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// let to_self = socket.local_addr()?;
+    /// assert_eq!(thenable::block_on(socket.send_to(vec![1, 2, 3], to_self))?, 3);
+    /// # Ok::<_, thenable::Error>(())
+    /// ```
+    pub fn send_to(&self, datagram: impl Into<Vec<u8>>, target: SocketAddr) -> Promise<usize> {
+        let socket = self.socket.clone();
+        let datagram = datagram.into();
+        spawn(async move {
+            let sent = socket
+                .write_with(|socket| socket.send_to(&datagram, target))
+                .await?;
+            Ok(sent)
+        })
+    }
+
+    /// The next datagram and its sender. A datagram longer than `max_len` is
+    /// truncated to `max_len` bytes (the rest is lost, as with `recv_from(2)`).
+    ///
+    /// ```
+    /// let socket = thenable::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// let to_self = socket.local_addr()?;
+    /// let received = socket.recv_from(2);
+    /// let (datagram, from) = thenable::block_on(async move {
+    ///     socket.send_to("abc", to_self).await?;
+    ///     received.await
+    /// })?;
+    /// assert_eq!(datagram, b"ab");
+    /// assert_eq!(from, to_self);
+    /// # Ok::<_, thenable::Error>(())
+    /// ```
+    pub fn recv_from(&self, max_len: usize) -> Promise<(Vec<u8>, SocketAddr)> {
+        let socket = self.socket.clone();
+        spawn(async move {
+            let mut datagram = vec![0; max_len];
+            let (len, from) = socket
+                .read_with(|socket| socket.recv_from(&mut datagram))
+                .await?;
+            datagram.truncate(len);
+            Ok((datagram, from))
+        })
+    }
+}
+
+impl fmt::Debug for UdpSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UdpSocket")
+            .field("local_addr", &self.local_addr().ok())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffer_keeps_order_across_take_put_back_and_fill() {
+        let mut buffer = ReadBuffer::default();
+        buffer.fill_from(&b"hello world"[..], 64).unwrap();
+        assert_eq!(buffer.take(6), b"hello ");
+        buffer.put_back(b"big ".to_vec());
+        assert_eq!(buffer.filled(), b"big world");
+        buffer.fill_from(&b"!"[..], 64).unwrap();
+        assert_eq!(buffer.take(usize::MAX), b"big world!");
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn write_queue_tracks_partial_writes_across_chunks() {
+        /// A writer that accepts at most three bytes per call.
+        struct Trickle(Vec<u8>);
+        impl Write for Trickle {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let n = buf.len().min(3);
+                self.0.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut queue = WriteQueue::default();
+        let first = queue.push(b"abcd".to_vec());
+        let second = queue.push(b"efghij".to_vec());
+        let mut out = Trickle(Vec::new());
+        queue.send_until(&mut out, first).unwrap();
+        assert!(out.0.starts_with(b"abcd"));
+        queue.send_until(&mut out, second).unwrap();
+        assert_eq!(out.0, b"abcdefghij");
+        assert!(queue.chunks.is_empty());
+    }
+
+    #[test]
+    fn take_line_limits_apply_to_content_not_terminator() {
+        let mut buffer = ReadBuffer::default();
+        let mut source = &b"1234\r\n12345\n"[..];
+        assert_eq!(
+            take_line(&mut buffer, &mut source, 4).unwrap().as_deref(),
+            Some("1234")
+        );
+        let err = take_line(&mut buffer, &mut source, 4).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(buffer.filled(), b"12345\n"); // nothing consumed
+    }
+}

@@ -1,0 +1,734 @@
+//! `thenable::net` over loopback: every operation, partial reads and writes, peers
+//! that reset, half-close or vanish, refused connections, bad lines, a thousand
+//! connections on one loop, and no file descriptor left behind.
+//!
+//! Every test body runs under [`run`], on a loop of its own, with a safety net that
+//! turns a hang into a failure; no test asserts on timing.
+#![cfg(unix)]
+
+use std::future::Future;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use futures::future::{select, Either};
+use futures::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use futures::StreamExt;
+use thenable::net::{TcpListener, TcpStream, UdpSocket};
+use thenable::{sleep, spawn, Error, EventLoop, Promise};
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// How long a test may take before it counts as hung. A safety net only.
+const SAFETY_NET: Duration = Duration::from_secs(120);
+
+/// Tests open descriptors in parallel threads of this one process: the leak test
+/// takes this for writing, so it counts `/proc/self/fd` while nothing else runs.
+static DESCRIPTORS: RwLock<()> = RwLock::new(());
+
+fn sharing_descriptors() -> RwLockReadGuard<'static, ()> {
+    DESCRIPTORS.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `body` on a new loop; panics if it fails, or if it has not finished
+/// after [`SAFETY_NET`].
+fn run<T>(body: impl Future<Output = Result<T, Error>>) -> T {
+    let _shared = sharing_descriptors();
+    run_exclusive(body)
+}
+
+fn run_exclusive<T>(body: impl Future<Output = Result<T, Error>>) -> T {
+    let event_loop = EventLoop::new();
+    let outcome = event_loop.block_on(async {
+        let net = sleep(SAFETY_NET);
+        match select(std::pin::pin!(body), net).await {
+            Either::Left((outcome, net)) => {
+                net.cancel(); // or the timer would keep the loop alive
+                outcome
+            }
+            Either::Right(_) => panic!("safety net: still running after {SAFETY_NET:?}"),
+        }
+    });
+    outcome.unwrap_or_else(|e| panic!("test failed: {e:?}"))
+}
+
+fn kind_of(error: &Error) -> ErrorKind {
+    error
+        .downcast_ref::<std::io::Error>()
+        .unwrap_or_else(|| panic!("not an I/O error: {error:?}"))
+        .kind()
+}
+
+/// A connected pair over loopback: (client, server).
+async fn connected_pair() -> Result<(TcpStream, TcpStream), Error> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let client = TcpStream::connect(listener.local_addr()?);
+    let (server, _) = listener.accept().await?;
+    Ok((client.await?, server))
+}
+
+/// A thenable stream and a plain blocking std stream at the other end.
+async fn pair_with_std_peer() -> Result<(TcpStream, std::net::TcpStream), Error> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let peer = std::net::TcpStream::connect(listener.local_addr()?)?;
+    // A safety net for the blocking peer: a bug fails the test instead of hanging.
+    peer.set_read_timeout(Some(SAFETY_NET))?;
+    let (stream, _) = listener.accept().await?;
+    Ok((stream, peer))
+}
+
+/// Serves `echo: <line>` for each line until the peer closes; answers a bad
+/// line with an error line, then closes that connection.
+async fn echo_lines(conn: TcpStream) -> Result<(), Error> {
+    loop {
+        match conn.read_line(64).await {
+            Ok(Some(line)) => conn.write_all(format!("echo: {line}\n")).await?,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                conn.write_all(format!("error: {e}\n")).await?;
+                return conn.shutdown(Shutdown::Both).await;
+            }
+        }
+    }
+}
+
+/// Accepts connections for ever, each served by [`echo_lines`] in its own task;
+/// cancel the returned promise to stop.
+fn echo_server(listener: TcpListener) -> Promise<()> {
+    spawn(async move {
+        let mut incoming = listener.incoming();
+        while let Some(conn) = incoming.next().await {
+            // A connection that fails is that client's problem: log it, serve on.
+            // Dropping the promise detaches the task; it does not cancel it.
+            drop(spawn(echo_lines(conn?)).catch(|e| {
+                eprintln!("an echo connection failed: {e}");
+                Ok(())
+            }));
+        }
+        Ok(())
+    })
+}
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("this test counts descriptors in /proc/self/fd")
+        .count()
+}
+
+// ---------------------------------------------------------------------------
+// Connect, accept, echo
+// ---------------------------------------------------------------------------
+
+#[test]
+fn connect_accept_and_echo_lines() {
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = echo_server(listener);
+        let client = TcpStream::connect(addr).await?;
+        assert_eq!(client.peer_addr()?, addr);
+        for word in ["hello", "promises", "on a loop"] {
+            client.write_all(format!("{word}\n")).await?;
+            let reply = client.read_line(100).await?;
+            assert_eq!(reply, Some(format!("echo: {word}")));
+        }
+        server.cancel();
+        Ok(())
+    })
+}
+
+#[test]
+fn accept_reports_the_peer_address_of_the_client() {
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let client = TcpStream::connect(listener.local_addr()?).await?;
+        let (server, peer) = listener.accept().await?;
+        assert_eq!(peer, client.local_addr()?);
+        assert_eq!(server.peer_addr()?, client.local_addr()?);
+        assert_eq!(server.local_addr()?, client.peer_addr()?);
+        Ok(())
+    })
+}
+
+#[test]
+fn operations_chain_with_then_without_async() {
+    let reply = run(async {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = listener
+            .accept()
+            .then(|(conn, _)| conn.read_exact(4).map(move |bytes| (conn, bytes)))
+            .then(|(conn, mut bytes)| {
+                bytes.reverse();
+                conn.write_all(bytes)
+            });
+        let reply = TcpStream::connect(addr)
+            .then(|client| client.write_all("abcd").map(move |()| client))
+            .then(|client| client.read_exact(4));
+        server.await?;
+        reply.await
+    });
+    assert_eq!(reply, b"dcba");
+}
+
+// ---------------------------------------------------------------------------
+// Partial reads and writes
+// ---------------------------------------------------------------------------
+
+#[test]
+fn read_returns_what_is_there_up_to_the_limit() {
+    run(async {
+        let (client, server) = connected_pair().await?;
+        client.write_all("hello").await?;
+        assert_eq!(server.read(2).await?, b"he");
+        assert_eq!(server.read(100).await?, b"llo"); // a short read, not a wait
+        assert!(server.read(0).await?.is_empty());
+        Ok(())
+    })
+}
+
+#[test]
+fn read_exact_gathers_bytes_that_arrive_piecemeal() {
+    run(async {
+        let (client, server) = connected_pair().await?;
+        let gathered = server.read_exact(10);
+        for byte in b"0123456789" {
+            client.write_all(vec![*byte]).await?;
+            sleep(Duration::from_millis(1)).await?; // separate segments
+        }
+        assert_eq!(gathered.await?, b"0123456789");
+        Ok(())
+    })
+}
+
+#[test]
+fn large_payload_reaches_a_slow_reader_intact() {
+    const LEN: usize = 8 << 20;
+    run(async {
+        let (writer, reader) = connected_pair().await?;
+        let payload: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        let sent = writer.write_all(payload.clone());
+        let closed = writer.shutdown(Shutdown::Write);
+        // Nothing has been read: the kernel cannot hold 8 MiB, so the write is
+        // necessarily still under way in partial writes (a state, not a timing).
+        sleep(Duration::from_millis(20)).await?;
+        assert!(sent.is_pending());
+        let mut received = Vec::with_capacity(LEN);
+        let mut reads = 0;
+        loop {
+            let chunk = reader.read(16 * 1024).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            received.extend_from_slice(&chunk);
+            reads += 1;
+            if reads % 32 == 0 {
+                sleep(Duration::from_millis(1)).await?; // a slow reader
+            }
+        }
+        sent.await?;
+        closed.await?;
+        assert_eq!(received.len(), LEN);
+        assert!(received == payload, "payload corrupted in transit");
+        assert!(reads >= LEN / (16 * 1024));
+        Ok(())
+    })
+}
+
+#[test]
+fn writes_go_out_in_call_order_even_unawaited() {
+    run(async {
+        let (client, server) = connected_pair().await?;
+        let mut expected = String::new();
+        let mut sends = Vec::new();
+        for i in 0..200 {
+            // Now and then a large write, so that some writes are partial.
+            if i % 50 == 0 {
+                let filler = "x".repeat(300_000);
+                expected.push_str(&filler);
+                sends.push(client.write_all(filler));
+            }
+            let piece = format!("{i},");
+            expected.push_str(&piece);
+            sends.push(client.write_all(piece));
+        }
+        let closed = client.shutdown(Shutdown::Write);
+        let mut received = Vec::new();
+        loop {
+            let chunk = server.read(64 * 1024).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            received.extend(chunk);
+        }
+        for send in sends {
+            send.await?;
+        }
+        closed.await?;
+        assert!(String::from_utf8(received).unwrap() == expected);
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Peers that reset, half-close, or go away
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_peer_that_resets_rejects_the_read_with_connection_reset() {
+    run(async {
+        let (stream, peer) = pair_with_std_peer().await?;
+        stream.write_all("unread").await?;
+        // Closing a socket with unread data sends a reset (RST), not a FIN.
+        peer.peek(&mut [0; 1])?;
+        drop(peer);
+        let err = stream.read(100).await.unwrap_err();
+        assert_eq!(kind_of(&err), ErrorKind::ConnectionReset);
+        let err = stream.write_all("anyone there?").await.unwrap_err();
+        assert!(
+            matches!(
+                kind_of(&err),
+                ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
+            ),
+            "{err:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn half_close_lets_the_peer_read_to_the_end_and_still_answer() {
+    run(async {
+        let (client, server) = connected_pair().await?;
+        let sent = client.write_all("request body");
+        client.shutdown(Shutdown::Write).await?;
+        sent.await?; // out before the shutdown, which sends the queue first
+        let mut request = Vec::new();
+        loop {
+            let chunk = server.read(5).await?;
+            if chunk.is_empty() {
+                break; // the end of the client's half
+            }
+            request.extend(chunk);
+        }
+        assert_eq!(request, b"request body");
+        server.write_all("response\n").await?;
+        drop(server);
+        assert_eq!(client.read_line(100).await?.as_deref(), Some("response"));
+        assert_eq!(client.read_line(100).await?, None);
+        Ok(())
+    })
+}
+
+#[test]
+fn reads_after_the_peer_closed_see_the_end_of_the_stream() {
+    run(async {
+        let (stream, mut peer) = pair_with_std_peer().await?;
+        peer.write_all(b"last words\n")?;
+        drop(peer);
+        assert_eq!(stream.read_line(100).await?.as_deref(), Some("last words"));
+        assert_eq!(stream.read_line(100).await?, None);
+        assert!(stream.read(100).await?.is_empty());
+        assert!(stream.read(100).await?.is_empty()); // and again
+        let err = stream.read_exact(1).await.unwrap_err();
+        assert_eq!(kind_of(&err), ErrorKind::UnexpectedEof);
+        Ok(())
+    })
+}
+
+#[test]
+fn reads_after_our_own_shutdown_see_the_end_of_the_stream() {
+    run(async {
+        let (stream, _peer) = pair_with_std_peer().await?;
+        stream.shutdown(Shutdown::Both).await?;
+        assert!(stream.read(100).await?.is_empty());
+        Ok(())
+    })
+}
+
+#[test]
+fn a_peer_gone_mid_message_is_a_clear_rejection_and_keeps_the_bytes() {
+    run(async {
+        let (stream, mut peer) = pair_with_std_peer().await?;
+        peer.write_all(b"complete\npart")?;
+        drop(peer);
+        assert_eq!(stream.read_line(100).await?.as_deref(), Some("complete"));
+        let err = stream.read_line(100).await.unwrap_err();
+        assert_eq!(kind_of(&err), ErrorKind::UnexpectedEof);
+        assert_eq!(stream.read(100).await?, b"part");
+        Ok(())
+    })
+}
+
+#[test]
+fn read_exact_cut_short_keeps_the_bytes() {
+    run(async {
+        let (stream, mut peer) = pair_with_std_peer().await?;
+        peer.write_all(b"12345")?;
+        drop(peer);
+        let err = stream.read_exact(8).await.unwrap_err();
+        assert_eq!(kind_of(&err), ErrorKind::UnexpectedEof);
+        assert_eq!(stream.read_exact(5).await?, b"12345");
+        Ok(())
+    })
+}
+
+#[test]
+fn connecting_where_nobody_listens_is_connection_refused() {
+    run(async {
+        let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let err = TcpStream::connect(free).await.unwrap_err();
+        assert_eq!(kind_of(&err), ErrorKind::ConnectionRefused);
+        Ok(())
+    })
+}
+
+#[test]
+fn connecting_to_a_name_resolves_it_off_the_loop() {
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let client = TcpStream::connect(format!("localhost:{port}"));
+        let (server, _) = listener.accept().await?;
+        let client = client.await?;
+        assert_eq!(server.peer_addr()?, client.local_addr()?);
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Lines: limits, bad input, cancellation
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_line_over_the_limit_is_invalid_data_and_consumes_nothing() {
+    run(async {
+        let (stream, mut peer) = pair_with_std_peer().await?;
+        peer.write_all(b"ok\r\n0123456789abcdef\nafter\n")?;
+        assert_eq!(stream.read_line(10).await?.as_deref(), Some("ok"));
+        let err = stream.read_line(10).await.unwrap_err();
+        assert_eq!(kind_of(&err), ErrorKind::InvalidData);
+        // Nothing was consumed: a raw read still sees the long line.
+        assert_eq!(stream.read(10).await?, b"0123456789");
+        assert_eq!(stream.read_line(10).await?.as_deref(), Some("abcdef"));
+        assert_eq!(stream.read_line(10).await?.as_deref(), Some("after"));
+        Ok(())
+    })
+}
+
+#[test]
+fn an_endless_line_is_rejected_without_waiting_for_its_end() {
+    run(async {
+        let (stream, mut peer) = pair_with_std_peer().await?;
+        // No newline ever: the limit alone must end the read.
+        peer.write_all(&[b'z'; 5000])?;
+        let err = stream.read_line(1000).await.unwrap_err();
+        assert_eq!(kind_of(&err), ErrorKind::InvalidData);
+        drop(peer);
+        Ok(())
+    })
+}
+
+#[test]
+fn a_line_at_exactly_the_limit_is_accepted() {
+    run(async {
+        let (stream, mut peer) = pair_with_std_peer().await?;
+        peer.write_all(b"12345\r\n12345\n")?;
+        assert_eq!(stream.read_line(5).await?.as_deref(), Some("12345"));
+        assert_eq!(stream.read_line(5).await?.as_deref(), Some("12345"));
+        Ok(())
+    })
+}
+
+#[test]
+fn a_line_that_is_not_utf8_is_invalid_data_and_skipped() {
+    run(async {
+        let (stream, mut peer) = pair_with_std_peer().await?;
+        peer.write_all(b"\xff\xfe\nnext\n")?;
+        let err = stream.read_line(100).await.unwrap_err();
+        assert_eq!(kind_of(&err), ErrorKind::InvalidData);
+        assert_eq!(stream.read_line(100).await?.as_deref(), Some("next"));
+        Ok(())
+    })
+}
+
+#[test]
+fn a_cancelled_read_line_loses_no_bytes() {
+    run(async {
+        let (stream, mut peer) = pair_with_std_peer().await?;
+        let first = stream.read_line(100);
+        peer.write_all(b"hel")?;
+        sleep(Duration::from_millis(5)).await?; // let it read the first half
+        assert!(first.cancel());
+        peer.write_all(b"lo\n")?;
+        assert_eq!(stream.read_line(100).await?.as_deref(), Some("hello"));
+        Ok(())
+    })
+}
+
+#[test]
+fn a_misbehaving_client_does_not_disturb_the_others() {
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = echo_server(listener);
+        let polite = TcpStream::connect(addr).await?;
+        let rude = TcpStream::connect(addr).await?;
+        polite.write_all("before\n").await?;
+        assert_eq!(
+            polite.read_line(100).await?.as_deref(),
+            Some("echo: before")
+        );
+        rude.write_all(vec![b'!'; 10_000]).await?;
+        let answer = rude.read_line(200).await?.unwrap();
+        assert!(answer.starts_with("error: line longer than"), "{answer}");
+        // And closed: the end of the stream, or a reset, because the server closed
+        // with the rest of the long line unread (which TCP answers with RST).
+        match rude.read_line(200).await {
+            Ok(None) => {}
+            Err(e) => assert_eq!(kind_of(&e), ErrorKind::ConnectionReset),
+            Ok(Some(line)) => panic!("unexpected {line:?}"),
+        }
+        polite.write_all("after\n").await?;
+        assert_eq!(polite.read_line(100).await?.as_deref(), Some("echo: after"));
+        server.cancel();
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// futures-io traits
+// ---------------------------------------------------------------------------
+
+#[test]
+fn futures_io_traits_read_lines_and_write() {
+    run(async {
+        let (mut client, server) = connected_pair().await?;
+        AsyncWriteExt::write_all(&mut client, b"alpha\nbeta\n").await?;
+        AsyncWriteExt::close(&mut client).await?;
+        let lines: Vec<String> = AsyncBufReadExt::lines(server)
+            .map(|line| line.unwrap())
+            .collect()
+            .await;
+        assert_eq!(lines, ["alpha", "beta"]);
+        Ok(())
+    })
+}
+
+#[test]
+fn buffered_trait_reads_and_promise_reads_share_one_order() {
+    run(async {
+        let (client, mut server) = connected_pair().await?;
+        client.write_all("one\ntwo\nthree\nfour").await?;
+        client.shutdown(Shutdown::Write).await?;
+        let mut first = String::new();
+        AsyncBufReadExt::read_line(&mut server, &mut first).await?;
+        assert_eq!(first, "one\n");
+        // `poll_fill_buf` took more than one line; the promise read sees the rest.
+        assert_eq!(server.read_line(100).await?.as_deref(), Some("two"));
+        let mut byte = [0; 1];
+        AsyncReadExt::read_exact(&mut server, &mut byte).await?;
+        assert_eq!(&byte, b"t");
+        let mut rest = Vec::new();
+        AsyncReadExt::read_to_end(&mut server, &mut rest).await?;
+        assert_eq!(rest, b"hree\nfour");
+        Ok(())
+    })
+}
+
+#[test]
+fn trait_writes_keep_their_place_among_queued_writes() {
+    run(async {
+        let (mut client, server) = connected_pair().await?;
+        let first = client.write_all("1");
+        AsyncWriteExt::write_all(&mut client, b"2").await?;
+        let third = client.write_all("3");
+        first.await?;
+        third.await?;
+        assert_eq!(server.read_exact(3).await?, b"123");
+        Ok(())
+    })
+}
+
+#[test]
+fn clones_share_the_connection_and_its_buffer() {
+    run(async {
+        let (client, server) = connected_pair().await?;
+        let writer = client.clone();
+        writer.write_all("ping\nrest").await?;
+        drop(writer); // the connection stays open
+        assert_eq!(server.read_line(10).await?.as_deref(), Some("ping"));
+        let server_clone = server.clone();
+        assert_eq!(server_clone.read(10).await?, b"rest");
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Scale and descriptors
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_thousand_concurrent_connections_on_one_loop() {
+    const CONNECTIONS: usize = 1000;
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = echo_server(listener);
+        // All of them open at once...
+        let connecting: Vec<Promise<TcpStream>> =
+            (0..CONNECTIONS).map(|_| TcpStream::connect(addr)).collect();
+        let mut clients = Vec::with_capacity(CONNECTIONS);
+        for connection in connecting {
+            clients.push(connection.await?);
+        }
+        // ...each talking concurrently.
+        let conversations: Vec<Promise<String>> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, client)| {
+                let client = client.clone();
+                spawn(async move {
+                    client.write_all(format!("client {i}\n")).await?;
+                    let reply = client.read_line(100).await?;
+                    Ok(reply.unwrap_or_default())
+                })
+            })
+            .collect();
+        for (i, conversation) in conversations.into_iter().enumerate() {
+            assert_eq!(conversation.await?, format!("echo: client {i}"));
+        }
+        drop(clients);
+        server.cancel();
+        Ok(())
+    })
+}
+
+#[test]
+fn no_descriptor_is_left_open() {
+    let _alone = DESCRIPTORS.write().unwrap_or_else(PoisonError::into_inner);
+    let before = open_descriptors();
+    run_exclusive(async {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = echo_server(listener);
+        for i in 0..20 {
+            let client = TcpStream::connect(addr).await?;
+            client.write_all(format!("{i}\n")).await?;
+            assert_eq!(client.read_line(100).await?, Some(format!("echo: {i}")));
+        }
+        // Failure paths close their sockets too.
+        let rude = TcpStream::connect(addr).await?;
+        rude.write_all(vec![b'x'; 1000]).await?;
+        assert!(rude.read_line(200).await?.unwrap().starts_with("error:"));
+        let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        assert!(TcpStream::connect(free).await.is_err());
+        let (stream, peer) = pair_with_std_peer().await?;
+        stream.write_all("unread").await?;
+        peer.peek(&mut [0; 1])?;
+        drop(peer);
+        assert!(stream.read(10).await.is_err());
+        let pending_read = stream.read(10);
+        pending_read.cancel();
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        udp.send_to("self", udp.local_addr()?).await?;
+        udp.recv_from(10).await?;
+        server.cancel();
+        Ok(())
+    });
+    // The loop and every socket are gone; helper threads may still be exiting,
+    // so wait for the count to come back (bounded, a safety net only).
+    let give_up = std::time::Instant::now() + SAFETY_NET;
+    while open_descriptors() != before && std::time::Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(open_descriptors(), before);
+}
+
+// ---------------------------------------------------------------------------
+// UDP
+// ---------------------------------------------------------------------------
+
+#[test]
+fn udp_send_to_and_recv_from_round_trip() {
+    run(async {
+        let client = UdpSocket::bind("127.0.0.1:0")?;
+        let server = UdpSocket::bind("127.0.0.1:0")?;
+        let server_addr = server.local_addr()?;
+        let answered = spawn({
+            let server = server.clone();
+            async move {
+                let (question, from) = server.recv_from(1500).await?;
+                let mut answer = question;
+                answer.reverse();
+                server.send_to(answer, from).await?;
+                Ok::<SocketAddr, Error>(from)
+            }
+        });
+        assert_eq!(client.send_to("stressed", server_addr).await?, 8);
+        let (answer, from) = client.recv_from(1500).await?;
+        assert_eq!(answer, b"desserts");
+        assert_eq!(from, server_addr);
+        assert_eq!(answered.await?, client.local_addr()?);
+        Ok(())
+    })
+}
+
+#[test]
+fn udp_datagrams_keep_their_boundaries_and_truncate_to_the_limit() {
+    run(async {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let me = socket.local_addr()?;
+        socket.send_to("first", me).await?;
+        socket.send_to("second", me).await?;
+        assert_eq!(socket.recv_from(100).await?.0, b"first");
+        assert_eq!(socket.recv_from(3).await?.0, b"sec");
+        Ok(())
+    })
+}
+
+#[test]
+fn udp_waits_for_a_datagram_without_blocking_the_loop() {
+    run(async {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let me = socket.local_addr()?;
+        let received = socket.recv_from(100);
+        // While the receive waits, the loop runs a timer that sends the datagram.
+        let sender = socket.clone();
+        thenable::set_timeout(Duration::from_millis(1), move || {
+            drop(sender.send_to("late", me)); // detached: it runs on
+        });
+        assert_eq!(received.await?.0, b"late");
+        Ok(())
+    })
+}
+
+#[test]
+fn a_std_peer_reading_slowly_gets_everything() {
+    run(async {
+        let (stream, mut peer) = pair_with_std_peer().await?;
+        let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+        let expected = payload.clone();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut chunk = [0; 4096];
+            loop {
+                let n = peer.read(&mut chunk).unwrap();
+                if n == 0 {
+                    return got;
+                }
+                got.extend_from_slice(&chunk[..n]);
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        });
+        stream.write_all(payload).await?;
+        stream.shutdown(Shutdown::Write).await?;
+        // Everything is sent and the stream ended: the reader finishes by itself.
+        let got = reader.join().expect("reader thread");
+        assert!(got == expected, "payload corrupted in transit");
+        Ok(())
+    })
+}
