@@ -1,8 +1,8 @@
 //! `as_completed`: the outcomes of many promises, in the order they settle.
 //!
-//! Each input costs one `then` link reporting to shared state. Outcomes go, in
-//! arrival order, to whoever asked first: the promises handed out by `next_promise`
-//! (which `poll_next` uses too), or a queue kept for the next request.
+//! Each input costs one link ([`Promise::watch`]) reporting to shared state.
+//! Outcomes go, in arrival order, to whoever asked first: the promises handed out by
+//! `next_promise` (which `poll_next` uses too), or a queue kept for the next request.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use futures_core::stream::{FusedStream, Stream};
 use parking_lot::Mutex;
 
-use super::collect::{watch, Links, Receiver, Release};
+use super::collect::{outcome, Links};
 use crate::error::Error;
 use crate::promise::{internal, Promise, Settler};
 
@@ -74,36 +74,29 @@ struct CompletionState<T: Send + 'static, E: Send + 'static> {
 }
 
 impl<T: Send + 'static, E: Send + 'static> CompletionState<T, E> {
-    /// Closes if the `AsCompleted` is gone and no handed-out promise still waits.
-    fn release_if_unwanted(&mut self) -> Release<E> {
-        if self.dropped && self.waiting.is_empty() {
-            self.links.close()
+    /// The `AsCompleted` is gone and no handed-out promise still waits: nobody will
+    /// ever ask for another outcome (no request can be made after the drop, so once
+    /// true, it stays true).
+    fn unwanted(&self) -> bool {
+        self.dropped && self.waiting.is_empty()
+    }
+
+    /// The links to cancel, if the outcomes to come are unwanted.
+    fn release_if_unwanted(&mut self) -> Links<E> {
+        if self.unwanted() {
+            self.links.take()
         } else {
-            Release::default()
+            Links::new()
         }
     }
 }
 
-/// The receiver of input `index`.
-struct CompletionInput<T: Send + 'static, E: Send + 'static> {
-    shared: Arc<Completion<T, E>>,
-    index: usize,
-}
-
-impl<T: Send + 'static, E: Send + 'static> Clone for CompletionInput<T, E> {
-    fn clone(&self) -> Self {
-        CompletionInput {
-            shared: self.shared.clone(),
-            index: self.index,
-        }
-    }
-}
-
-impl<T: Send + 'static, E: Send + 'static> Receiver<T, E> for CompletionInput<T, E> {
-    fn receive(self, outcome: Result<T, E>) {
-        let (served, release) = {
-            let mut state = self.shared.state.lock();
-            if !state.links.report(self.index) {
+impl<T: Send + 'static, E: Send + 'static> Completion<T, E> {
+    /// An input's outcome: to the oldest waiting request, or queued for the next one.
+    fn receive(&self, outcome: Result<T, E>) {
+        let (served, links) = {
+            let mut state = self.state.lock();
+            if state.unwanted() {
                 return;
             }
             let served = match state.waiting.pop_front() {
@@ -118,14 +111,12 @@ impl<T: Send + 'static, E: Send + 'static> Receiver<T, E> for CompletionInput<T,
         if let Some((mut settler, outcome)) = served {
             settler.settle(outcome);
         }
-        release.run();
+        links.cancel();
     }
-}
 
-impl<T: Send + 'static, E: Send + 'static> Completion<T, E> {
     /// A handed-out promise was cancelled: its outcome goes to the next request.
     fn withdraw(&self, request: u64) {
-        let (withdrawn, release) = {
+        let (withdrawn, links) = {
             let mut state = self.state.lock();
             let position = state.waiting.iter().position(|(id, _)| *id == request);
             let withdrawn = position.and_then(|at| state.waiting.remove(at));
@@ -135,7 +126,7 @@ impl<T: Send + 'static, E: Send + 'static> Completion<T, E> {
             (withdrawn, state.release_if_unwanted())
         };
         drop(withdrawn);
-        release.run();
+        links.cancel();
     }
 }
 
@@ -168,7 +159,7 @@ where
     let inputs: Vec<Promise<T, E>> = promises.into_iter().collect();
     let shared = Arc::new(Completion {
         state: Mutex::new(CompletionState {
-            links: Links::new(inputs.len()),
+            links: Links::new(),
             ready: VecDeque::new(),
             waiting: VecDeque::new(),
             next_request: 0,
@@ -176,14 +167,12 @@ where
             dropped: false,
         }),
     });
-    for (index, input) in inputs.into_iter().enumerate() {
-        let receiver = CompletionInput {
-            shared: shared.clone(),
-            index,
-        };
-        let link = watch(input, receiver);
-        let release = shared.state.lock().links.attached(index, link);
-        release.run();
+    for input in inputs {
+        let completion = shared.clone();
+        let link = input.watch(move |settled| completion.receive(outcome(settled)));
+        // Unlike `Gather::watch`, no need to ask whether the link is still wanted:
+        // the links are cancelled only once the `AsCompleted` returned below is gone.
+        shared.state.lock().links.push(link);
     }
     AsCompleted {
         shared,
@@ -330,13 +319,13 @@ impl<T: Send + 'static, E: Send + 'static> Drop for AsCompleted<T, E> {
             // Gives its outcome back (its `on_cancel` runs inside `cancel`).
             current.cancel();
         }
-        let (ready, release) = {
+        let (ready, links) = {
             let mut state = self.shared.state.lock();
             state.dropped = true;
             let ready = std::mem::take(&mut state.ready);
             (ready, state.release_if_unwanted())
         };
-        release.run();
+        links.cancel();
         drop(ready);
     }
 }

@@ -1,208 +1,65 @@
 //! `all`, `all_settled`, `race`, `any` and `join`: one promise made from many, with
 //! results in input order.
 //!
-//! Each input costs one `then` link (`then_or_catch`) whose handler reports the
-//! input's outcome to state shared by the call (`Gather`). The output is settled
-//! from inside the library, like a `then` child: it does not keep the loop alive by
-//! itself (the inputs do, if anything does). When the output is decided early (the
-//! first rejection for `all`, the first outcome for `race`, ...) or is cancelled,
-//! the links still pending are cancelled, and that cancellation travels upstream
-//! into the inputs whose only consumer they were, releasing their timers and tasks.
+//! Each input costs one link ([`Promise::watch`]) whose watcher reports the input's
+//! outcome to state shared by the call (`Gather`). The output is settled from inside
+//! the library, like a `then` child: it does not keep the loop alive by itself (the
+//! inputs do, if anything does). When the output is decided early (the first
+//! rejection for `all`, the first outcome for `race`, ...) or is cancelled, the links
+//! are cancelled, and that cancellation travels upstream into the inputs still
+//! pending whose only consumer they were, releasing their timers and tasks.
 //!
-//! The link machinery (`watch`, `Receiver`, `Links`) is shared with
-//! `as_completed` and `shield`.
+//! `outcome` and `Links` are shared with `as_completed` and `shield`.
 
-use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::promise::{internal, Promise, Settler};
+use crate::promise::{internal, Promise, Settled, Settler};
 
 // ---------------------------------------------------------------------------
-// Links: one `then` per input, reporting to a receiver
+// Links: one `watch` per input
 // ---------------------------------------------------------------------------
 
-/// Where a link delivers its input's outcome (on the loop that runs the link).
-pub(crate) trait Receiver<T, E>: Clone + Send + 'static {
-    /// Receives input's outcome; may be called a second time with a cancellation
-    /// for the same input (see `watch`), which the receiver must ignore.
-    fn receive(self, outcome: Result<T, E>);
-}
-
-/// A receiver that reports `Err(cancelled)` if it is dropped without receiving:
-/// that happens when the input is cancelled elsewhere (its `then` handlers never
-/// run, they are dropped), or when its loop is dropped with the link queued.
-struct ReceiveOnce<R: Receiver<T, E>, T, E: From<Error>> {
-    receiver: Option<R>,
-    _outcome: PhantomData<fn(T, E)>,
-}
-
-impl<R: Receiver<T, E>, T, E: From<Error>> ReceiveOnce<R, T, E> {
-    fn new(receiver: R) -> Self {
-        ReceiveOnce {
-            receiver: Some(receiver),
-            _outcome: PhantomData,
-        }
-    }
-
-    fn receive(mut self, outcome: Result<T, E>) {
-        if let Some(receiver) = self.receiver.take() {
-            receiver.receive(outcome);
-        }
+/// An input's outcome as the combinators report it: an input cancelled elsewhere
+/// counts as a rejection with [`Error::cancelled`]. (A link the combinator cancelled
+/// itself reports `Cancelled` too, when its outcome is no longer wanted: ignored.)
+pub(crate) fn outcome<T, E: From<Error>>(settled: Settled<T, E>) -> Result<T, E> {
+    match settled {
+        Settled::Fulfilled(value) => Ok(value),
+        Settled::Rejected(error) => Err(error),
+        Settled::Cancelled => Err(E::from(Error::cancelled())),
     }
 }
 
-impl<R: Receiver<T, E>, T, E: From<Error>> Drop for ReceiveOnce<R, T, E> {
-    fn drop(&mut self) {
-        if let Some(receiver) = self.receiver.take() {
-            receiver.receive(Err(E::from(Error::cancelled())));
-        }
-    }
-}
-
-/// Attaches one `then` link to `input` that hands its outcome to `receiver`. The
-/// returned link (a `Promise<(), E>` that always fulfils) is what to cancel to stop
-/// watching: cancelling it withdraws it from `input`, and cancels `input` in turn if
-/// nobody else consumes it.
-///
-/// A rejection reaches `receiver` first and then the fulfilment side's guard drops
-/// and reports a cancellation for the same input: receivers ignore a second report.
-pub(crate) fn watch<T, E, R>(input: Promise<T, E>, receiver: R) -> Promise<(), E>
-where
-    T: Send + 'static,
-    E: From<Error> + Send + 'static,
-    R: Receiver<T, E>,
-{
-    let on_fulfilled = ReceiveOnce::new(receiver.clone());
-    input.then_or_catch(
-        move |value| {
-            on_fulfilled.receive(Ok(value));
-            Ok(())
-        },
-        move |error| {
-            receiver.receive(Err(error));
-            Ok(())
-        },
-    )
-}
-
-/// One input's link, as the shared state sees it.
-enum LinkSlot<E> {
-    /// Being attached: its handler may report before the link is stored (when the
-    /// input settles on another thread's loop).
-    Attaching,
-    /// Attached and waiting for the input.
-    Waiting(Promise<(), E>),
-    /// The input's outcome arrived. The link is kept, to be dropped outside the lock.
-    Reported(Option<Promise<(), E>>),
-}
-
-/// The links of one combinator call: which inputs reported, which links to cancel.
-pub(crate) struct Links<E> {
-    slots: Vec<LinkSlot<E>>,
-    closed: bool,
-}
+/// The links ([`Promise::watch`]) of one combinator call: what to cancel once its
+/// inputs are no longer wanted.
+#[must_use = "cancel the links once the lock is released"]
+pub(crate) struct Links<E>(Vec<Promise<(), E>>);
 
 impl<E> Links<E> {
-    pub(crate) fn new(count: usize) -> Links<E> {
-        Links {
-            slots: (0..count).map(|_| LinkSlot::Attaching).collect(),
-            closed: false,
-        }
+    pub(crate) fn new() -> Links<E> {
+        Links(Vec::new())
     }
 
-    /// Records that input `index` reported. False when its outcome must be ignored:
-    /// it reported already, or the combinator is closed.
-    pub(crate) fn report(&mut self, index: usize) -> bool {
-        if self.closed {
-            return false;
-        }
-        let slot = &mut self.slots[index];
-        match std::mem::replace(slot, LinkSlot::Reported(None)) {
-            LinkSlot::Attaching => true,
-            LinkSlot::Waiting(link) => {
-                *slot = LinkSlot::Reported(Some(link));
-                true
-            }
-            reported @ LinkSlot::Reported(_) => {
-                *slot = reported;
-                false
-            }
-        }
+    pub(crate) fn push(&mut self, link: Promise<(), E>) {
+        self.0.push(link);
     }
 
-    /// Stores input `index`'s link once `then` returned it.
-    pub(crate) fn attached(&mut self, index: usize, link: Promise<(), E>) -> Release<E> {
-        let slot = &mut self.slots[index];
-        match slot {
-            // Closed while we were attaching: this input is no longer wanted.
-            LinkSlot::Attaching if self.closed => Release::cancel(link),
-            LinkSlot::Attaching => {
-                *slot = LinkSlot::Waiting(link);
-                Release::default()
-            }
-            // It reported already (its input settled on another thread's loop).
-            _ => Release::drop(link),
-        }
+    /// Takes the links out of shared state, to cancel them once its lock is released.
+    pub(crate) fn take(&mut self) -> Links<E> {
+        Links(std::mem::take(&mut self.0))
     }
 
-    /// Accepts no outcome any more; returns the links still waiting (to cancel) and
-    /// the others (to drop).
-    pub(crate) fn close(&mut self) -> Release<E> {
-        self.closed = true;
-        let mut release = Release::default();
-        for slot in &mut self.slots {
-            match std::mem::replace(slot, LinkSlot::Reported(None)) {
-                LinkSlot::Waiting(link) => release.to_cancel.push(link),
-                LinkSlot::Reported(Some(link)) => release.to_drop.push(link),
-                // Still being attached: `attached` will cancel it.
-                LinkSlot::Attaching => *slot = LinkSlot::Attaching,
-                LinkSlot::Reported(None) => {}
-            }
-        }
-        release
-    }
-}
-
-/// Links taken out of shared state, to cancel or drop once its lock is released:
-/// cancelling runs other promises' code (`on_cancel` callbacks), which must never
-/// run under our lock.
-#[must_use = "call run() once the lock is released"]
-pub(crate) struct Release<E> {
-    to_cancel: Vec<Promise<(), E>>,
-    to_drop: Vec<Promise<(), E>>,
-}
-
-impl<E> Default for Release<E> {
-    fn default() -> Self {
-        Release {
-            to_cancel: Vec::new(),
-            to_drop: Vec::new(),
-        }
-    }
-}
-
-impl<E> Release<E> {
-    fn cancel(link: Promise<(), E>) -> Release<E> {
-        Release {
-            to_cancel: vec![link],
-            to_drop: Vec::new(),
-        }
-    }
-
-    fn drop(link: Promise<(), E>) -> Release<E> {
-        Release {
-            to_cancel: Vec::new(),
-            to_drop: vec![link],
-        }
-    }
-
-    /// Cancels the links still waiting, in input order, then drops everything.
-    pub(crate) fn run(self) {
-        for link in &self.to_cancel {
+    /// Cancels the links in input order, then drops them. Never under a lock of ours:
+    /// cancelling runs other promises' code (`on_cancel` callbacks). A link whose input
+    /// has reported (the one reporting now included) no longer waits on it, so
+    /// cancelling it reaches nothing; the others withdraw from their inputs, which are
+    /// cancelled in turn if nobody else consumes them.
+    pub(crate) fn cancel(self) {
+        for link in &self.0 {
             link.cancel();
         }
     }
@@ -225,38 +82,10 @@ struct Gather<P, O: Send + 'static, E: Send + 'static> {
 
 struct GatherState<P, O: Send + 'static, E: Send + 'static> {
     policy: P,
-    /// `None` once the output is settled or cancelled.
+    /// `None` once the output is settled or cancelled: outcomes that come later are
+    /// ignored, and no link is wanted any more.
     output: Option<Settler<O, E>>,
     links: Links<E>,
-}
-
-/// The receiver of input `index`.
-struct GatherInput<P, T, O: Send + 'static, E: Send + 'static> {
-    gather: Arc<Gather<P, O, E>>,
-    index: usize,
-    decide: Decide<P, T, O, E>,
-}
-
-impl<P, T, O: Send + 'static, E: Send + 'static> Clone for GatherInput<P, T, O, E> {
-    fn clone(&self) -> Self {
-        GatherInput {
-            gather: self.gather.clone(),
-            index: self.index,
-            decide: self.decide,
-        }
-    }
-}
-
-impl<P, T, O, E> Receiver<T, E> for GatherInput<P, T, O, E>
-where
-    P: Send + 'static,
-    T: Send + 'static,
-    O: Send + 'static,
-    E: From<Error> + Send + 'static,
-{
-    fn receive(self, outcome: Result<T, E>) {
-        self.gather.receive(self.index, outcome, self.decide);
-    }
 }
 
 impl<P, O, E> Gather<P, O, E>
@@ -267,13 +96,13 @@ where
 {
     /// The output promise and the state its inputs will report to. Cancelling the
     /// output cancels the inputs' links.
-    fn new(policy: P, count: usize) -> (Promise<O, E>, Arc<Self>) {
+    fn new(policy: P) -> (Promise<O, E>, Arc<Self>) {
         let (output, settler) = internal::<O, E>();
         let gather = Arc::new(Gather {
             state: Mutex::new(GatherState {
                 policy,
                 output: None,
-                links: Links::new(count),
+                links: Links::new(),
             }),
         });
         // Weak: the output must not keep the state (and so the inputs' links) alive.
@@ -293,7 +122,7 @@ where
         inputs: Vec<Promise<T, E>>,
         decide: Decide<P, T, O, E>,
     ) -> Promise<O, E> {
-        let (output, gather) = Gather::new(policy, inputs.len());
+        let (output, gather) = Gather::new(policy);
         for (index, input) in inputs.into_iter().enumerate() {
             gather.watch(index, input, decide);
         }
@@ -306,40 +135,43 @@ where
         input: Promise<T, E>,
         decide: Decide<P, T, O, E>,
     ) {
-        let receiver = GatherInput {
-            gather: self.clone(),
-            index,
-            decide,
-        };
-        let link = watch(input, receiver);
-        let release = self.state.lock().links.attached(index, link);
-        release.run();
+        let gather = self.clone();
+        let link = input.watch(move |settled| gather.receive(index, outcome(settled), decide));
+        let mut state = self.state.lock();
+        if state.output.is_some() {
+            state.links.push(link);
+            return;
+        }
+        // Decided while we were attaching (an input settled on another thread's
+        // loop): this input is no longer wanted.
+        drop(state);
+        link.cancel();
     }
 
     fn receive<T>(&self, index: usize, outcome: Result<T, E>, decide: Decide<P, T, O, E>) {
-        let (output, decided, release) = {
+        let (output, decided, links) = {
             let mut state = self.state.lock();
-            if !state.links.report(index) {
-                return;
+            if state.output.is_none() {
+                return; // decided or cancelled already
             }
             let Some(decided) = decide(&mut state.policy, index, outcome) else {
                 return;
             };
-            (state.output.take(), decided, state.links.close())
+            (state.output.take(), decided, state.links.take())
         };
         if let Some(mut output) = output {
             output.settle(decided);
         }
-        release.run();
+        links.cancel();
     }
 
     /// The output was cancelled: stop watching the inputs.
     fn abort(&self) {
-        let (output, release) = {
+        let (output, links) = {
             let mut state = self.state.lock();
-            (state.output.take(), state.links.close())
+            (state.output.take(), state.links.take())
         };
-        release.run();
+        links.cancel();
         drop(output);
     }
 }
@@ -727,7 +559,7 @@ macro_rules! join_tuple {
                     slots: ($(None::<$value>,)+),
                     left: $count,
                 };
-                let (output, gather) = Gather::new(policy, $count);
+                let (output, gather) = Gather::new(policy);
                 $(
                     gather.watch(
                         $index,

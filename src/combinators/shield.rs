@@ -1,34 +1,13 @@
 //! `shield`: a promise that follows another, but whose cancellation stops there.
 //!
-//! The shielded promise watches its input through one `then` link that nobody can
-//! reach, so the input always keeps one consumer that never cancels: cancellation
-//! coming from the shield's consumers ends at the shield (asyncio's `shield`).
+//! The shielded promise watches its input through one link ([`Promise::watch`])
+//! that nobody can reach, so the input always keeps one consumer that never cancels:
+//! cancellation coming from the shield's consumers ends at the shield (asyncio's
+//! `shield`).
 
-use std::sync::Arc;
-
-use parking_lot::Mutex;
-
-use super::collect::{watch, Receiver};
+use super::collect::outcome;
 use crate::error::Error;
-use crate::promise::{internal, Promise, Settler};
-
-/// Settles the shielded promise with the input's outcome.
-struct Follow<T: Send + 'static, E: Send + 'static>(Arc<Mutex<Option<Settler<T, E>>>>);
-
-impl<T: Send + 'static, E: Send + 'static> Clone for Follow<T, E> {
-    fn clone(&self) -> Self {
-        Follow(self.0.clone())
-    }
-}
-
-impl<T: Send + 'static, E: Send + 'static> Receiver<T, E> for Follow<T, E> {
-    fn receive(self, outcome: Result<T, E>) {
-        let settler = self.0.lock().take();
-        if let Some(mut settler) = settler {
-            settler.settle(outcome);
-        }
-    }
-}
+use crate::promise::{internal, Promise};
 
 /// A promise that settles as `promise` does, but whose cancellation does not travel
 /// upstream to `promise` (asyncio's `shield`): cancelling it, or everything that
@@ -60,11 +39,10 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    let (shielded, settler) = internal::<T, E>();
-    let follow = Follow(Arc::new(Mutex::new(Some(settler))));
+    let (shielded, mut settler) = internal::<T, E>();
     // The link is let go on purpose: nobody can cancel it, so `promise` keeps a
     // consumer that never cancels, and cancellation stops at `shielded`.
-    drop(watch(promise, follow));
+    drop(promise.watch(move |settled| settler.settle(outcome(settled))));
     shielded
 }
 

@@ -99,6 +99,13 @@ impl<T, E> IntoPromise<T, E> for Promise<T, E> {
     }
 }
 
+/// How a promise ended, as [`Promise::watch`] reports it.
+pub(crate) enum Settled<T, E> {
+    Fulfilled(T),
+    Rejected(E),
+    Cancelled,
+}
+
 fn from_error<E: From<Error>>(error: Error) -> E {
     E::from(error)
 }
@@ -226,6 +233,28 @@ where
             context::schedule(job, None);
         }
         Promise { node: Some(child) }
+    }
+
+    /// Calls `watcher` with however this promise ends, cancellation included (which
+    /// no public handler sees), from the microtask queue; the returned link always
+    /// fulfils. Cancelling the link withdraws it (the watcher then sees
+    /// `Settled::Cancelled`). The primitive under the combinators.
+    pub(crate) fn watch<F>(self, watcher: F) -> Promise<(), E>
+    where
+        F: FnOnce(Settled<T, E>) + Send + 'static,
+    {
+        self.chain(move |input| {
+            let settled = match input {
+                Input::Outcome(Ok(value)) => Settled::Fulfilled(value),
+                Input::Outcome(Err(error)) => Settled::Rejected(error),
+                Input::Cancelled => Settled::Cancelled,
+                Input::Abandoned => Settled::Rejected(E::from(Error::broken())),
+            };
+            guarded(|| {
+                watcher(settled);
+                Next::Settled(Ok(()))
+            })
+        })
     }
 
     /// Runs `on_fulfilled` with the value once this promise fulfils; a rejection
