@@ -156,6 +156,8 @@ pub(crate) struct Local {
     live_tasks: Cell<usize>,
     /// Promises rejected with nobody watching, checked when the microtasks drain.
     unhandled: RefCell<Vec<Arc<dyn Graph>>>,
+    /// Orphan reactions moved to `micro` and not yet run (see `orphans::in_flight`).
+    orphans_taken: Cell<usize>,
 }
 
 impl Local {
@@ -181,6 +183,7 @@ impl Local {
             free_tasks: RefCell::new(Vec::new()),
             live_tasks: Cell::new(0),
             unhandled: RefCell::new(Vec::new()),
+            orphans_taken: Cell::new(0),
         }
     }
 
@@ -312,6 +315,10 @@ impl Local {
                 None => break,
             }
         }
+        let orphans_run = self.orphans_taken.replace(0);
+        if orphans_run > 0 {
+            orphans::finished(orphans_run);
+        }
         if self.unhandled.borrow().is_empty() {
             return;
         }
@@ -331,6 +338,8 @@ impl Local {
             micro.extend(injected.into_iter().map(Job::from));
         }
         if let Some(orphans) = orphans::take() {
+            self.orphans_taken
+                .set(self.orphans_taken.get() + orphans.len());
             micro.extend(orphans.into_iter().map(Job::Run));
         }
     }
@@ -479,6 +488,10 @@ impl Drop for Local {
             let tasks = std::mem::take(self.tasks.get_mut());
             drop(tasks);
         });
+        let orphans_abandoned = self.orphans_taken.replace(0);
+        if orphans_abandoned > 0 {
+            orphans::finished(orphans_abandoned);
+        }
         orphans::wake_foreign_pollers();
     }
 }

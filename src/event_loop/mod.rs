@@ -134,14 +134,24 @@ impl EventLoop {
                     // Nothing here can wake the future, unless code outside thenable
                     // holds its waker, or a resolver of a loop nobody drives settles
                     // (its reactions would come here as orphans).
-                    if !task.has_foreign_wakers() && !orphans::undriven_resolvers_exist() {
+                    // Checked in this order: a resolver settles (its reactions
+                    // become orphans in flight) before it stops counting as live,
+                    // and an orphan stops being in flight only after it ran (and
+                    // woke whoever it completes).
+                    if !task.has_foreign_wakers()
+                        && !orphans::undriven_resolvers_exist()
+                        && !orphans::in_flight()
+                        && !woken()
+                    {
                         return Err(E::from(Error::deadlock(
                             "block_on: the future waits for something that nothing left \
                              in the loop can complete (no queued work, timers, unsettled \
                              resolvers or wakers held elsewhere)",
                         )));
                     }
-                    local.wait_for_wake_up();
+                    if !woken() {
+                        local.wait_for_wake_up();
+                    }
                 }
             }
         });

@@ -9,7 +9,7 @@
 //! only the thread they run on changes. This module never runs a reaction itself.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 
@@ -21,6 +21,11 @@ use crate::promise::core::Runnable;
 static LOOPS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 static ORPHANS: Mutex<VecDeque<Arc<dyn Runnable>>> = Mutex::new(VecDeque::new());
 static HAS_ORPHANS: AtomicBool = AtomicBool::new(false);
+/// Orphans pushed and not yet run to the end of the drain that took them. A
+/// `block_on` that sees no undriven resolver left must still wait while this is not
+/// zero: the resolver's settlement may be a reaction being run by another loop right
+/// now, about to wake it.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Wakers of futures polled outside any running loop, woken when work appears that
 /// such a poll would run.
 static FOREIGN_POLLERS: Mutex<Vec<Waker>> = Mutex::new(Vec::new());
@@ -53,6 +58,7 @@ pub(crate) fn undriven_resolvers_exist() -> bool {
 }
 
 pub(crate) fn push(job: Arc<dyn Runnable>) {
+    IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
     ORPHANS.lock().push_back(job);
     HAS_ORPHANS.store(true, Ordering::Release);
     wake_foreign_pollers();
@@ -65,6 +71,19 @@ pub(crate) fn take() -> Option<VecDeque<Arc<dyn Runnable>>> {
         return None;
     }
     Some(std::mem::take(&mut *ORPHANS.lock()))
+}
+
+/// True while some orphan reaction has not yet been run (see [`IN_FLIGHT`]).
+pub(crate) fn in_flight() -> bool {
+    IN_FLIGHT.load(Ordering::Acquire) > 0
+}
+
+/// `count` orphans taken earlier have run (or were abandoned). When the last one
+/// is done, waiting loops re-check whether their futures can still complete.
+pub(crate) fn finished(count: usize) {
+    if IN_FLIGHT.fetch_sub(count, Ordering::AcqRel) == count {
+        notify_driven_loops();
+    }
 }
 
 pub(crate) fn add_foreign_poller(waker: &Waker) {

@@ -180,11 +180,14 @@ where
     }
 }
 
+/// What a cancelled root runs to release its resource (clear a timer, drop a task).
+type CancelHook = Box<dyn FnOnce() + Send>;
+
 /// The link of a promise that something other than a parent settles (a resolver,
 /// a timer, a task): what to release if it is cancelled. For a resolver's promise it
 /// also holds the home loop, kept alive until the resolver is done.
 pub(crate) struct Hooks {
-    on_cancel: Mutex<SmallVec<[Box<dyn FnOnce() + Send>; 1]>>,
+    on_cancel: Mutex<SmallVec<[CancelHook; 1]>>,
     home: Option<LoopRef>,
     /// Settled, following another promise, or cancelled: the settler is done.
     finished: AtomicBool,
@@ -225,7 +228,7 @@ impl Hooks {
 
     /// Adds a cancellation hook: run at once if the node is already cancelled,
     /// dropped if it settled otherwise.
-    pub(crate) fn add<T, E>(node: &Node<T, E, Hooks>, hook: Box<dyn FnOnce() + Send>) {
+    pub(crate) fn add<T, E>(node: &Node<T, E, Hooks>, hook: CancelHook) {
         let mut hooks = node.link.on_cancel.lock();
         match node.core.status() {
             core::Status::Pending => hooks.push(hook),
