@@ -183,6 +183,15 @@ enum Serve<T, E> {
     Wake(Waiter<T, E>),
 }
 
+impl<T, E> Serve<T, E> {
+    fn run(self, home: Option<&LoopRef>) {
+        match self {
+            Serve::Run(job) => context::schedule(job, home),
+            Serve::Wake(waiter) => waiter.wake(),
+        }
+    }
+}
+
 enum State<T, E> {
     Pending(Waiters<T, E>),
     /// `None` once the last consumer took the value.
@@ -298,7 +307,7 @@ impl<T, E> Core<T, E> {
     /// `outcome` is `None` for a cancellation.
     fn finish(&self, outcome: Option<Result<T, E>>, home: Option<&LoopRef>) -> Settle {
         let mut inner = self.inner.lock();
-        let waiters = match &mut inner.state {
+        let mut waiters = match &mut inner.state {
             State::Pending(waiters) => std::mem::take(waiters),
             State::Settled(_) => return Settle::Already,
         };
@@ -306,38 +315,51 @@ impl<T, E> Core<T, E> {
         let cancelled = outcome.is_none();
         inner.cancelled = cancelled;
         let rejected = matches!(outcome, Some(Err(_)));
-        let mut slot = outcome.or_else(|| Some(Err(self.fail(Error::cancelled()))));
-        let mut reactions_left = waiters
-            .iter()
-            .filter(|w| matches!(w, Waiter::Reaction(_)))
-            .count();
         let watched = !waiters.is_empty();
+        let mut slot = outcome.or_else(|| Some(Err(self.fail(Error::cancelled()))));
         let keep = inner.handles > 0;
         let cloner = inner.cloner;
-        // Reactions and wakers are served in the order they were attached (an
-        // `await` is a `then` too, as in JavaScript).
-        let mut served: SmallVec<[Serve<T, E>; 1]> = SmallVec::new();
-        for waiter in waiters {
+        let serve = |waiter: Waiter<T, E>, last: bool, slot: &mut Option<Result<T, E>>| {
             match waiter {
                 Waiter::Reaction(reaction) => {
-                    reactions_left -= 1;
                     let input = if cancelled {
                         Input::Cancelled
                     } else {
-                        let last = reactions_left == 0 && !keep;
-                        Input::Outcome(share(&mut slot, last, cloner, self.from_error))
+                        Input::Outcome(share(slot, last && !keep, cloner, self.from_error))
                     };
-                    served.push(Serve::Run(reaction.deliver(input)));
+                    Serve::Run(reaction.deliver(input))
                 }
-                other => served.push(Serve::Wake(other)),
+                other => Serve::Wake(other),
             }
-        }
-        inner.state = State::Settled(slot);
-        drop(inner);
-        for next in served {
-            match next {
-                Serve::Run(job) => context::schedule(job, home),
-                Serve::Wake(waiter) => waiter.wake(),
+        };
+        if waiters.len() <= 1 {
+            // The usual case (one `then` or one `await`), without the lists.
+            let served = waiters.pop().map(|waiter| serve(waiter, true, &mut slot));
+            inner.state = State::Settled(slot);
+            drop(inner);
+            if let Some(served) = served {
+                served.run(home);
+            }
+        } else {
+            let mut reactions_left = waiters
+                .iter()
+                .filter(|w| matches!(w, Waiter::Reaction(_)))
+                .count();
+            // Reactions and wakers are served in the order they were attached (an
+            // `await` is a `then` too, as in JavaScript).
+            let served: Vec<Serve<T, E>> = waiters
+                .into_iter()
+                .map(|waiter| {
+                    if matches!(waiter, Waiter::Reaction(_)) {
+                        reactions_left -= 1;
+                    }
+                    serve(waiter, reactions_left == 0, &mut slot)
+                })
+                .collect();
+            inner.state = State::Settled(slot);
+            drop(inner);
+            for next in served {
+                next.run(home);
             }
         }
         if rejected && !watched {

@@ -48,6 +48,8 @@ enum Slot<T0, E0, F> {
         f: F,
         input: Input<T0, E0>,
     },
+    /// The handler returned a promise: cancelling this node stops following it.
+    Following(Arc<dyn Cancel>),
     Done,
 }
 
@@ -55,16 +57,12 @@ enum Slot<T0, E0, F> {
 /// parent's types).
 pub(crate) struct ThenLink<T0, E0, F> {
     slot: Mutex<Slot<T0, E0, F>>,
-    /// Set when the handler returned a promise: cancelling this node stops
-    /// following it.
-    following: Mutex<Option<Arc<dyn Cancel>>>,
 }
 
 impl<T0, E0, F> ThenLink<T0, E0, F> {
     pub(crate) fn new(f: F, parent: Arc<dyn Graph>) -> Self {
         ThenLink {
             slot: Mutex::new(Slot::Waiting { f, parent }),
-            following: Mutex::new(None),
         }
     }
 }
@@ -78,15 +76,18 @@ where
     F: FnOnce(Input<T0, E0>) -> Next<T, E> + Send + 'static,
 {
     fn complete(self: Arc<Self>, next: Next<T, E>) {
-        let me: NodeRef<T, E> = self.clone();
         match next {
-            Next::Settled(outcome) => settle(&me, outcome, None),
+            Next::Settled(outcome) => {
+                if self.core.settle(outcome, None) == Settle::Unwatched {
+                    context::track_unhandled(self);
+                }
+            }
             Next::Adopt(promise) => {
-                let forward = adopt(me, promise, None);
-                *self.link.following.lock() = Some(forward);
+                let forward = adopt(self.clone(), promise, None);
+                *self.link.slot.lock() = Slot::Following(forward);
             }
             Next::Cancelled => {
-                me.cancel_node();
+                self.cancel_node();
             }
         }
     }
@@ -119,13 +120,11 @@ where
                     input: Input::Cancelled,
                 }
             }
-            Slot::Done => {
+            Slot::Following(forward) => {
                 drop(slot);
-                let following = node.link.following.lock().take();
-                if let Some(forward) = following {
-                    forward.cancel();
-                }
+                forward.cancel();
             }
+            Slot::Done => {}
         }
     }
 }
