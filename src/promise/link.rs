@@ -5,7 +5,7 @@
 //! Links run only from the microtask queue. Adoption is iterative: a forwarder is a
 //! reaction like any other, and a chaining cycle is refused before it can hang.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -190,6 +190,9 @@ pub(crate) struct Hooks {
     home: Option<LoopRef>,
     /// Settled, following another promise, or cancelled: the settler is done.
     finished: AtomicBool,
+    /// Live `Resolver` clones: when the last goes while unfinished, the promise is
+    /// broken.
+    resolvers: AtomicU32,
 }
 
 impl Hooks {
@@ -199,7 +202,17 @@ impl Hooks {
             on_cancel: Mutex::new(SmallVec::new()),
             home,
             finished: AtomicBool::new(false),
+            resolvers: AtomicU32::new(0),
         }
+    }
+
+    pub(crate) fn add_resolver(&self) {
+        self.resolvers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One resolver went away; true if it was the last.
+    pub(crate) fn drop_resolver(&self) -> bool {
+        self.resolvers.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
     pub(crate) fn home(&self) -> Option<&LoopRef> {

@@ -64,10 +64,7 @@ pub struct Promise<T, E = Error> {
 /// assert_eq!(thenable::block_on(promise).unwrap(), "from another thread");
 /// ```
 pub struct Resolver<T, E = Error> {
-    shared: Arc<ResolverShared<T, E>>,
-}
-
-struct ResolverShared<T, E> {
+    /// The promise's own node: its link counts the live resolvers.
     node: Arc<Node<T, E, Hooks>>,
 }
 
@@ -167,9 +164,8 @@ where
         let home = context::with_current(|local| local.shared.clone());
         home.acquire();
         let node = Promise::rooted(Some(home));
-        let resolver = Resolver {
-            shared: Arc::new(ResolverShared { node: node.clone() }),
-        };
+        node.link.add_resolver();
+        let resolver = Resolver { node: node.clone() };
         (Promise { node: Some(node) }, resolver)
     }
 
@@ -600,7 +596,7 @@ where
     E: Send + 'static,
 {
     fn node(&self) -> NodeRef<T, E> {
-        self.shared.node.clone()
+        self.node.clone()
     }
 
     /// Fulfils or rejects with `outcome`; `false` if already settled. Handy to turn
@@ -620,7 +616,7 @@ where
     /// assert!(thenable::block_on(parse_later("x")).is_err());
     /// ```
     pub fn settle(&self, outcome: Result<T, E>) -> bool {
-        let link = &self.shared.node.link;
+        let link = &self.node.link;
         if !link.finish() {
             return false;
         }
@@ -666,14 +662,14 @@ where
     /// assert_eq!(thenable::block_on(p).unwrap(), 2);
     /// ```
     pub fn resolve_with(&self, other: Promise<T, E>) -> bool {
-        let link = &self.shared.node.link;
+        let link = &self.node.link;
         if !link.finish() {
             return false;
         }
         let node = self.node();
         node.core().resolver_gone();
         let forward = adopt(node, other, link.home());
-        Hooks::add(&self.shared.node, Box::new(move || forward.cancel()));
+        Hooks::add(&self.node, Box::new(move || forward.cancel()));
         link.release_home();
         true
     }
@@ -688,7 +684,7 @@ where
     /// assert!(r.is_done());
     /// ```
     pub fn is_done(&self) -> bool {
-        self.shared.node.link.is_finished()
+        self.node.link.is_finished()
     }
 
     /// Runs `on_cancel` if the promise is cancelled (at once if it already was;
@@ -709,14 +705,15 @@ where
     /// assert!(!r.resolve(1)); // too late
     /// ```
     pub fn on_cancel(&self, on_cancel: impl FnOnce() + Send + 'static) {
-        Hooks::add(&self.shared.node, Box::new(on_cancel));
+        Hooks::add(&self.node, Box::new(on_cancel));
     }
 }
 
 impl<T, E> Clone for Resolver<T, E> {
     fn clone(&self) -> Self {
+        self.node.link.add_resolver();
         Resolver {
-            shared: self.shared.clone(),
+            node: self.node.clone(),
         }
     }
 }
@@ -724,15 +721,15 @@ impl<T, E> Clone for Resolver<T, E> {
 impl<T, E> fmt::Debug for Resolver<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Resolver")
-            .field("done", &self.shared.node.link.is_finished())
+            .field("done", &self.node.link.is_finished())
             .finish()
     }
 }
 
-impl<T, E> Drop for ResolverShared<T, E> {
+impl<T, E> Drop for Resolver<T, E> {
     fn drop(&mut self) {
         let link = &self.node.link;
-        if link.finish() {
+        if link.drop_resolver() && link.finish() {
             let _ = self.node.core.settle_broken(link.home());
             link.release_home();
         }
