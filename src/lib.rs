@@ -59,3 +59,7 @@ mod readme_examples {}
 #[cfg(doctest)]
 #[doc = include_str!("../docs/from-javascript.md")]
 mod from_javascript_examples {}
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/combinators.md")]
+mod combinators_examples {}
