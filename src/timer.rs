@@ -15,6 +15,16 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+/// The longest delay a timer is set for: a century. Longer ones (up to
+/// `Duration::MAX`) are clamped to it rather than overflow `Instant`; the timer
+/// still keeps its loop alive, as in Node.js, where an over-long delay is clamped.
+pub(crate) const LONGEST_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `delay` after `now`, with `delay` clamped to [`LONGEST_DELAY`].
+pub(crate) fn deadline_after(now: Instant, delay: Duration) -> Instant {
+    now + delay.min(LONGEST_DELAY)
+}
+
 /// Identifies a timer set with [`set_timeout`](crate::set_timeout) or
 /// [`set_interval`](crate::set_interval), for [`clear_timer`](crate::clear_timer).
 ///
@@ -186,7 +196,7 @@ impl Timers {
     pub(crate) fn rearm(&mut self, id: TimerId, f: RepeatFn, period: Duration, now: Instant) {
         if let Some(slot) = self.slot_of(id) {
             slot.callback = Some(Callback::Repeat { f, period });
-            self.push_entry(now + period, id);
+            self.push_entry(deadline_after(now, period), id);
         }
     }
 

@@ -4,7 +4,7 @@
 //! which `within` turns into a failure (after a generous safety net) instead of a
 //! hang.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -256,5 +256,47 @@ fn awaiting_a_rejection_counts_as_handling_it() {
         event_loop.run().unwrap();
         assert_eq!(*seen.borrow(), 0);
         thenable::reset_unhandled_rejection_hook();
+    });
+}
+
+#[test]
+fn a_combinator_rejected_because_its_input_was_cancelled_is_not_reported() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let seen = Rc::new(RefCell::new(Vec::<String>::new()));
+        let log = seen.clone();
+        thenable::set_unhandled_rejection_hook(move |e| log.borrow_mut().push(e.to_string()));
+        let (input, _r) = Promise::<i32>::pending();
+        let (other, _r2) = Promise::<i32>::pending();
+        let gathered = thenable::all([input.clone(), other]);
+        input.cancel();
+        let shielded = thenable::shield(input);
+        event_loop.run().unwrap();
+        assert!(gathered.is_rejected() && shielded.is_rejected());
+        assert!(seen.borrow().is_empty(), "reported: {:?}", seen.borrow());
+        // A real rejection of the same kind of promise is still reported.
+        let gathered = thenable::all([Promise::<i32>::rejected(Error::msg("real"))]);
+        event_loop.run().unwrap();
+        assert_eq!(*seen.borrow(), ["real"]);
+        drop(gathered);
+        thenable::reset_unhandled_rejection_hook();
+    });
+}
+
+#[test]
+fn timers_of_any_length_are_clamped_not_a_panic() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let fired = Rc::new(Cell::new(false));
+        let flag = fired.clone();
+        let once = thenable::set_timeout(Duration::MAX, move || flag.set(true));
+        let every = thenable::set_interval(Duration::MAX, || unreachable!());
+        let nap = thenable::sleep(Duration::MAX);
+        assert!(nap.cancel());
+        thenable::clear_timer(once);
+        thenable::clear_timer(every);
+        // Nothing is left: run returns at once instead of waiting a century.
+        event_loop.run().unwrap();
+        assert!(!fired.get());
     });
 }

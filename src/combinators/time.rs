@@ -15,12 +15,8 @@ use futures_core::Stream;
 use parking_lot::Mutex;
 
 use super::concurrency::cancelled;
+use crate::timer::LONGEST_DELAY;
 use crate::{clear_timer, set_interval, set_timeout, sleep, Error, Promise, TimerId};
-
-/// The longest delay a timer here is set for: a century. Longer delays (up to
-/// `Duration::MAX`) cannot be added to an `Instant` without overflowing, and mean
-/// "never" to any program.
-const LONGEST_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// The shortest interval period, as in Node.js: a zero period would fire on every
 /// turn of the loop.

@@ -419,7 +419,8 @@ pub fn set_immediate(f: impl FnOnce() + 'static) {
 }
 
 /// Runs `f` once, `delay` from now. Timers fire in deadline order; equal deadlines
-/// in the order they were set. A pending timer keeps the loop alive.
+/// in the order they were set. A pending timer keeps the loop alive. Delays longer
+/// than a century (up to `Duration::MAX`) are clamped to a century.
 ///
 /// ```
 /// use std::time::Duration;
@@ -429,7 +430,7 @@ pub fn set_immediate(f: impl FnOnce() + 'static) {
 /// event_loop.run().unwrap(); // returns after the timer fired
 /// ```
 pub fn set_timeout(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
-    let deadline = Instant::now() + delay;
+    let deadline = crate::timer::deadline_after(Instant::now(), delay);
     context::with_current(|local| {
         local
             .timers
@@ -460,7 +461,7 @@ pub fn set_timeout(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
 /// assert_eq!(ticks.get(), 3);
 /// ```
 pub fn set_interval(period: Duration, f: impl FnMut() + 'static) -> TimerId {
-    let deadline = Instant::now() + period;
+    let deadline = crate::timer::deadline_after(Instant::now(), period);
     let f: crate::timer::RepeatFn = Rc::new(std::cell::RefCell::new(f));
     context::with_current(|local| {
         local

@@ -111,8 +111,10 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
     fn unhandled(&self) -> Option<Error> {
         let inner = self.core.inner.lock();
         match &inner.state {
+            // A rejection that only says "cancelled" (a combinator whose input was
+            // cancelled) is cancellation travelling on, which is never reported.
             State::Settled(Some(Err(error))) if !inner.handled && !inner.cancelled => {
-                Some(describe(error))
+                Some(describe(error)).filter(|error| !error.is_cancelled())
             }
             _ => None,
         }
