@@ -430,12 +430,12 @@ pub fn set_immediate(f: impl FnOnce() + 'static) {
 /// event_loop.run().unwrap(); // returns after the timer fired
 /// ```
 pub fn set_timeout(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
-    let deadline = crate::timer::deadline_after(Instant::now(), delay);
+    let now = Instant::now();
     context::with_current(|local| {
         local
             .timers
             .borrow_mut()
-            .insert(deadline, Callback::Once(Box::new(f)))
+            .insert(now, delay, Callback::Once(Box::new(f)))
     })
 }
 
@@ -461,13 +461,13 @@ pub fn set_timeout(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
 /// assert_eq!(ticks.get(), 3);
 /// ```
 pub fn set_interval(period: Duration, f: impl FnMut() + 'static) -> TimerId {
-    let deadline = crate::timer::deadline_after(Instant::now(), period);
+    let now = Instant::now();
     let f: crate::timer::RepeatFn = Rc::new(std::cell::RefCell::new(f));
     context::with_current(|local| {
         local
             .timers
             .borrow_mut()
-            .insert(deadline, Callback::Repeat { f, period })
+            .insert(now, period, Callback::Repeat { f, period })
     })
 }
 
