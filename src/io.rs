@@ -1,19 +1,121 @@
 //! I/O readiness on the loop: [`Async<T>`] wraps a non-blocking socket or pipe and
 //! turns "would block" into a wait on the loop's reactor.
 //!
+//! For a one-off wait on any descriptor, [`readable`] and [`writable`] return
+//! promises (the seeds' `readability(sock)` / `writability(sock)`).
+//!
 //! This module owns the registration of one I/O object with its loop's poller and
 //! the retry loop of non-blocking operations. It never blocks the loop thread, and
 //! never closes a descriptor that is still registered: `Async` deregisters in its
 //! `Drop`, before the object it wraps is dropped.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
-use crate::reactor::{Direction, Source};
+use crate::event_loop::spawn;
+use crate::promise::Promise;
+use crate::reactor::Source;
+pub(crate) use crate::reactor::{Direction, Ticket};
+
+/// A promise that fulfils once `source` may be read without blocking: data has
+/// arrived, a connection waits to be accepted, or the peer hung up (a read then
+/// returns the end of the stream or the error). The seeds' `readability(sock)`.
+///
+/// `source` is any descriptor the loop's poller accepts: a socket (std's or
+/// thenable's), a pipe, a terminal; blocking or not, since nothing is read. A
+/// regular file never blocks, so the promise fulfils at once (as `poll(2)` reports
+/// it; epoll refuses to watch files). Readiness is a hint: a read may still find
+/// nothing (another reader got there first), so read in non-blocking mode and wait
+/// again on `WouldBlock`. For a thenable [`TcpStream`](crate::net::TcpStream), bytes
+/// it has already buffered are not readiness: its own read methods see them.
+///
+/// The wait watches a duplicate of the descriptor, registered with the calling
+/// thread's loop and armed once (oneshot). The duplicate keeps the open file alive
+/// while the promise waits (so the reader of a pipe whose writing end is waited on
+/// sees the end only once the wait is over). While it waits, the promise keeps the
+/// loop alive; cancel it ([`Promise::cancel`]) to stop waiting, which deregisters
+/// and closes the duplicate. For many waits on one object, [`Async`] registers it
+/// once instead. Failures (a descriptor that cannot be duplicated or polled) reject
+/// with the [`io::Error`] inside the [`Error`].
+///
+/// ```
+/// use std::net::UdpSocket;
+/// use thenable::io::readable;
+///
+/// let a = UdpSocket::bind("127.0.0.1:0")?;
+/// let b = UdpSocket::bind("127.0.0.1:0")?;
+/// let ready = readable(&b); // nothing sent yet: pending
+/// a.send_to(b"hi", b.local_addr()?)?;
+/// let size = ready.then(move |()| {
+///     let mut buf = [0; 16];
+///     Ok(b.recv(&mut buf)?) // does not block: the datagram is there
+/// });
+/// assert_eq!(thenable::block_on(size)?, 2);
+/// # Ok::<_, thenable::Error>(())
+/// ```
+///
+/// Cancelled, the wait is dropped and no longer keeps the loop alive:
+///
+/// ```
+/// let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// let event_loop = thenable::EventLoop::new();
+/// let ready = thenable::io::readable(&socket); // nobody will ever send
+/// assert!(ready.cancel());
+/// event_loop.run()?; // returns: nothing waits any more
+/// # Ok::<_, thenable::Error>(())
+/// ```
+pub fn readable(source: &(impl AsFd + ?Sized)) -> Promise<()> {
+    ready_promise(source, Direction::Read)
+}
+
+/// A promise that fulfils once `source` may be written without blocking: there is
+/// room in its send buffer, a non-blocking connect has finished, or the peer is
+/// gone (a write then fails with the reason). The seeds' `writability(sock)`.
+///
+/// Everything said for [`readable`] holds here too: any pollable descriptor, a
+/// duplicate armed once, fulfilled at once for a regular file, cancel to stop
+/// waiting.
+///
+/// ```
+/// use thenable::io::writable;
+///
+/// let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// let to_self = socket.local_addr()?;
+/// let sent = writable(&socket).then(move |()| Ok(socket.send_to(b"ping", to_self)?));
+/// assert_eq!(thenable::block_on(sent)?, 4);
+/// # Ok::<_, thenable::Error>(())
+/// ```
+pub fn writable(source: &(impl AsFd + ?Sized)) -> Promise<()> {
+    ready_promise(source, Direction::Write)
+}
+
+fn ready_promise(source: &(impl AsFd + ?Sized), direction: Direction) -> Promise<()> {
+    // A duplicate, so the promise owns what it registers: the caller may close or
+    // drop `source` at any time without the poller ever holding a closed descriptor.
+    let watched = match source.as_fd().try_clone_to_owned() {
+        Ok(fd) => Async::new(fd),
+        Err(error) => Err(error),
+    };
+    let watched: Async<OwnedFd> = match watched {
+        Ok(watched) => watched,
+        // EPERM: epoll does not watch regular files, which never block.
+        Err(error) if error.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {
+            return Promise::resolved(());
+        }
+        Err(error) => return Promise::rejected(Error::new(error)),
+    };
+    // Dropping the task's future (the promise cancelled, or its loop dropped)
+    // drops `watched`: deregistered, then closed.
+    spawn(async move {
+        watched.wait(direction).await?;
+        Ok(())
+    })
+}
 
 /// A non-blocking I/O object registered with the loop of the thread that wrapped it.
 ///
@@ -103,10 +205,45 @@ impl<T: AsFd> Async<T> {
         let fd = self.get_ref().as_fd();
         self.home
             .reactor()
-            .poll_ready(&self.source, fd, direction, cx)
+            .poll_ready(&self.source, fd, direction, None, cx)
+    }
+
+    /// Like [`poll_readable`](Self::poll_readable) / [`poll_writable`](Self::poll_writable)
+    /// (by the ticket's direction), for a caller that keeps `ticket` and hands it to
+    /// [`withdraw`](Self::withdraw) when it stops waiting.
+    pub(crate) fn poll_ready_with(
+        &self,
+        ticket: &mut Ticket,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let fd = self.get_ref().as_fd();
+        let direction = ticket.direction();
+        self.home
+            .reactor()
+            .poll_ready(&self.source, fd, direction, Some(ticket), cx)
+    }
+
+    /// Takes back the wait registered under `ticket`, if any.
+    pub(crate) fn withdraw(&self, ticket: &mut Ticket) {
+        let fd = self.get_ref().as_fd();
+        self.home.reactor().withdraw(&self.source, fd, ticket);
+    }
+
+    /// A future of readiness in `direction` whose wait is withdrawn if it is
+    /// dropped first.
+    pub(crate) fn wait(&self, direction: Direction) -> Wait<'_, T> {
+        Wait {
+            io: self,
+            ticket: Ticket::new(direction),
+        }
     }
 
     /// Ready when the object may be readable (a retry may still see `WouldBlock`).
+    ///
+    /// When pending, the waker stays registered until the object becomes readable
+    /// or is dropped, and until then keeps the loop alive, even if the caller
+    /// stops polling. The [`readable`](Self::readable) future withdraws its wait
+    /// when dropped instead.
     ///
     /// ```
     /// # use std::task::Poll;
@@ -121,7 +258,9 @@ impl<T: AsFd> Async<T> {
         self.poll_ready(Direction::Read, cx)
     }
 
-    /// Ready when the object may be writable.
+    /// Ready when the object may be writable. A pending wait stays registered as
+    /// with [`poll_readable`](Self::poll_readable); [`writable`](Self::writable)
+    /// withdraws its wait when dropped.
     ///
     /// ```
     /// let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -134,6 +273,8 @@ impl<T: AsFd> Async<T> {
     }
 
     /// Waits until the object may be readable (the seeds' `readability(sock)`).
+    /// Dropped before that, the future withdraws its wait: a source nobody waits on
+    /// is disarmed and does not keep the loop alive.
     ///
     /// ```
     /// let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -145,10 +286,11 @@ impl<T: AsFd> Async<T> {
     /// thenable::block_on(async { b.readable().await }).unwrap();
     /// ```
     pub fn readable(&self) -> impl Future<Output = io::Result<()>> + '_ {
-        poll_fn(|cx| self.poll_readable(cx))
+        self.wait(Direction::Read)
     }
 
     /// Waits until the object may be writable (the seeds' `writability(sock)`).
+    /// Dropped before that, the future withdraws its wait.
     ///
     /// ```
     /// let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -157,7 +299,7 @@ impl<T: AsFd> Async<T> {
     /// thenable::block_on(async { socket.writable().await }).unwrap();
     /// ```
     pub fn writable(&self) -> impl Future<Output = io::Result<()>> + '_ {
-        poll_fn(|cx| self.poll_writable(cx))
+        self.wait(Direction::Write)
     }
 
     /// Runs a non-blocking read operation, waiting for readability each time it
@@ -202,6 +344,35 @@ impl<T: AsFd> Async<T> {
                 done => return done,
             }
         }
+    }
+}
+
+/// Readiness of an [`Async`] in one direction ([`Async::wait`]); dropped while
+/// pending, it withdraws its wait from the reactor.
+pub(crate) struct Wait<'a, T: AsFd> {
+    io: &'a Async<T>,
+    ticket: Ticket,
+}
+
+impl<T: AsFd> Wait<'_, T> {
+    /// Ready, or registered (again) to be woken; may be polled after it was ready,
+    /// to wait for the next readiness.
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_ready_with(&mut self.ticket, cx)
+    }
+}
+
+impl<T: AsFd> Future for Wait<'_, T> {
+    type Output = io::Result<()>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_ready(cx)
+    }
+}
+
+impl<T: AsFd> Drop for Wait<'_, T> {
+    fn drop(&mut self) {
+        self.io.withdraw(&mut self.ticket);
     }
 }
 

@@ -41,6 +41,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{self as std_net, Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -51,7 +52,7 @@ use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::event_loop::spawn;
-use crate::io::Async;
+use crate::io::{Async, Direction, Ticket};
 use crate::promise::Promise;
 
 /// How much a buffered read asks the socket for at a time.
@@ -182,6 +183,7 @@ impl TcpListener {
     pub fn incoming(&self) -> Incoming {
         Incoming {
             socket: self.socket.clone(),
+            wait: Ticket::new(Direction::Read),
         }
     }
 }
@@ -191,6 +193,25 @@ impl fmt::Debug for TcpListener {
         f.debug_struct("TcpListener")
             .field("local_addr", &self.local_addr().ok())
             .finish()
+    }
+}
+
+/// The listening socket, for [`io::readable`](crate::io::readable) (ready: a
+/// connection waits to be accepted) and other descriptor-level APIs.
+///
+/// ```
+/// use std::os::fd::AsFd;
+///
+/// let listener = thenable::net::TcpListener::bind("127.0.0.1:0")?;
+/// let pending = thenable::io::readable(&listener);
+/// let _client = std::net::TcpStream::connect(listener.local_addr()?)?;
+/// thenable::block_on(pending)?; // someone is at the door
+/// assert!(listener.as_fd().try_clone_to_owned().is_ok());
+/// # Ok::<_, thenable::Error>(())
+/// ```
+impl AsFd for TcpListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.get_ref().as_fd()
     }
 }
 
@@ -210,19 +231,29 @@ impl fmt::Debug for TcpListener {
 /// ```
 pub struct Incoming {
     socket: Arc<Async<std_net::TcpListener>>,
+    /// Withdrawn when the stream is dropped while it waits for a connection.
+    wait: Ticket,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.socket.withdraw(&mut self.wait);
+    }
 }
 
 impl Stream for Incoming {
     type Item = Result<TcpStream, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
         loop {
-            match self.socket.get_ref().accept() {
+            match this.socket.get_ref().accept() {
                 Ok((stream, _peer)) => {
                     return Poll::Ready(Some(TcpStream::from_std(stream).map_err(Error::from)))
                 }
                 Err(e) if would_block(&e) => {
-                    if let Err(e) = ready!(self.socket.poll_readable(cx)) {
+                    let ready = this.socket.poll_ready_with(&mut this.wait, cx);
+                    if let Err(e) = ready!(ready) {
                         return Poll::Ready(Some(Err(e.into())));
                     }
                 }
@@ -277,6 +308,24 @@ pub struct TcpStream {
     /// shared buffer behind its lock cannot). Every other read through this handle
     /// first puts them back in front of the shared buffer, so order is kept.
     lent: Mutex<LentBytes>,
+    /// The readiness waits of this handle's `futures-io` reads and writes, withdrawn
+    /// when the handle is dropped (the traits' polls have no future of their own
+    /// to withdraw them when a caller gives up).
+    trait_waits: TraitWaits,
+}
+
+struct TraitWaits {
+    read: Ticket,
+    write: Ticket,
+}
+
+impl TraitWaits {
+    fn new() -> TraitWaits {
+        TraitWaits {
+            read: Ticket::new(Direction::Read),
+            write: Ticket::new(Direction::Write),
+        }
+    }
 }
 
 struct StreamShared {
@@ -348,6 +397,7 @@ impl TcpStream {
                 buffers: Mutex::new(StreamBuffers::default()),
             }),
             lent: Mutex::new(LentBytes::default()),
+            trait_waits: TraitWaits::new(),
         })
     }
 
@@ -447,7 +497,7 @@ impl TcpStream {
                 return Ok(Vec::new());
             }
             let bytes = shared
-                .io(Async::poll_readable, |buffers, mut socket| {
+                .io(Direction::Read, |buffers, mut socket| {
                     if !buffers.inbound.is_empty() {
                         return Ok(buffers.inbound.take(max_len));
                     }
@@ -491,7 +541,7 @@ impl TcpStream {
         let shared = self.shared.clone();
         spawn(async move {
             let bytes = shared
-                .io(Async::poll_readable, |buffers, socket| {
+                .io(Direction::Read, |buffers, socket| {
                     while buffers.inbound.len() < len {
                         let missing = len - buffers.inbound.len();
                         let chunk = missing.clamp(READ_CHUNK, MAX_READ_CHUNK);
@@ -547,7 +597,7 @@ impl TcpStream {
         let shared = self.shared.clone();
         spawn(async move {
             let line = shared
-                .io(Async::poll_readable, |buffers, socket| {
+                .io(Direction::Read, |buffers, socket| {
                     take_line(&mut buffers.inbound, socket, max_line_len)
                 })
                 .await?;
@@ -608,7 +658,7 @@ impl TcpStream {
         let shared = self.shared.clone();
         spawn(async move {
             shared
-                .io(Async::poll_writable, |buffers, socket| {
+                .io(Direction::Write, |buffers, socket| {
                     buffers.outbound.send_until(socket, end)
                 })
                 .await?;
@@ -645,7 +695,7 @@ impl TcpStream {
         spawn(async move {
             if how != Shutdown::Read {
                 shared
-                    .io(Async::poll_writable, |buffers, socket| {
+                    .io(Direction::Write, |buffers, socket| {
                         let end = buffers.outbound.queued_end();
                         buffers.outbound.send_until(socket, end)
                     })
@@ -668,30 +718,43 @@ impl TcpStream {
 
 impl StreamShared {
     /// Runs `op` with the buffers and the socket until it stops returning
-    /// `WouldBlock`, waiting with `wait_ready` (readable or writable) in between.
+    /// `WouldBlock`, waiting for readiness in the direction of `ticket` in between.
     /// `op` keeps its progress in the buffers, never in locals, so an operation
-    /// dropped half-way (a cancelled promise) loses nothing.
+    /// dropped half-way (a cancelled promise) loses nothing. The waits are
+    /// registered under `ticket`, which the caller withdraws when it stops (the
+    /// `futures-io` impls keep one per handle and direction).
     fn poll_io<R>(
         &self,
         cx: &mut Context<'_>,
-        wait_ready: fn(&Async<std_net::TcpStream>, &mut Context<'_>) -> Poll<io::Result<()>>,
+        ticket: &mut Ticket,
         op: &mut impl FnMut(&mut StreamBuffers, &std_net::TcpStream) -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
         loop {
             let result = op(&mut self.buffers.lock(), self.socket.get_ref());
             match result {
-                Err(e) if would_block(&e) => ready!(wait_ready(&self.socket, cx))?,
+                Err(e) if would_block(&e) => ready!(self.socket.poll_ready_with(ticket, cx))?,
                 done => return Poll::Ready(done),
             }
         }
     }
 
+    /// [`poll_io`](Self::poll_io) as a future, for the promise-returning
+    /// operations: dropped while waiting (a cancelled promise), it withdraws its
+    /// wait, so an idle socket nobody reads any more does not keep the loop alive.
     async fn io<R>(
         &self,
-        wait_ready: fn(&Async<std_net::TcpStream>, &mut Context<'_>) -> Poll<io::Result<()>>,
+        direction: Direction,
         mut op: impl FnMut(&mut StreamBuffers, &std_net::TcpStream) -> io::Result<R>,
     ) -> io::Result<R> {
-        std::future::poll_fn(|cx| self.poll_io(cx, wait_ready, &mut op)).await
+        let mut wait = self.socket.wait(direction);
+        std::future::poll_fn(|cx| loop {
+            let result = op(&mut self.buffers.lock(), self.socket.get_ref());
+            match result {
+                Err(e) if would_block(&e) => ready!(wait.poll_ready(cx))?,
+                done => return Poll::Ready(done),
+            }
+        })
+        .await
     }
 }
 
@@ -764,17 +827,52 @@ impl Clone for TcpStream {
         TcpStream {
             shared: self.shared.clone(),
             lent: Mutex::new(LentBytes::default()),
+            trait_waits: TraitWaits::new(),
         }
     }
 }
 
 impl Drop for TcpStream {
     fn drop(&mut self) {
+        self.shared.socket.withdraw(&mut self.trait_waits.read);
+        self.shared.socket.withdraw(&mut self.trait_waits.write);
         // Other clones (or operations in flight) may still read them.
         let unconsumed = self.lent.get_mut().take_unconsumed();
         if !unconsumed.is_empty() {
             self.shared.buffers.lock().inbound.put_back(unconsumed);
         }
+    }
+}
+
+/// The socket, for [`io::readable`](crate::io::readable) /
+/// [`io::writable`](crate::io::writable) and other descriptor-level APIs.
+///
+/// Readiness is the kernel's view: bytes the stream has already read into its own
+/// buffer (past a line that `read_line` returned, say) do not make the socket
+/// readable, so read through the stream's methods rather than wait on readiness
+/// first. Reading or writing the descriptor directly bypasses the stream's buffer
+/// and write queue, and mixes their order.
+///
+/// ```
+/// use thenable::net::{TcpListener, TcpStream};
+///
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// thenable::block_on(async move {
+///     let client = TcpStream::connect(addr).await?;
+///     let (server, _) = listener.accept().await?;
+///     thenable::io::writable(&client).await?; // an empty send buffer has room
+///     let arrived = thenable::io::readable(&server);
+///     client.write_all("hi").await?;
+///     arrived.await?;
+///     assert_eq!(server.read(10).await?, b"hi");
+///     Ok::<_, thenable::Error>(())
+/// })?;
+/// # Ok::<_, thenable::Error>(())
+/// ```
+impl AsFd for TcpStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.shared.socket.get_ref().as_fd()
     }
 }
 
@@ -802,17 +900,17 @@ impl AsyncRead for TcpStream {
             lent.consume(n);
             return Poll::Ready(Ok(n));
         }
-        this.shared
-            .poll_io(cx, Async::poll_readable, &mut |buffers, mut socket| {
-                if buffers.inbound.is_empty() {
-                    socket.read(buf)
-                } else {
-                    let n = buffers.inbound.len().min(buf.len());
-                    buf[..n].copy_from_slice(&buffers.inbound.filled()[..n]);
-                    buffers.inbound.consume(n);
-                    Ok(n)
-                }
-            })
+        let ticket = &mut this.trait_waits.read;
+        this.shared.poll_io(cx, ticket, &mut |buffers, mut socket| {
+            if buffers.inbound.is_empty() {
+                socket.read(buf)
+            } else {
+                let n = buffers.inbound.len().min(buf.len());
+                buf[..n].copy_from_slice(&buffers.inbound.filled()[..n]);
+                buffers.inbound.consume(n);
+                Ok(n)
+            }
+        })
     }
 }
 
@@ -820,15 +918,16 @@ impl AsyncBufRead for TcpStream {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         if this.lent.get_mut().unconsumed().is_empty() {
-            let bytes =
-                ready!(this
-                    .shared
-                    .poll_io(cx, Async::poll_readable, &mut |buffers, socket| {
-                        if buffers.inbound.is_empty() {
-                            buffers.inbound.fill_from(socket, READ_CHUNK)?;
-                        }
-                        Ok(buffers.inbound.take(usize::MAX))
-                    }))?;
+            let bytes = ready!(this.shared.poll_io(
+                cx,
+                &mut this.trait_waits.read,
+                &mut |buffers, socket| {
+                    if buffers.inbound.is_empty() {
+                        buffers.inbound.fill_from(socket, READ_CHUNK)?;
+                    }
+                    Ok(buffers.inbound.take(usize::MAX))
+                }
+            ))?;
             *this.lent.get_mut() = LentBytes { bytes, consumed: 0 };
         }
         Poll::Ready(Ok(this.lent.get_mut().unconsumed()))
@@ -846,17 +945,22 @@ impl AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.shared
-            .poll_io(cx, Async::poll_writable, &mut |buffers, mut socket| {
+        let this = self.get_mut();
+        this.shared.poll_io(
+            cx,
+            &mut this.trait_waits.write,
+            &mut |buffers, mut socket| {
                 let end = buffers.outbound.queued_end();
                 buffers.outbound.send_until(socket, end)?;
                 socket.write(buf)
-            })
+            },
+        )
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.shared
-            .poll_io(cx, Async::poll_writable, &mut |buffers, socket| {
+        let this = self.get_mut();
+        this.shared
+            .poll_io(cx, &mut this.trait_waits.write, &mut |buffers, socket| {
                 let end = buffers.outbound.queued_end();
                 buffers.outbound.send_until(socket, end)
             })
@@ -1124,6 +1228,29 @@ impl UdpSocket {
             datagram.truncate(len);
             Ok((datagram, from))
         })
+    }
+}
+
+/// The socket, for [`io::readable`](crate::io::readable) /
+/// [`io::writable`](crate::io::writable) and other descriptor-level APIs.
+///
+/// ```
+/// use thenable::net::UdpSocket;
+///
+/// let socket = UdpSocket::bind("127.0.0.1:0")?;
+/// let to_self = socket.local_addr()?;
+/// let arrived = thenable::io::readable(&socket);
+/// thenable::block_on(async move {
+///     socket.send_to("knock", to_self).await?;
+///     arrived.await?;
+///     assert_eq!(socket.recv_from(10).await?.0, b"knock");
+///     Ok::<_, thenable::Error>(())
+/// })?;
+/// # Ok::<_, thenable::Error>(())
+/// ```
+impl AsFd for UdpSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.get_ref().as_fd()
     }
 }
 

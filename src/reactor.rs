@@ -5,7 +5,9 @@
 //! its next timer allows; another thread wakes it with [`Reactor::notify`]. A source
 //! (a socket, a pipe) is registered once, with no interest; interest is armed
 //! oneshot when a task waits for readiness and re-armed on demand. Readiness wakes
-//! the waiting tasks, which then retry their non-blocking operation. The reactor
+//! the waiting tasks, which then retry their non-blocking operation. A wait that
+//! holds a [`Ticket`] is withdrawn when its future is dropped, so a source nobody
+//! waits on any more is disarmed and stops keeping the loop alive. The reactor
 //! never runs callbacks and never decides whether the loop is alive.
 
 use std::io;
@@ -39,25 +41,58 @@ pub(crate) struct Source {
 
 #[derive(Default)]
 struct Waiters {
-    readers: Vec<Waker>,
-    writers: Vec<Waker>,
+    /// Each with the ticket that registered it ([`ANONYMOUS`] for plain `poll_*`
+    /// calls, which cannot withdraw).
+    readers: Vec<(u64, Waker)>,
+    writers: Vec<(u64, Waker)>,
     /// Readiness seen since the last `poll_*` took it (so a wake that raced with
     /// re-arming is not lost).
     readable: bool,
     writable: bool,
+    /// The last ticket number handed out for this source.
+    last_ticket: u64,
 }
 
 impl Waiters {
     fn is_waiting(&self) -> bool {
         !self.readers.is_empty() || !self.writers.is_empty()
     }
+
+    fn interest(&self, key: usize) -> Event {
+        Event::new(key, !self.readers.is_empty(), !self.writers.is_empty())
+    }
 }
+
+/// The ticket of waits registered without one: they stay until readiness (or
+/// deregistration) wakes them.
+const ANONYMOUS: u64 = 0;
 
 /// Which readiness a task waits for.
 #[derive(Clone, Copy)]
 pub(crate) enum Direction {
     Read,
     Write,
+}
+
+/// One waiting future's registration with a source, so that the future can update
+/// its waker when polled again and withdraw it when dropped
+/// ([`Reactor::withdraw`]). Holds nothing while the future is not registered.
+pub(crate) struct Ticket {
+    direction: Direction,
+    registered: Option<u64>,
+}
+
+impl Ticket {
+    pub(crate) fn new(direction: Direction) -> Ticket {
+        Ticket {
+            direction,
+            registered: None,
+        }
+    }
+
+    pub(crate) fn direction(&self) -> Direction {
+        self.direction
+    }
 }
 
 impl Reactor {
@@ -115,11 +150,11 @@ impl Reactor {
             let was_waiting = waiters.is_waiting();
             if readable {
                 waiters.readable = true;
-                wake.append(&mut waiters.readers);
+                wake.extend(waiters.readers.drain(..).map(|(_, waker)| waker));
             }
             if writable {
                 waiters.writable = true;
-                wake.append(&mut waiters.writers);
+                wake.extend(waiters.writers.drain(..).map(|(_, waker)| waker));
             }
             if was_waiting && !waiters.is_waiting() {
                 self.armed.fetch_sub(1, Ordering::AcqRel);
@@ -174,41 +209,100 @@ impl Reactor {
     }
 
     /// Ready, or registers the waker and arms interest (oneshot) in `direction`.
+    ///
+    /// Without a ticket the registration is anonymous: it stays until readiness
+    /// or deregistration, however soon the caller loses interest. With one, the
+    /// caller updates its own registration on every poll and withdraws it with
+    /// [`withdraw`](Self::withdraw) when it stops waiting.
     #[cfg(unix)]
     pub(crate) fn poll_ready(
         &self,
         source: &Source,
         fd: std::os::fd::BorrowedFd<'_>,
         direction: Direction,
+        ticket: Option<&mut Ticket>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         let mut guard = source.waiters.lock();
         let waiters = &mut *guard;
+        let was_waiting = waiters.is_waiting();
         let (seen, list) = match direction {
             Direction::Read => (&mut waiters.readable, &mut waiters.readers),
             Direction::Write => (&mut waiters.writable, &mut waiters.writers),
         };
         if std::mem::take(seen) {
+            // Readiness drained every waiter of this direction, this one included.
+            if let Some(ticket) = ticket {
+                ticket.registered = None;
+            }
             return Poll::Ready(Ok(()));
         }
-        let was_waiting = !list.is_empty();
-        if !list.iter().any(|w| w.will_wake(cx.waker())) {
-            list.push(cx.waker().clone());
+        match ticket {
+            None => {
+                if !list
+                    .iter()
+                    .any(|(id, w)| *id == ANONYMOUS && w.will_wake(cx.waker()))
+                {
+                    list.push((ANONYMOUS, cx.waker().clone()));
+                }
+            }
+            Some(ticket) => {
+                let entry = ticket
+                    .registered
+                    .and_then(|mine| list.iter_mut().find(|(id, _)| *id == mine));
+                match entry {
+                    Some((_, waker)) => {
+                        if !waker.will_wake(cx.waker()) {
+                            *waker = cx.waker().clone();
+                        }
+                    }
+                    None => {
+                        waiters.last_ticket += 1;
+                        ticket.registered = Some(waiters.last_ticket);
+                        list.push((waiters.last_ticket, cx.waker().clone()));
+                    }
+                }
+            }
         }
-        let other_waiting = match direction {
-            Direction::Read => !waiters.writers.is_empty(),
-            Direction::Write => !waiters.readers.is_empty(),
-        };
-        if !was_waiting && !other_waiting {
+        if !was_waiting {
             self.armed.fetch_add(1, Ordering::AcqRel);
         }
-        let interest = Event::new(
-            source.key,
-            !waiters.readers.is_empty(),
-            !waiters.writers.is_empty(),
-        );
+        let interest = waiters.interest(source.key);
         drop(guard);
         self.poller.modify(fd, interest)?;
         Poll::Pending
+    }
+
+    /// Takes back the registration of `ticket`, if it has one: a source left with
+    /// no waiter is disarmed and no longer keeps the loop alive.
+    #[cfg(unix)]
+    pub(crate) fn withdraw(
+        &self,
+        source: &Source,
+        fd: std::os::fd::BorrowedFd<'_>,
+        ticket: &mut Ticket,
+    ) {
+        let Some(mine) = ticket.registered.take() else {
+            return;
+        };
+        let mut waiters = source.waiters.lock();
+        let was_waiting = waiters.is_waiting();
+        let list = match ticket.direction {
+            Direction::Read => &mut waiters.readers,
+            Direction::Write => &mut waiters.writers,
+        };
+        let before = list.len();
+        list.retain(|(id, _)| *id != mine);
+        if list.len() == before {
+            return; // readiness had already drained it
+        }
+        let interest = waiters.interest(source.key);
+        if was_waiting && !waiters.is_waiting() {
+            self.armed.fetch_sub(1, Ordering::AcqRel);
+        }
+        drop(waiters);
+        // Best effort: an interest left armed fires once, finds nobody, and only
+        // records the readiness for the next wait.
+        let _ = self.poller.modify(fd, interest);
     }
 }
