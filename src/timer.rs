@@ -48,16 +48,43 @@ pub struct TimerId {
     generation: u32,
 }
 
+impl TimerId {
+    /// The id without its loop, packed in one word (for an atomic).
+    pub(crate) fn slot_bits(self) -> u64 {
+        (u64::from(self.key) << 32) | u64::from(self.generation)
+    }
+
+    /// The inverse of [`slot_bits`](Self::slot_bits).
+    pub(crate) fn from_slot_bits(loop_id: u64, bits: u64) -> TimerId {
+        TimerId {
+            loop_id,
+            key: (bits >> 32) as u32,
+            generation: bits as u32,
+        }
+    }
+}
+
 pub(crate) type RepeatFn = Rc<RefCell<dyn FnMut()>>;
+
+/// What a timer settles when it is due, instead of calling a closure: a `sleep`'s
+/// own promise node, so that a sleep costs one allocation.
+pub(crate) trait Fire {
+    /// The timer is due.
+    fn fire(self: Arc<Self>);
+    /// The loop is gone before the timer was due.
+    fn abandon(self: Arc<Self>);
+}
 
 pub(crate) enum Callback {
     Once(Box<dyn FnOnce()>),
     Repeat { f: RepeatFn, period: Duration },
+    Fire(Arc<dyn Fire>),
 }
 
 /// A due timer taken out of the set, to be run by the loop.
 pub(crate) enum Due {
     Once(Box<dyn FnOnce()>),
+    Fire(Arc<dyn Fire>),
     Repeat {
         id: TimerId,
         f: RepeatFn,
@@ -160,7 +187,10 @@ impl Timers {
             let entries = &mut self.lanes[lane as usize].entries;
             // `Instant::now()` never goes back, so appending keeps the lane sorted;
             // an earlier `now` passed in (a caller's stale reading) must not break it.
-            if entries.back().is_none_or(|last| last.deadline <= entry.deadline) {
+            if entries
+                .back()
+                .is_none_or(|last| last.deadline <= entry.deadline)
+            {
                 entries.push_back(entry);
                 return;
             }
@@ -225,7 +255,10 @@ impl Timers {
         loop {
             let Reverse(top) = self.heads.peek()?;
             let lane = top.lane as usize;
-            let entry = self.lanes[lane].entries.front().expect("lanes in the heap are not empty");
+            let entry = self.lanes[lane]
+                .entries
+                .front()
+                .expect("lanes in the heap are not empty");
             let slot = &self.slots[entry.key as usize];
             if slot.in_use && slot.generation == entry.generation {
                 return self.lanes[lane].entries.front();
@@ -281,6 +314,10 @@ impl Timers {
             Some(Callback::Once(f)) => {
                 self.release(entry.key);
                 Some(Due::Once(f))
+            }
+            Some(Callback::Fire(target)) => {
+                self.release(entry.key);
+                Some(Due::Fire(target))
             }
             None => None,
         }
@@ -467,7 +504,7 @@ mod tests {
         while let Some(due) = timers.pop_due(now) {
             match due {
                 Due::Once(f) => f(),
-                Due::Repeat { .. } => unreachable!(),
+                Due::Repeat { .. } | Due::Fire(_) => unreachable!(),
             }
         }
     }

@@ -233,8 +233,7 @@ fn pending_promise_and_resolver_allocations() {
     assert_eq!(
         made.allocs, 1,
         "Promise::pending allocated {} times (sizes {:?})",
-        made.allocs,
-        made.sizes
+        made.allocs, made.sizes
     );
     assert_eq!(cloned.allocs, 0, "cloning a resolver is a reference count");
     assert_eq!(one_then.allocs, 1, "target: one allocation per then");

@@ -355,6 +355,7 @@ impl Local {
                         report_panic("a timer callback", &*payload);
                     }
                 }
+                Some(Due::Fire(target)) => target.fire(),
                 Some(Due::Repeat { id, f, period }) => {
                     let result = catch_unwind(AssertUnwindSafe(|| (f.borrow_mut())()));
                     if let Err(payload) = result {
@@ -483,8 +484,11 @@ impl Drop for Local {
                 .into_iter()
                 .for_each(|job| Job::from(job).abandon());
             drop(std::mem::take(self.immediates.get_mut()));
-            let timers: Vec<Callback> = self.timers.get_mut().take_all();
-            drop(timers);
+            for timer in self.timers.get_mut().take_all() {
+                if let Callback::Fire(target) = timer {
+                    target.abandon();
+                }
+            }
             let tasks = std::mem::take(self.tasks.get_mut());
             drop(tasks);
         });

@@ -18,17 +18,20 @@ pub(crate) mod orphans;
 
 use std::future::{Future, IntoFuture};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+pub(crate) use self::context::LoopRef;
 use self::local::Stop;
 pub(crate) use self::local::{Job, Local, SendJob, Shared};
 use crate::error::Error;
 use crate::promise::core::Graph;
+use crate::promise::core::{Link, Node};
 use crate::promise::{self, Promise};
 use crate::task::{catch_panics, output_future, TaskWaker};
-use crate::timer::{Callback, TimerId};
+use crate::timer::{Callback, Fire, TimerId};
 
 /// A single-threaded event loop: microtasks (promise reactions), immediates,
 /// timers and tasks, run in the order Node.js runs them.
@@ -118,10 +121,7 @@ impl EventLoop {
             let waker = Waker::from(task.clone());
             let mut future = std::pin::pin!(catch_panics(future.into_future(), E::from));
             loop {
-                if task
-                    .scheduled
-                    .swap(false, std::sync::atomic::Ordering::AcqRel)
-                {
+                if task.scheduled.swap(false, Ordering::AcqRel) {
                     let mut cx = Context::from_waker(&waker);
                     let polled =
                         context::polling_task(task.clone(), || future.as_mut().poll(&mut cx));
@@ -129,7 +129,7 @@ impl EventLoop {
                         return output;
                     }
                 }
-                let woken = || task.scheduled.load(std::sync::atomic::Ordering::Acquire);
+                let woken = || task.scheduled.load(Ordering::Acquire);
                 if local.turn_until(&woken, true) == Stop::Idle && !woken() {
                     // Nothing here can wake the future, unless code outside thenable
                     // holds its waker, or a resolver of a loop nobody drives settles
@@ -533,17 +533,54 @@ pub fn reset_unhandled_rejection_hook() {
 /// assert!(start.elapsed() >= Duration::from_millis(10));
 /// ```
 pub fn sleep(duration: Duration) -> Promise<()> {
-    let (promise, mut settler) = promise::internal::<(), Error>();
-    let hooks = settler.cancel_hooks();
-    let id = set_timeout(duration, move || settler.settle(Ok(())));
-    let home = context::with_current(|local| local.shared.clone());
-    hooks.add(move || {
+    context::with_current(|local| {
+        let (promise, node) = promise::with_link(SleepLink {
+            home: local.shared.clone(),
+            timer: AtomicU64::new(NO_TIMER),
+        });
+        let timer = Callback::Fire(node.clone());
+        let id = local
+            .timers
+            .borrow_mut()
+            .insert(Instant::now(), duration, timer);
+        node.link.timer.store(id.slot_bits(), Ordering::Release);
+        promise
+    })
+}
+
+const NO_TIMER: u64 = u64::MAX;
+
+/// The link of a [`sleep`]'s promise: the timer that settles it, which a
+/// cancellation clears (so that it no longer keeps the loop alive).
+struct SleepLink {
+    home: LoopRef,
+    /// [`TimerId::slot_bits`], or [`NO_TIMER`] before it is set or once cleared.
+    timer: AtomicU64,
+}
+
+impl Link<(), Error> for SleepLink {
+    fn on_cancel(node: &Arc<Node<(), Error, Self>>) {
+        let bits = node.link.timer.swap(NO_TIMER, Ordering::AcqRel);
+        if bits == NO_TIMER {
+            return;
+        }
+        let id = TimerId::from_slot_bits(node.link.home.id, bits);
+        // The timer table is the home loop's: cleared there, from any thread.
         context::run_on(
-            &home.clone(),
+            &node.link.home,
             Box::new(move || {
                 clear_timer(id);
             }),
-        )
-    });
-    promise
+        );
+    }
+}
+
+impl Fire for Node<(), Error, SleepLink> {
+    fn fire(self: Arc<Self>) {
+        promise::settle_node(self, Ok(()));
+    }
+
+    fn abandon(self: Arc<Self>) {
+        promise::settle_node(self, Err(Error::broken()));
+    }
 }

@@ -321,18 +321,17 @@ impl<T, E> Core<T, E> {
         let mut slot = outcome.or_else(|| Some(Err(self.fail(Error::cancelled()))));
         let keep = inner.handles > 0;
         let cloner = inner.cloner;
-        let serve = |waiter: Waiter<T, E>, last: bool, slot: &mut Option<Result<T, E>>| {
-            match waiter {
-                Waiter::Reaction(reaction) => {
-                    let input = if cancelled {
-                        Input::Cancelled
-                    } else {
-                        Input::Outcome(share(slot, last && !keep, cloner, self.from_error))
-                    };
-                    Serve::Run(reaction.deliver(input))
-                }
-                other => Serve::Wake(other),
+        let serve = |waiter: Waiter<T, E>, last: bool, slot: &mut Option<Result<T, E>>| match waiter
+        {
+            Waiter::Reaction(reaction) => {
+                let input = if cancelled {
+                    Input::Cancelled
+                } else {
+                    Input::Outcome(share(slot, last && !keep, cloner, self.from_error))
+                };
+                Serve::Run(reaction.deliver(input))
             }
+            other => Serve::Wake(other),
         };
         if waiters.len() <= 1 {
             // The usual case (one `then` or one `await`), without the lists.

@@ -794,6 +794,38 @@ impl<T, E> CancelHooks<T, E> {
     }
 }
 
+/// A node as the code that will settle it holds it.
+pub(crate) type SettlerNode<T, E, L> = Arc<Node<T, E, L>>;
+
+/// A new pending promise settled from inside the library whose node carries `link`
+/// (what a cancellation releases); the caller settles the node with [`settle_node`].
+pub(crate) fn with_link<T, E, L>(link: L) -> (Promise<T, E>, SettlerNode<T, E, L>)
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+    L: core::Link<T, E>,
+{
+    let node = Arc::new(Node {
+        core: Core::new(None, false, from_error::<E>),
+        link,
+    });
+    let promise = Promise {
+        node: Some(node.clone() as NodeRef<T, E>),
+    };
+    (promise, node)
+}
+
+/// Settles a node made by [`with_link`] (no effect if it is settled already).
+pub(crate) fn settle_node<T, E, L>(node: Arc<Node<T, E, L>>, outcome: Result<T, E>)
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    L: core::Link<T, E>,
+{
+    let node: NodeRef<T, E> = node;
+    settle(&node, outcome, None);
+}
+
 /// A new pending promise settled from inside the library, with its settler.
 pub(crate) fn internal<T, E>() -> (Promise<T, E>, Settler<T, E>)
 where
