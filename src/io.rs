@@ -202,10 +202,24 @@ impl<T: AsFd> Async<T> {
     }
 
     fn poll_ready(&self, direction: Direction, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check_home()?;
         let fd = self.get_ref().as_fd();
         self.home
             .reactor()
             .poll_ready(&self.source, fd, direction, None, cx)
+    }
+
+    /// Waiting from another loop than the one the object is registered with would
+    /// hang: readiness is only ever reported to the home loop, which nobody drives.
+    fn check_home(&self) -> io::Result<()> {
+        match context::with_running(|local| Arc::ptr_eq(&local.shared, &self.home)) {
+            Some(false) => Err(io::Error::other(
+                "thenable: this I/O object is registered with another event loop (it was \
+                 created before this loop was, or on another thread); create it once the \
+                 loop that uses it exists",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Like [`poll_readable`](Self::poll_readable) / [`poll_writable`](Self::poll_writable)
@@ -216,6 +230,7 @@ impl<T: AsFd> Async<T> {
         ticket: &mut Ticket,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_home()?;
         let fd = self.get_ref().as_fd();
         let direction = ticket.direction();
         self.home

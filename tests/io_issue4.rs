@@ -786,3 +786,34 @@ fn bad_input_and_faults_are_rejected_with_their_kind_while_others_are_served() {
         });
     });
 }
+
+/// A socket made before the loop that waits on it belongs to the thread's default
+/// loop, which nobody drives: waiting on it from the new loop is a clear error,
+/// not a silent hang.
+#[test]
+fn waiting_on_a_socket_of_another_loop_is_an_error_not_a_hang() {
+    let _shared = sharing_descriptors();
+    std::thread::spawn(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let event_loop = EventLoop::new();
+        let error = event_loop
+            .block_on(listener.accept())
+            .expect_err("accept on a listener of another loop");
+        assert!(
+            error.to_string().contains("another event loop"),
+            "unexpected error: {error}"
+        );
+        // Made once the loop exists, the same works.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let accepted = event_loop.block_on(async move {
+            let client = TcpStream::connect(addr);
+            let (_server_side, _) = listener.accept().await?;
+            client.await?;
+            Ok::<_, Error>(())
+        });
+        accepted.expect("accept on this loop's listener");
+    })
+    .join()
+    .expect("the test thread");
+}
