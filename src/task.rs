@@ -10,12 +10,13 @@
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Poll, Wake};
 
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
 use crate::promise::core::Graph;
+use crate::promise::core::{Link, Node, Status};
 use crate::promise::Settler;
 
 /// The waker of one task.
@@ -32,8 +33,8 @@ pub(crate) struct TaskWaker {
 }
 
 /// `Arc` references the loop itself keeps to every task waker: the one in the task
-/// table and the one inside the `Waker` stored beside it.
-const LOOP_REFS: usize = 2;
+/// table.
+const LOOP_REFS: usize = 1;
 
 impl TaskWaker {
     pub(crate) fn new(home: LoopRef, key: usize, output: Option<Weak<dyn Graph>>) -> Self {
@@ -123,13 +124,41 @@ where
 /// The future a task runs: `future`, with its output (or panic) settling the
 /// task's promise. The settler is moved into the future before its first poll, so
 /// dropping the task at any point drops it, and the promise settles as broken.
-pub(crate) async fn output_future<F, T, E>(future: F, mut settler: Settler<T, E>)
+pub(crate) async fn output_future<F, T, E, L>(future: F, mut settler: Settler<T, E, L>)
 where
     F: Future<Output = Result<T, E>> + 'static,
     T: Send + 'static,
     E: Send + 'static,
+    L: Link<T, E>,
 {
     let from_error = settler.error_converter();
     let outcome = catch_panics(future, from_error).await;
     settler.settle(outcome);
+}
+
+/// The link of a task's promise: the task whose future is dropped if the promise is
+/// cancelled. Set once the loop has made the task (later than the promise, when it
+/// is spawned from another thread).
+#[derive(Default)]
+pub(crate) struct TaskLink {
+    task: OnceLock<Weak<TaskWaker>>,
+}
+
+impl TaskLink {
+    /// Names the task of `node`'s promise; cancels it at once if the promise was
+    /// cancelled before the task existed.
+    pub(crate) fn attach<T, E>(node: &Node<T, E, TaskLink>, task: &Arc<TaskWaker>) {
+        let task = Arc::downgrade(task);
+        if node.link.task.set(task.clone()).is_ok() && node.core.status() == Status::Cancelled {
+            context::cancel_task(&task);
+        }
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Link<T, E> for TaskLink {
+    fn on_cancel(node: &Arc<Node<T, E, Self>>) {
+        if let Some(task) = node.link.task.get() {
+            context::cancel_task(task);
+        }
+    }
 }

@@ -258,6 +258,9 @@ fn spawn_allocations_are_reported() {
         "spawn(async): {} allocs, sizes {:?}; then on it: {} allocs; block_on: {} allocs",
         spawned.allocs, spawned.sizes, chained.allocs, ran.allocs
     );
+    // The promise's node (whose link names the task), the task's waker, the boxed
+    // future.
+    assert_eq!(spawned.allocs, 3, "sizes {:?}", spawned.sizes);
     assert_eq!(chained.allocs, 1, "target: one allocation per then");
 }
 

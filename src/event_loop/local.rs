@@ -129,9 +129,27 @@ impl Shared {
 }
 
 struct TaskEntry {
+    /// `None` while it is being polled.
     future: Option<Pin<Box<dyn Future<Output = ()>>>>,
-    waker: Waker,
     task: Arc<TaskWaker>,
+}
+
+/// A place in the task table: a task, or a free place linked to the next free one
+/// (so that reusing places needs no second vector, whose growth would copy it).
+enum TaskSlot {
+    Taken(TaskEntry),
+    Free { next: usize },
+}
+
+/// No next free place.
+const NO_SLOT: usize = usize::MAX;
+
+/// The entry of `task` in the table, if it is still there.
+fn entry_of<'a>(tasks: &'a mut [TaskSlot], task: &Arc<TaskWaker>) -> Option<&'a mut TaskEntry> {
+    match tasks.get_mut(task.key) {
+        Some(TaskSlot::Taken(entry)) if Arc::ptr_eq(&entry.task, task) => Some(entry),
+        _ => None,
+    }
 }
 
 /// Why a loop stopped turning.
@@ -151,8 +169,9 @@ pub(crate) struct Local {
     micro: RefCell<VecDeque<Job>>,
     immediates: RefCell<VecDeque<Box<dyn FnOnce()>>>,
     pub(crate) timers: RefCell<Timers>,
-    tasks: RefCell<Vec<Option<TaskEntry>>>,
-    free_tasks: RefCell<Vec<usize>>,
+    tasks: RefCell<Vec<TaskSlot>>,
+    /// The first free place of `tasks`, or [`NO_SLOT`].
+    free_task: Cell<usize>,
     live_tasks: Cell<usize>,
     /// Promises rejected with nobody watching, checked when the microtasks drain.
     unhandled: RefCell<Vec<Arc<dyn Graph>>>,
@@ -180,7 +199,7 @@ impl Local {
             immediates: RefCell::new(VecDeque::new()),
             timers: RefCell::new(Timers::new(id)),
             tasks: RefCell::new(Vec::new()),
-            free_tasks: RefCell::new(Vec::new()),
+            free_task: Cell::new(NO_SLOT),
             live_tasks: Cell::new(0),
             unhandled: RefCell::new(Vec::new()),
             orphans_taken: Cell::new(0),
@@ -202,17 +221,22 @@ impl Local {
         output: Option<Weak<dyn Graph>>,
     ) -> Arc<TaskWaker> {
         let mut tasks = self.tasks.borrow_mut();
-        let key = self.free_tasks.borrow_mut().pop().unwrap_or(tasks.len());
-        let task = Arc::new(TaskWaker::new(self.shared.clone(), key, output));
-        let entry = TaskEntry {
-            future: Some(future),
-            waker: Waker::from(task.clone()),
-            task: task.clone(),
+        let key = match self.free_task.get() {
+            NO_SLOT => tasks.len(),
+            free => free,
         };
+        let task = Arc::new(TaskWaker::new(self.shared.clone(), key, output));
+        let entry = TaskSlot::Taken(TaskEntry {
+            future: Some(future),
+            task: task.clone(),
+        });
         if key == tasks.len() {
-            tasks.push(Some(entry));
+            tasks.push(entry);
         } else {
-            tasks[key] = Some(entry);
+            match std::mem::replace(&mut tasks[key], entry) {
+                TaskSlot::Free { next } => self.free_task.set(next),
+                TaskSlot::Taken(_) => unreachable!("the free list names free places only"),
+            }
         }
         self.live_tasks.set(self.live_tasks.get() + 1);
         drop(tasks);
@@ -221,19 +245,12 @@ impl Local {
     }
 
     fn poll_task(&self, task: Arc<TaskWaker>) {
-        let taken = {
-            let mut tasks = self.tasks.borrow_mut();
-            match tasks.get_mut(task.key) {
-                Some(Some(entry)) if Arc::ptr_eq(&entry.task, &task) => {
-                    entry.future.take().map(|f| (f, entry.waker.clone()))
-                }
-                _ => None,
-            }
-        };
-        let Some((mut future, waker)) = taken else {
+        let taken = entry_of(&mut self.tasks.borrow_mut(), &task).and_then(|e| e.future.take());
+        let Some(mut future) = taken else {
             return;
         };
         task.scheduled.store(false, Ordering::Release);
+        let waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&waker);
         let poll = context::polling_task(task.clone(), || {
             catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
@@ -241,12 +258,10 @@ impl Local {
         match poll {
             Ok(Poll::Pending) => {
                 let mut tasks = self.tasks.borrow_mut();
-                match tasks.get_mut(task.key) {
-                    Some(Some(entry)) if Arc::ptr_eq(&entry.task, &task) => {
-                        entry.future = Some(future);
-                    }
+                match entry_of(&mut tasks, &task) {
+                    Some(entry) => entry.future = Some(future),
                     // Cancelled while it was being polled.
-                    _ => {
+                    None => {
                         drop(tasks);
                         core::run_cancellation(|| drop(future));
                     }
@@ -264,20 +279,16 @@ impl Local {
 
     /// Takes a task out of the table (if it is still there).
     fn remove_task(&self, task: &Arc<TaskWaker>) -> Option<TaskEntry> {
-        let entry = {
-            let mut tasks = self.tasks.borrow_mut();
-            match tasks.get_mut(task.key) {
-                Some(slot @ Some(_))
-                    if slot.as_ref().is_some_and(|e| Arc::ptr_eq(&e.task, task)) =>
-                {
-                    slot.take()
-                }
-                _ => return None,
-            }
+        let mut tasks = self.tasks.borrow_mut();
+        entry_of(&mut tasks, task)?;
+        let next = self.free_task.replace(task.key);
+        let TaskSlot::Taken(entry) =
+            std::mem::replace(&mut tasks[task.key], TaskSlot::Free { next })
+        else {
+            unreachable!("entry_of found a task here");
         };
-        self.free_tasks.borrow_mut().push(task.key);
         self.live_tasks.set(self.live_tasks.get() - 1);
-        entry
+        Some(entry)
     }
 
     /// Drops a task's future (its promise was cancelled): its destructors run, and
@@ -406,11 +417,10 @@ impl Local {
         {
             return true;
         }
-        self.tasks
-            .borrow()
-            .iter()
-            .flatten()
-            .any(|entry| entry.future.is_some() && entry.task.has_foreign_wakers())
+        self.tasks.borrow().iter().any(|slot| match slot {
+            TaskSlot::Taken(entry) => entry.future.is_some() && entry.task.has_foreign_wakers(),
+            TaskSlot::Free { .. } => false,
+        })
     }
 
     /// Turns the loop until `done()`, or until nothing could ever bring more work

@@ -27,10 +27,9 @@ pub(crate) use self::context::LoopRef;
 use self::local::Stop;
 pub(crate) use self::local::{Job, Local, SendJob, Shared};
 use crate::error::Error;
-use crate::promise::core::Graph;
 use crate::promise::core::{Link, Node};
 use crate::promise::{self, Promise};
-use crate::task::{catch_panics, output_future, TaskWaker};
+use crate::task::{catch_panics, output_future, TaskLink, TaskWaker};
 use crate::timer::{Callback, Fire, TimerId};
 
 /// A single-threaded event loop: microtasks (promise reactions), immediates,
@@ -118,10 +117,13 @@ impl EventLoop {
         let local = &self.local;
         let entered = context::enter(local, || {
             let task = Arc::new(TaskWaker::new(local.shared.clone(), usize::MAX, None));
-            let waker = Waker::from(task.clone());
             let mut future = std::pin::pin!(catch_panics(future.into_future(), E::from));
             loop {
                 if task.scheduled.swap(false, Ordering::AcqRel) {
+                    // Made per poll, so that between polls only `task` refers to it
+                    // (as the task table does for a spawned task): any other
+                    // reference is a waker held outside thenable.
+                    let waker = Waker::from(task.clone());
                     let mut cx = Context::from_waker(&waker);
                     let polled =
                         context::polling_task(task.clone(), || future.as_mut().poll(&mut cx));
@@ -254,13 +256,12 @@ impl LoopHandle {
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
-        let (promise, settler, graph) = task_promise::<T, E>();
-        let hooks = settler.cancel_hooks();
+        let (promise, settler) = task_promise::<T, E>();
+        let (node, graph) = (settler.node_ref(), settler.graph());
         let task = output_future(future, settler);
         self.shared.inject(SendJob::Call(Box::new(move || {
             let task = context::with_current(|local| local.spawn(Box::pin(task), Some(graph)));
-            let task = Arc::downgrade(&task);
-            hooks.add(move || context::cancel_task(&task));
+            TaskLink::attach(&node, &task);
         })));
         promise
     }
@@ -299,18 +300,13 @@ impl std::fmt::Debug for LoopHandle {
     }
 }
 
-fn task_promise<T, E>() -> (
-    Promise<T, E>,
-    promise::Settler<T, E>,
-    std::sync::Weak<dyn Graph>,
-)
+/// A task's promise and its settler; cancelling the promise drops the task.
+fn task_promise<T, E>() -> (Promise<T, E>, promise::Settler<T, E, TaskLink>)
 where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    let (promise, settler) = promise::internal::<T, E>();
-    let graph = settler.graph();
-    (promise, settler, graph)
+    promise::internal_with::<T, E, _>(TaskLink::default())
 }
 
 /// Runs `future` to completion on this thread's loop and returns its output; see
@@ -372,12 +368,11 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    let (promise, settler, graph) = task_promise::<T, E>();
-    let hooks = settler.cancel_hooks();
+    let (promise, settler) = task_promise::<T, E>();
+    let (node, graph) = (settler.node_ref(), settler.graph());
     let task = output_future(future, settler);
     let task = context::with_current(|local| local.spawn(Box::pin(task), Some(graph)));
-    let task = Arc::downgrade(&task);
-    hooks.add(move || context::cancel_task(&task));
+    TaskLink::attach(&node, &task);
     promise
 }
 

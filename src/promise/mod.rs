@@ -738,14 +738,19 @@ impl<T, E> Drop for Resolver<T, E> {
 
 /// Settles a promise from inside the library (a task's output, a timer): unlike a
 /// `Resolver` it does not keep any loop alive, and it settles as broken if dropped
-/// unused.
-pub(crate) struct Settler<T, E> {
-    node: Option<Arc<Node<T, E, Hooks>>>,
+/// unused. `L` is the node's link: what a cancellation releases.
+pub(crate) struct Settler<T, E, L = Hooks> {
+    node: Option<Arc<Node<T, E, L>>>,
 }
 
-impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
-    fn node(&self) -> &Arc<Node<T, E, Hooks>> {
+impl<T: Send + 'static, E: Send + 'static, L: core::Link<T, E>> Settler<T, E, L> {
+    fn node(&self) -> &Arc<Node<T, E, L>> {
         self.node.as_ref().expect("settler used after settling")
+    }
+
+    /// The node this settles, for its link to be told what to release.
+    pub(crate) fn node_ref(&self) -> Arc<Node<T, E, L>> {
+        self.node().clone()
     }
 
     pub(crate) fn error_converter(&self) -> fn(Error) -> E {
@@ -757,6 +762,15 @@ impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
         Arc::downgrade(&node)
     }
 
+    pub(crate) fn settle(&mut self, outcome: Result<T, E>) {
+        if let Some(node) = self.node.take() {
+            let node: NodeRef<T, E> = node;
+            settle(&node, outcome, None);
+        }
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
     /// Runs `hook` if the promise is cancelled (the resource to release).
     pub(crate) fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
         Hooks::add(self.node(), Box::new(hook));
@@ -767,16 +781,9 @@ impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
     pub(crate) fn cancel_hooks(&self) -> CancelHooks<T, E> {
         CancelHooks(self.node().clone())
     }
-
-    pub(crate) fn settle(&mut self, outcome: Result<T, E>) {
-        if let Some(node) = self.node.take() {
-            let node: NodeRef<T, E> = node;
-            settle(&node, outcome, None);
-        }
-    }
 }
 
-impl<T, E> Drop for Settler<T, E> {
+impl<T, E, L> Drop for Settler<T, E, L> {
     fn drop(&mut self) {
         if let Some(node) = self.node.take() {
             let _ = node.core.settle_broken(None);
@@ -824,6 +831,17 @@ where
 {
     let node: NodeRef<T, E> = node;
     settle(&node, outcome, None);
+}
+
+/// A new pending promise whose node carries `link`, with its settler.
+pub(crate) fn internal_with<T, E, L>(link: L) -> (Promise<T, E>, Settler<T, E, L>)
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+    L: core::Link<T, E>,
+{
+    let (promise, node) = with_link(link);
+    (promise, Settler { node: Some(node) })
 }
 
 /// A new pending promise settled from inside the library, with its settler.
