@@ -59,7 +59,7 @@ struct Completion<T: Send + 'static, E: Send + 'static> {
 }
 
 struct CompletionState<T: Send + 'static, E: Send + 'static> {
-    links: Links<E>,
+    links: Links,
     /// Outcomes that arrived before anyone asked for them, in arrival order.
     ready: VecDeque<Result<T, E>>,
     /// Promises handed out and waiting for an outcome, in the order handed out,
@@ -82,7 +82,7 @@ impl<T: Send + 'static, E: Send + 'static> CompletionState<T, E> {
     }
 
     /// The links to cancel, if the outcomes to come are unwanted.
-    fn release_if_unwanted(&mut self) -> Links<E> {
+    fn release_if_unwanted(&mut self) -> Links {
         if self.unwanted() {
             self.links.take()
         } else {

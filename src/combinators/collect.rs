@@ -17,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::promise::{internal, Promise, Settled, Settler};
+use crate::promise::{internal, Observation, Promise, Settled, Settler};
 
 // ---------------------------------------------------------------------------
 // Links: one `watch` per input
@@ -37,19 +37,19 @@ pub(crate) fn outcome<T, E: From<Error>>(settled: Settled<T, E>) -> Result<T, E>
 /// The links ([`Promise::watch`]) of one combinator call: what to cancel once its
 /// inputs are no longer wanted.
 #[must_use = "cancel the links once the lock is released"]
-pub(crate) struct Links<E>(Vec<Promise<(), E>>);
+pub(crate) struct Links(Vec<Arc<dyn Observation>>);
 
-impl<E> Links<E> {
-    pub(crate) fn new() -> Links<E> {
+impl Links {
+    pub(crate) fn new() -> Links {
         Links(Vec::new())
     }
 
-    pub(crate) fn push(&mut self, link: Promise<(), E>) {
+    pub(crate) fn push(&mut self, link: Arc<dyn Observation>) {
         self.0.push(link);
     }
 
     /// Takes the links out of shared state, to cancel them once its lock is released.
-    pub(crate) fn take(&mut self) -> Links<E> {
+    pub(crate) fn take(&mut self) -> Links {
         Links(std::mem::take(&mut self.0))
     }
 
@@ -59,7 +59,7 @@ impl<E> Links<E> {
     /// cancelling it reaches nothing; the others withdraw from their inputs, which are
     /// cancelled in turn if nobody else consumes them.
     pub(crate) fn cancel(self) {
-        for link in &self.0 {
+        for link in self.0 {
             link.cancel();
         }
     }
@@ -85,7 +85,7 @@ struct GatherState<P, O: Send + 'static, E: Send + 'static> {
     /// `None` once the output is settled or cancelled: outcomes that come later are
     /// ignored, and no link is wanted any more.
     output: Option<Settler<O, E>>,
-    links: Links<E>,
+    links: Links,
 }
 
 impl<P, O, E> Gather<P, O, E>

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use self::context::LoopRef;
 use self::local::Stop;
-pub(crate) use self::local::{Job, Local, SendJob, Shared};
+pub(crate) use self::local::{report_panic, Job, Local, SendJob, Shared};
 use crate::error::Error;
 use crate::promise::core::{Link, Node};
 use crate::promise::{self, Promise};

@@ -434,3 +434,124 @@ fn creates_cycle(target: &dyn Graph, source: &dyn Graph) -> bool {
     }
     false
 }
+
+/// What [`Observer`] holds, from attaching to running.
+enum Watch<T, E, F> {
+    Waiting { f: F, parent: Arc<dyn Graph> },
+    Ready { f: F, input: Input<T, E> },
+    Done,
+}
+
+/// A consumer of one promise's outcome that is not a promise itself: the inputs
+/// of a combinator, which nothing chains on. Like a `then` link, its function runs
+/// from the microtask queue and a cancellation withdraws it from the promise it
+/// watches (travelling upstream); unlike one, it has no state of its own to settle,
+/// so it costs a third of the memory and none of the settling.
+pub(crate) struct Observer<T, E, F> {
+    watch: Mutex<Watch<T, E, F>>,
+}
+
+/// A way to stop observing, whatever the observed promise's types.
+pub(crate) trait Observation: Send + Sync {
+    /// Withdraws from the observed promise if its outcome has not arrived yet; the
+    /// function then runs with `Input::Cancelled`, from the queue.
+    fn cancel(self: Arc<Self>);
+}
+
+impl<T, E, F> Observer<T, E, F>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce(Input<T, E>) + Send + 'static,
+{
+    /// Observes `parent` (consuming its handle) with `f`.
+    pub(crate) fn attach(parent: NodeRef<T, E>, f: F) -> Arc<Self> {
+        let upstream: Arc<dyn Graph> = parent.clone();
+        let observer = Arc::new(Observer {
+            watch: Mutex::new(Watch::Waiting {
+                f,
+                parent: upstream,
+            }),
+        });
+        if let Some(job) = parent.core().attach(observer.clone()) {
+            context::schedule(job, None);
+        }
+        observer
+    }
+}
+
+impl<T, E, F> Reaction<T, E> for Observer<T, E, F>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce(Input<T, E>) + Send + 'static,
+{
+    fn deliver(self: Arc<Self>, input: Input<T, E>) -> Arc<dyn Runnable> {
+        {
+            let mut watch = self.watch.lock();
+            if let Watch::Waiting { f, .. } = std::mem::replace(&mut *watch, Watch::Done) {
+                *watch = Watch::Ready { f, input };
+            }
+        }
+        self
+    }
+
+    fn target(self: Arc<Self>) -> Option<Arc<dyn Graph>> {
+        None
+    }
+
+    fn reaction_key(&self) -> usize {
+        self as *const Self as usize
+    }
+}
+
+impl<T, E, F> Runnable for Observer<T, E, F>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce(Input<T, E>) + Send + 'static,
+{
+    fn run(self: Arc<Self>) {
+        let watch = std::mem::replace(&mut *self.watch.lock(), Watch::Done);
+        if let Watch::Ready { f, input } = watch {
+            f(input);
+        }
+    }
+
+    fn abandon(self: Arc<Self>) {
+        let watch = std::mem::replace(&mut *self.watch.lock(), Watch::Done);
+        if let Watch::Waiting { f, .. } | Watch::Ready { f, .. } = watch {
+            f(Input::Abandoned);
+        }
+    }
+}
+
+impl<T, E, F> Observation for Observer<T, E, F>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce(Input<T, E>) + Send + 'static,
+{
+    fn cancel(self: Arc<Self>) {
+        let mut watch = self.watch.lock();
+        match std::mem::replace(&mut *watch, Watch::Done) {
+            Watch::Waiting { f, parent } => {
+                *watch = Watch::Ready {
+                    f,
+                    input: Input::Cancelled,
+                };
+                drop(watch);
+                let key = self.reaction_key();
+                context::schedule(self, None);
+                core::withdraw(parent, key);
+            }
+            Watch::Ready { f, .. } => {
+                *watch = Watch::Ready {
+                    f,
+                    input: Input::Cancelled,
+                }
+            }
+            Watch::Done => {}
+        }
+    }
+}

@@ -18,7 +18,8 @@ use std::task::{Context, Poll};
 use self::core::{Core, Graph, Input, Node, NodeRef, Status, Waiter};
 #[doc(hidden)]
 pub use self::link::Next;
-use self::link::{adopt, settle, Hooks, ThenLink};
+pub(crate) use self::link::Observation;
+use self::link::{adopt, settle, Hooks, Observer, ThenLink};
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
 use crate::task::TaskRef;
@@ -232,24 +233,25 @@ where
     }
 
     /// Calls `watcher` with however this promise ends, cancellation included (which
-    /// no public handler sees), from the microtask queue; the returned link always
-    /// fulfils. Cancelling the link withdraws it (the watcher then sees
-    /// `Settled::Cancelled`). The primitive under the combinators.
-    pub(crate) fn watch<F>(self, watcher: F) -> Promise<(), E>
+    /// no public handler sees), from the microtask queue. Cancelling the returned
+    /// observation withdraws it (the watcher then sees `Settled::Cancelled`). The
+    /// primitive under the combinators: a consumer with no promise of its own.
+    pub(crate) fn watch<F>(mut self, watcher: F) -> Arc<dyn Observation>
     where
         F: FnOnce(Settled<T, E>) + Send + 'static,
     {
-        self.chain(move |input| {
+        Observer::attach(self.take_node(), move |input| {
             let settled = match input {
                 Input::Outcome(Ok(value)) => Settled::Fulfilled(value),
                 Input::Outcome(Err(error)) => Settled::Rejected(error),
                 Input::Cancelled => Settled::Cancelled,
                 Input::Abandoned => Settled::Rejected(E::from(Error::broken())),
             };
-            guarded(|| {
-                watcher(settled);
-                Next::Settled(Ok(()))
-            })
+            // The watchers are the library's own; one that panics must not take
+            // the loop down.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| watcher(settled))) {
+                crate::event_loop::report_panic("a combinator", &*payload);
+            }
         })
     }
 
