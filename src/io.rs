@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
@@ -238,6 +238,19 @@ impl<T: AsFd> Async<T> {
             .poll_ready(&self.source, fd, direction, Some(ticket), cx)
     }
 
+    /// Like [`poll_ready_with`](Self::poll_ready_with), right after the operation
+    /// returned `WouldBlock` (see [`Reactor::forget_readiness`]).
+    pub(crate) fn poll_ready_after_would_block(
+        &self,
+        ticket: &mut Ticket,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.home
+            .reactor()
+            .forget_readiness(&self.source, ticket.direction());
+        self.poll_ready_with(ticket, cx)
+    }
+
     /// Takes back the wait registered under `ticket`, if any.
     pub(crate) fn withdraw(&self, ticket: &mut Ticket) {
         let fd = self.get_ref().as_fd();
@@ -331,13 +344,8 @@ impl<T: AsFd> Async<T> {
     /// let (n, _from) = thenable::block_on(b.read_with(|s| s.recv_from(&mut buf))).unwrap();
     /// assert_eq!(&buf[..n], b"hello");
     /// ```
-    pub async fn read_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
-        loop {
-            match op(self.get_ref()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable().await?,
-                done => return done,
-            }
-        }
+    pub async fn read_with<R>(&self, op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        self.retry(Direction::Read, op).await
     }
 
     /// Runs a non-blocking write operation, waiting for writability each time it
@@ -352,13 +360,27 @@ impl<T: AsFd> Async<T> {
     /// let sent = thenable::block_on(b.write_with(|s| s.send_to(b"hi", to))).unwrap();
     /// assert_eq!(sent, 2);
     /// ```
-    pub async fn write_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
-        loop {
+    pub async fn write_with<R>(&self, op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        self.retry(Direction::Write, op).await
+    }
+
+    /// Runs `op` until it stops returning `WouldBlock`, waiting for readiness in
+    /// `direction` in between; the wait is withdrawn if the future is dropped.
+    async fn retry<R>(
+        &self,
+        direction: Direction,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let mut wait = self.wait(direction);
+        std::future::poll_fn(|cx| loop {
             match op(self.get_ref()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
-                done => return done,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(wait.poll_ready_after_would_block(cx))?
+                }
+                done => return Poll::Ready(done),
             }
-        }
+        })
+        .await
     }
 }
 
@@ -374,6 +396,15 @@ impl<T: AsFd> Wait<'_, T> {
     /// to wait for the next readiness.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.io.poll_ready_with(&mut self.ticket, cx)
+    }
+
+    /// [`poll_ready`](Self::poll_ready) right after the operation returned
+    /// `WouldBlock`.
+    pub(crate) fn poll_ready_after_would_block(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.io.poll_ready_after_would_block(&mut self.ticket, cx)
     }
 }
 

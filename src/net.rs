@@ -252,7 +252,7 @@ impl Stream for Incoming {
                     return Poll::Ready(Some(TcpStream::from_std(stream).map_err(Error::from)))
                 }
                 Err(e) if would_block(&e) => {
-                    let ready = this.socket.poll_ready_with(&mut this.wait, cx);
+                    let ready = this.socket.poll_ready_after_would_block(&mut this.wait, cx);
                     if let Err(e) = ready!(ready) {
                         return Poll::Ready(Some(Err(e.into())));
                     }
@@ -732,7 +732,9 @@ impl StreamShared {
         loop {
             let result = op(&mut self.buffers.lock(), self.socket.get_ref());
             match result {
-                Err(e) if would_block(&e) => ready!(self.socket.poll_ready_with(ticket, cx))?,
+                Err(e) if would_block(&e) => {
+                    ready!(self.socket.poll_ready_after_would_block(ticket, cx))?
+                }
                 done => return Poll::Ready(done),
             }
         }
@@ -750,7 +752,7 @@ impl StreamShared {
         std::future::poll_fn(|cx| loop {
             let result = op(&mut self.buffers.lock(), self.socket.get_ref());
             match result {
-                Err(e) if would_block(&e) => ready!(wait.poll_ready(cx))?,
+                Err(e) if would_block(&e) => ready!(wait.poll_ready_after_would_block(cx))?,
                 done => return Poll::Ready(done),
             }
         })

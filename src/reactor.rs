@@ -273,6 +273,20 @@ impl Reactor {
         Poll::Pending
     }
 
+    /// Forgets readiness recorded in `direction`: the caller's operation has just
+    /// returned `WouldBlock`, so the record is stale (left by a wake-up whose waiter
+    /// went on to read or write). Waiting on it would retry the operation once more
+    /// for nothing: a wasted syscall per read or write. Nothing is lost: interest is
+    /// level-triggered, so re-arming a source that became ready meanwhile reports
+    /// it at once.
+    pub(crate) fn forget_readiness(&self, source: &Source, direction: Direction) {
+        let mut waiters = source.waiters.lock();
+        match direction {
+            Direction::Read => waiters.readable = false,
+            Direction::Write => waiters.writable = false,
+        }
+    }
+
     /// Takes back the registration of `ticket`, if it has one: a source left with
     /// no waiter is disarmed and no longer keeps the loop alive.
     #[cfg(unix)]
