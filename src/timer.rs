@@ -94,10 +94,16 @@ pub(crate) enum Due {
 
 struct Slot {
     generation: u32,
+    /// While free: the next free slot, or [`NO_SLOT`]. The free slots link through
+    /// the table itself: a separate list would grow by reallocation as timers fire,
+    /// and each large reallocation makes glibc consolidate every small free chunk.
+    next_free: u32,
     /// `None` while free, or while an interval's callback is running.
     callback: Option<Callback>,
     in_use: bool,
 }
+
+const NO_SLOT: u32 = u32::MAX;
 
 /// One timer in its lane.
 struct Entry {
@@ -128,7 +134,8 @@ pub(crate) struct Timers {
     lane_of: HashMap<Duration, u32, BuildDelayHasher>,
     heads: BinaryHeap<Reverse<Head>>,
     slots: Vec<Slot>,
-    free: Vec<u32>,
+    /// The first free slot, or [`NO_SLOT`].
+    free: u32,
     seq: u64,
     live: usize,
 }
@@ -142,7 +149,7 @@ impl Timers {
             lane_of: HashMap::default(),
             heads: BinaryHeap::new(),
             slots: Vec::new(),
-            free: Vec::new(),
+            free: NO_SLOT,
             seq: 0,
             live: 0,
         }
@@ -150,15 +157,22 @@ impl Timers {
 
     /// Sets a timer due `delay` after `now` (`delay` clamped to [`LONGEST_DELAY`]).
     pub(crate) fn insert(&mut self, now: Instant, delay: Duration, callback: Callback) -> TimerId {
-        let key = match self.free.pop() {
-            Some(key) => key,
-            None => {
+        let key = match self.free {
+            NO_SLOT => {
                 self.slots.push(Slot {
                     generation: 0,
+                    next_free: NO_SLOT,
                     callback: None,
                     in_use: false,
                 });
-                u32::try_from(self.slots.len() - 1).expect("more than 4 billion timers")
+                u32::try_from(self.slots.len() - 1)
+                    .ok()
+                    .filter(|&key| key != NO_SLOT)
+                    .expect("more than 4 billion timers")
+            }
+            key => {
+                self.free = self.slots[key as usize].next_free;
+                key
             }
         };
         let slot = &mut self.slots[key as usize];
@@ -238,7 +252,8 @@ impl Timers {
         let slot = &mut self.slots[key as usize];
         slot.generation = slot.generation.wrapping_add(1);
         slot.in_use = false;
-        self.free.push(key);
+        slot.next_free = self.free;
+        self.free = key;
         self.live -= 1;
         slot.callback.take()
     }
@@ -337,7 +352,7 @@ impl Timers {
         self.lanes.clear();
         self.free_lanes.clear();
         self.lane_of.clear();
-        self.free.clear();
+        self.free = NO_SLOT;
         self.live = 0;
         self.slots
             .drain(..)

@@ -87,6 +87,33 @@ pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
     }
 }
 
+/// The queue of this thread that [`schedule`] would put reactions homed on `home`
+/// on, if it is one of this thread's loops (and no loop is being torn down):
+/// reactions can then be pushed there directly, many at a time.
+pub(crate) fn local_queue(home: Option<&LoopRef>) -> Option<Rc<Local>> {
+    CONTEXT
+        .try_with(|cx| {
+            if cx.graveyard.borrow().is_some() {
+                return None;
+            }
+            let running = cx.running.borrow();
+            match (running.as_ref(), home) {
+                (Some(local), None) => Some(local.clone()),
+                (_, Some(home)) => {
+                    let created = cx.created.borrow();
+                    running
+                        .iter()
+                        .cloned()
+                        .chain(created.iter().filter_map(Weak::upgrade))
+                        .find(|local| Arc::ptr_eq(home, &local.shared))
+                }
+                (None, None) => None,
+            }
+        })
+        .ok()
+        .flatten()
+}
+
 /// Registers a promise rejected with nobody watching: if nobody consumes it by the
 /// end of the current microtask drain, it is reported (see `Local::drain_micro`).
 pub(crate) fn track_unhandled(node: Arc<dyn Graph>) {
