@@ -13,9 +13,14 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::task::Waker;
 
-use parking_lot::Mutex;
-
 use crate::error::Error;
+
+/// The lock around a node's state (and a link's slot). Its critical sections are a
+/// few instructions of the library's own code, never user code, and it is almost
+/// never contended (a settle from another thread), so it spins: unlocking is a
+/// plain store where `parking_lot` needs a compare-exchange. A thread that does
+/// meet contention yields its time slice while it waits.
+pub(crate) type Lock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
 use crate::event_loop::context::{self, LoopRef};
 use crate::event_loop::Job;
 use crate::task::TaskRef;
@@ -305,7 +310,7 @@ pub(crate) enum Settle {
 }
 
 pub(crate) struct Core<T, E> {
-    inner: Mutex<Inner<T, E>>,
+    inner: Lock<Inner<T, E>>,
     /// How the library's own failures become an `E` (`E: From<Error>`, captured
     /// where the promise was created).
     from_error: fn(Error) -> E,
@@ -339,7 +344,7 @@ impl<T, E> Core<T, E> {
             None => State::Pending(Waiters::None),
         };
         Core {
-            inner: Mutex::new(Inner {
+            inner: Lock::new(Inner {
                 state,
                 handles: 1,
                 has_resolver,

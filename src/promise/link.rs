@@ -8,10 +8,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use smallvec::SmallVec;
 
-use super::core::{self, Graph, Input, Link, Node, NodeRef, Reaction, Runnable, Settle};
+use super::core::{self, Graph, Input, Link, Lock, Node, NodeRef, Reaction, Runnable, Settle};
 use super::Promise;
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
@@ -56,13 +55,13 @@ enum Slot<T0, E0, F> {
 /// The handler of a `then`-like call, kept in the child node (`T0, E0` are the
 /// parent's types).
 pub(crate) struct ThenLink<T0, E0, F> {
-    slot: Mutex<Slot<T0, E0, F>>,
+    slot: Lock<Slot<T0, E0, F>>,
 }
 
 impl<T0, E0, F> ThenLink<T0, E0, F> {
     pub(crate) fn new(f: F, parent: Arc<dyn Graph>) -> Self {
         ThenLink {
-            slot: Mutex::new(Slot::Waiting { f, parent }),
+            slot: Lock::new(Slot::Waiting { f, parent }),
         }
     }
 }
@@ -186,7 +185,7 @@ type CancelHook = Box<dyn FnOnce() + Send>;
 /// a timer, a task): what to release if it is cancelled. For a resolver's promise it
 /// also holds the home loop, kept alive until the resolver is done.
 pub(crate) struct Hooks {
-    on_cancel: Mutex<SmallVec<[CancelHook; 1]>>,
+    on_cancel: Lock<SmallVec<[CancelHook; 1]>>,
     home: Option<LoopRef>,
     /// Settled, following another promise, or cancelled: the settler is done.
     finished: AtomicBool,
@@ -199,7 +198,7 @@ impl Hooks {
     /// `home` is the loop a resolver keeps alive (already acquired).
     pub(crate) fn new(home: Option<LoopRef>) -> Hooks {
         Hooks {
-            on_cancel: Mutex::new(SmallVec::new()),
+            on_cancel: Lock::new(SmallVec::new()),
             home,
             finished: AtomicBool::new(false),
             resolvers: AtomicU32::new(0),
@@ -283,8 +282,8 @@ where
     E: Send + 'static,
 {
     let forward = Arc::new(Forward {
-        target: Mutex::new(Some(target)),
-        step: Mutex::new(Step::Attach(source)),
+        target: Lock::new(Some(target)),
+        step: Lock::new(Step::Attach(source)),
     });
     context::schedule(forward.clone(), home);
     forward
@@ -299,8 +298,8 @@ enum Step<T, E> {
 
 struct Forward<T, E> {
     /// `None` once forwarded or cancelled.
-    target: Mutex<Option<NodeRef<T, E>>>,
-    step: Mutex<Step<T, E>>,
+    target: Lock<Option<NodeRef<T, E>>>,
+    step: Lock<Step<T, E>>,
 }
 
 impl<T: Send + 'static, E: Send + 'static> Forward<T, E> {
@@ -448,7 +447,7 @@ enum Watch<T, E, F> {
 /// watches (travelling upstream); unlike one, it has no state of its own to settle,
 /// so it costs a third of the memory and none of the settling.
 pub(crate) struct Observer<T, E, F> {
-    watch: Mutex<Watch<T, E, F>>,
+    watch: Lock<Watch<T, E, F>>,
 }
 
 /// A way to stop observing, whatever the observed promise's types.
@@ -468,7 +467,7 @@ where
     pub(crate) fn attach(parent: NodeRef<T, E>, f: F) -> Arc<Self> {
         let upstream: Arc<dyn Graph> = parent.clone();
         let observer = Arc::new(Observer {
-            watch: Mutex::new(Watch::Waiting {
+            watch: Lock::new(Watch::Waiting {
                 f,
                 parent: upstream,
             }),
