@@ -195,12 +195,14 @@ enum Waiters<T, E> {
 
 impl<T, E> Waiters<T, E> {
     fn push(&mut self, waiter: Waiter<T, E>) {
-        match std::mem::take(self) {
+        match self {
             Waiters::None => *self = Waiters::One(waiter),
-            Waiters::One(first) => *self = Waiters::Many(Box::new(vec![first, waiter])),
-            Waiters::Many(mut all) => {
-                all.push(waiter);
-                *self = Waiters::Many(all);
+            Waiters::Many(all) => all.push(waiter),
+            Waiters::One(_) => {
+                let Waiters::One(first) = std::mem::take(self) else {
+                    unreachable!("matched just above");
+                };
+                *self = Waiters::Many(Box::new(vec![first, waiter]));
             }
         }
     }
