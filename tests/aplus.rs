@@ -4,55 +4,13 @@
 //! `Err` returned from a handler plays the part of `throw`; a returned `Promise`
 //! plays the part of a returned thenable (2.3).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+mod common;
+
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{within, Counter, Log};
 use thenable::{block_on, set_timeout, Error, EventLoop, Promise};
-
-/// Counts how many times handlers ran.
-#[derive(Clone, Default)]
-struct Counter(Arc<AtomicUsize>);
-
-impl Counter {
-    fn hit(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// A shared event log; clones push to the same list.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, event: impl Into<String>) {
-        self.0.lock().unwrap().push(event.into());
-    }
-
-    fn entries(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-/// Runs `f` on a fresh thread (with its own loops) and fails the test instead of
-/// hanging if it does not finish within `limit`.
-fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(value)) => value,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("did not finish within {limit:?}: it hangs"),
-    }
-}
-
-const LIMIT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------
 // 2.2.4: handlers never run inside the call that attaches them
@@ -71,24 +29,24 @@ fn handlers_never_run_inside_then_even_on_settled_promises() {
         ran.clone(),
     );
     let a = Promise::<i32>::resolved(1).then(move |v| {
-        c1.hit();
+        c1.bump();
         Ok(v)
     });
     let b = Promise::<i32>::rejected(Error::msg("x")).catch(move |_| {
-        c2.hit();
+        c2.bump();
         Ok(2)
     });
-    let c = Promise::<i32>::resolved(3).finally(move || c3.hit());
+    let c = Promise::<i32>::resolved(3).finally(move || c3.bump());
     let d = Promise::<i32>::rejected(Error::msg("y")).then_or_catch(Ok, move |_| {
-        c4.hit();
+        c4.bump();
         Ok(4)
     });
     let e = Promise::<i32>::resolved(5).map(move |v| {
-        c5.hit();
+        c5.bump();
         v
     });
     let f = Promise::<i32>::rejected(Error::msg("z")).map_err(move |e| {
-        c6.hit();
+        c6.bump();
         e
     });
     assert_eq!(ran.get(), 0, "a handler ran inside the attaching call");
@@ -111,11 +69,11 @@ fn settling_never_runs_handlers_inside_resolve_or_reject() {
     let (q, s) = Promise::<i32>::pending();
     let (c1, c2) = (ran.clone(), ran.clone());
     let _a = p.then(move |v| {
-        c1.hit();
+        c1.bump();
         Ok(v)
     });
     let _b = q.catch(move |_| {
-        c2.hit();
+        c2.bump();
         Ok(0)
     });
     assert!(r.resolve(1));
@@ -296,11 +254,11 @@ fn rejections_pass_through_then_and_map_unchanged() {
     let (c1, c2) = (ran.clone(), ran.clone());
     let p = Promise::<i32>::rejected(error.clone())
         .then(move |v| {
-            c1.hit();
+            c1.bump();
             Ok(v + 1)
         })
         .map(move |v| {
-            c2.hit();
+            c2.bump();
             v.to_string()
         });
     let got = block_on(p).unwrap_err();
@@ -315,11 +273,11 @@ fn values_pass_through_catch_and_map_err_unchanged() {
     let (c1, c2) = (ran.clone(), ran.clone());
     let p = Promise::<String>::resolved("value".to_string())
         .catch(move |_| {
-            c1.hit();
+            c1.bump();
             Ok("recovered".to_string())
         })
         .map_err(move |e| {
-            c2.hit();
+            c2.bump();
             format!("mapped: {e}")
         });
     assert_eq!(block_on(p).unwrap(), "value");
@@ -336,7 +294,7 @@ fn handler_returning_err_rejects_the_child_and_skips_to_catch() {
     let p = Promise::<i32>::resolved(1)
         .then(move |_| Err::<i32, _>(thrown))
         .then(move |v| {
-            skipped.hit();
+            skipped.bump();
             Ok(v)
         })
         .catch(move |e| {
@@ -397,7 +355,7 @@ fn then_or_catch_on_rejected_does_not_see_the_error_of_on_fulfilled() {
     let p = Promise::<i32>::resolved(1).then_or_catch(
         |_| Err::<i32, _>(Error::msg("from on_fulfilled")),
         move |_| {
-            c.hit();
+            c.bump();
             Ok(0)
         },
     );
@@ -414,13 +372,13 @@ fn finally_runs_on_both_outcomes_and_passes_the_outcome_through() {
     let _event_loop = EventLoop::new();
     let ran = Counter::default();
     let c = ran.clone();
-    let ok = Promise::<i32>::resolved(8).finally(move || c.hit());
+    let ok = Promise::<i32>::resolved(8).finally(move || c.bump());
     assert_eq!(block_on(ok).unwrap(), 8);
     assert_eq!(ran.get(), 1);
 
     let error = Error::msg("kept");
     let c = ran.clone();
-    let err = Promise::<i32>::rejected(error.clone()).finally(move || c.hit());
+    let err = Promise::<i32>::rejected(error.clone()).finally(move || c.bump());
     assert!(block_on(err).unwrap_err().same_as(&error));
     assert_eq!(ran.get(), 2);
 }
@@ -452,7 +410,7 @@ fn map_and_map_err_transform_only_their_side() {
     let ran = Counter::default();
     let c = ran.clone();
     let p = Promise::<i32>::rejected(Error::msg("e")).map(move |v| {
-        c.hit();
+        c.bump();
         v
     });
     assert_eq!(block_on(p).unwrap_err().to_string(), "e");
@@ -471,7 +429,7 @@ fn panicking_handler_rejects_with_a_panic_error_and_the_loop_goes_on() {
     let recovered = Promise::<i32>::resolved(1)
         .then(|_| -> Result<i32, Error> { panic!("boom in handler") })
         .then(move |v| {
-            c.hit();
+            c.bump();
             Ok(v)
         })
         .catch(|e| {
@@ -482,7 +440,7 @@ fn panicking_handler_rejects_with_a_panic_error_and_the_loop_goes_on() {
     let independent = Promise::<i32>::resolved(2).then(|v| Ok(v * 2));
     let timer_ran = Counter::default();
     let t = timer_ran.clone();
-    set_timeout(Duration::from_millis(1), move || t.hit());
+    set_timeout(Duration::from_millis(1), move || t.bump());
     event_loop.run().unwrap();
     assert_eq!(timer_ran.get(), 1, "the loop stopped after a panic");
     assert_eq!(later.get(), 0, "on_fulfilled ran after a panic");
@@ -547,7 +505,7 @@ fn returning_a_rejected_promise_adopts_its_error() {
     let p = Promise::<i32>::resolved(1)
         .then(move |_| Promise::<i32>::rejected(inner))
         .then(move |v| {
-            c.hit();
+            c.bump();
             Ok(v)
         });
     assert!(block_on(p).unwrap_err().same_as(&error));
@@ -646,7 +604,7 @@ fn catch_and_then_or_catch_may_return_promises_too() {
 
 #[test]
 fn resolving_with_own_then_child_rejects_with_deadlock() {
-    let error = within(LIMIT, || {
+    let error = within(|| {
         let _event_loop = EventLoop::new();
         let (p, r) = Promise::<i32>::pending();
         let watch = p.clone();
@@ -658,7 +616,7 @@ fn resolving_with_own_then_child_rejects_with_deadlock() {
 
 #[test]
 fn resolving_with_itself_rejects_with_deadlock() {
-    let error = within(LIMIT, || {
+    let error = within(|| {
         let _event_loop = EventLoop::new();
         let (p, r) = Promise::<i32>::pending();
         let watch = p.clone();
@@ -672,7 +630,7 @@ fn resolving_with_itself_rejects_with_deadlock() {
 fn resolving_with_itself_rejects_through_the_loop_run() {
     // Same as above, but driven by `run` (no `block_on` deadlock detection to
     // fall back on): the promise itself must reject.
-    let (rejected, rejected_with_deadlock) = within(LIMIT, || {
+    let (rejected, rejected_with_deadlock) = within(|| {
         let event_loop = EventLoop::new();
         let (p, r) = Promise::<i32>::pending();
         let watch = p.clone();
@@ -689,7 +647,7 @@ fn resolving_with_itself_rejects_through_the_loop_run() {
 #[test]
 fn handler_returning_its_own_promise_rejects_with_deadlock() {
     // A+ 2.3.1: `promise2 = p.then(() => promise2)` rejects (with a TypeError in JS).
-    let error = within(LIMIT, || {
+    let error = within(|| {
         let _event_loop = EventLoop::new();
         let slot: Arc<Mutex<Option<Promise<i32>>>> = Arc::default();
         let s = slot.clone();
@@ -707,7 +665,7 @@ fn handler_returning_its_own_promise_rejects_with_deadlock() {
 
 #[test]
 fn two_promises_following_each_other_reject_with_deadlock() {
-    let (a_err, b_err) = within(LIMIT, || {
+    let (a_err, b_err) = within(|| {
         let _event_loop = EventLoop::new();
         let (a, ra) = Promise::<i32>::pending();
         let (b, rb) = Promise::<i32>::pending();
@@ -729,7 +687,7 @@ fn executor_runs_synchronously() {
     let ran = Counter::default();
     let c = ran.clone();
     let p = Promise::<i32>::new(move |r| {
-        c.hit();
+        c.bump();
         r.resolve(3);
     });
     assert_eq!(ran.get(), 1, "the executor did not run inside Promise::new");
@@ -784,7 +742,7 @@ fn executor_dropping_its_resolver_breaks_the_promise() {
 
 #[test]
 fn dropping_the_resolver_on_another_thread_breaks_the_promise() {
-    let result = within(LIMIT, || {
+    let result = within(|| {
         let _event_loop = EventLoop::new();
         let (p, r) = Promise::<i32>::pending();
         std::thread::spawn(move || drop(r)).join().unwrap();

@@ -5,6 +5,8 @@
 //! No timing assertions: waits that could hang (a job waiting for another) have a
 //! generous safety net that turns a hang into a failure.
 
+mod common;
+
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,24 +14,11 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
+use common::within;
 use thenable::{spawn_blocking, Error, EventLoop, Promise, MAX_BLOCKING_THREADS};
 
+/// How long a test waits for a job before it counts as hung. A safety net only.
 const SAFETY_NET: Duration = Duration::from_secs(30);
-
-/// Runs `f` on its own thread and fails if it does not finish within the safety
-/// net (something kept a loop alive), instead of hanging the test run.
-fn within(f: impl FnOnce() + Send + 'static) {
-    let (done, finished) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        f();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(SAFETY_NET) {
-        Ok(()) => worker.join().unwrap(),
-        Err(_) if worker.is_finished() => worker.join().unwrap(), // it panicked: show why
-        Err(_) => panic!("still running after {SAFETY_NET:?}: something kept the loop alive"),
-    }
-}
 
 #[test]
 fn fulfils_with_the_result() {

@@ -4,44 +4,14 @@
 //! which `within` turns into a failure (after a generous safety net) instead of a
 //! hang.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread;
 use std::time::Duration;
 
+use common::{within, Counter, DropCounter, HOUR};
 use thenable::{sleep, spawn, Error, EventLoop, Promise};
-
-const HOUR: Duration = Duration::from_secs(3600);
-
-/// Runs `f` on its own thread and fails if it does not finish in 20 s.
-fn within(f: impl FnOnce() + Send + 'static) {
-    let (done, finished) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        f();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(Duration::from_secs(20)) {
-        Ok(()) => worker.join().unwrap(),
-        Err(_) => match worker.is_finished() {
-            true => worker.join().unwrap(), // it panicked: show why
-            false => panic!("still running after 20 s: something kept the loop alive"),
-        },
-    }
-}
-
-#[derive(Clone, Default)]
-struct Counter(Arc<AtomicUsize>);
-
-impl Counter {
-    fn bump(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 #[test]
 fn a_cancelled_promise_skips_then_and_catch_but_runs_finally() {
@@ -118,14 +88,6 @@ fn a_live_handle_keeps_the_upstream_promise_from_being_cancelled() {
         resolver.resolve(21);
         assert_eq!(event_loop.block_on(root).unwrap(), 21);
     });
-}
-
-struct DropCounter(Counter);
-
-impl Drop for DropCounter {
-    fn drop(&mut self) {
-        self.0.bump();
-    }
 }
 
 #[test]

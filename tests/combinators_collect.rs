@@ -8,79 +8,16 @@
 //! hook having run, and by `run()` returning although an hour-long timer was among
 //! the inputs (`within` turns a hang into a failure, after a generous safety net).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
-use std::time::Duration;
+mod common;
 
+use std::thread;
+
+use common::{after, fail_after, ms, within, Counter, Log, HOUR};
 use futures::StreamExt;
 use thenable::{
     all, all_settled, any, any_with, as_completed, join, race, set_unhandled_rejection_hook,
     shield, sleep, spawn, AsCompleted, Error, EventLoop, Join, Promise, Resolver,
 };
-
-const HOUR: Duration = Duration::from_secs(3600);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// Runs `f` on its own thread (with no loop of its own yet) and fails if it does
-/// not finish in 20 s: something kept the loop alive.
-fn within(f: impl FnOnce() + Send + 'static) {
-    let (done, finished) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        f();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(Duration::from_secs(20)) {
-        Ok(()) => worker.join().unwrap(),
-        Err(_) if worker.is_finished() => worker.join().unwrap(), // it panicked: show why
-        Err(_) => panic!("still running after 20 s: something kept the loop alive"),
-    }
-}
-
-#[derive(Clone, Default)]
-struct Counter(Arc<AtomicUsize>);
-
-impl Counter {
-    fn bump(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// A shared log; handlers must be `Send`.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, entry: impl Into<String>) {
-        self.0.lock().unwrap().push(entry.into());
-    }
-
-    fn entries(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-/// `value` after `delay`; `fired` is bumped when the timer's handler runs, which
-/// cannot happen if the promise was cancelled.
-fn after<T: Send + 'static>(delay: Duration, value: T, fired: &Counter) -> Promise<T> {
-    let fired = fired.clone();
-    sleep(delay).map(move |()| {
-        fired.bump();
-        value
-    })
-}
-
-/// A rejection with `message` after `delay`.
-fn fail_after<T: Send + 'static>(delay: Duration, message: &'static str) -> Promise<T> {
-    sleep(delay).then(move |()| Err(Error::msg(message)))
-}
 
 /// A pending promise whose `Resolver::on_cancel` hook bumps `cancelled`: its root
 /// was cancelled. Keep the resolver (dropping it would break the promise).

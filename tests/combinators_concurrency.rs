@@ -5,11 +5,13 @@
 //! for an hour: if it were not really cancelled, `EventLoop::run` would not
 //! return and the watchdog of [`within`] would fail the test.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, Once};
-use std::thread;
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use common::{hour_long_task, ms, within, Counter, DropCounter, Log, HOUR, MARK};
 use thenable::{
     delay, map_concurrent, map_series, retry, scope, sleep, spawn, Backoff, Error, EventLoop,
     Promise, Resolver, Scope,
@@ -17,110 +19,6 @@ use thenable::{
 
 /// Resolvers of promises handed out by a mapper, with the item they belong to.
 type Handed = Arc<Mutex<Vec<(usize, Resolver<usize>)>>>;
-
-/// How long a test may take before it counts as hung: a safety net only.
-const HANG_LIMIT: Duration = Duration::from_secs(20);
-
-/// A delay no test may ever wait for.
-const FOREVER: Duration = Duration::from_secs(3600);
-
-/// Text carried by the panics these tests provoke; the panic hook stays quiet for
-/// those only.
-const MARK: &str = "[expected test panic]";
-
-fn quiet_expected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let text = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            if !text.contains(MARK) {
-                default(info);
-            }
-        }));
-    });
-}
-
-/// Runs `f` on a fresh thread and fails if it does not finish within
-/// [`HANG_LIMIT`]; a panic in `f` fails the test as is.
-fn within<F: FnOnce() + Send + 'static>(f: F) {
-    quiet_expected_panics();
-    let (done_tx, done_rx) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        f();
-        let _ = done_tx.send(());
-    });
-    match done_rx.recv_timeout(HANG_LIMIT) {
-        Ok(()) => worker.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(payload) = worker.join() {
-                std::panic::resume_unwind(payload);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("test hung: still running after {HANG_LIMIT:?}")
-        }
-    }
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
-
-fn count(counter: &AtomicUsize) -> usize {
-    counter.load(Ordering::SeqCst)
-}
-
-fn bump(counter: &AtomicUsize) -> usize {
-    counter.fetch_add(1, Ordering::SeqCst) + 1
-}
-
-/// Bumps its counter when dropped: tells that a future was dropped.
-struct DropCounter(Arc<AtomicUsize>);
-
-impl Drop for DropCounter {
-    fn drop(&mut self) {
-        bump(&self.0);
-    }
-}
-
-/// An ordered record of events.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, event: impl Into<String>) {
-        self.0.lock().unwrap().push(event.into());
-    }
-
-    fn entries(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-/// A task that would bump `finished` after an hour; `dropped` counts its future
-/// being dropped.
-fn hour_long_task<E: From<Error> + Send + 'static>(
-    finished: &Arc<AtomicUsize>,
-    dropped: &Arc<AtomicUsize>,
-) -> Promise<i32, E> {
-    let (finished, guard) = (finished.clone(), DropCounter(dropped.clone()));
-    spawn(async move {
-        let _guard = guard;
-        sleep(FOREVER).await.map_err(E::from)?;
-        bump(&finished);
-        Ok(1)
-    })
-}
 
 // ---------------------------------------------------------------------------
 // map_concurrent
@@ -130,21 +28,21 @@ fn hour_long_task<E: From<Error> + Send + 'static>(
 fn map_concurrent_never_exceeds_the_limit_and_keeps_input_order() {
     within(|| {
         let event_loop = EventLoop::new();
-        let (running, most) = (counter(), counter());
+        let (running, most) = (Counter::default(), Counter::default());
         let (now, peak) = (running.clone(), most.clone());
         let doubled = map_concurrent(0..20u64, 3, move |n| {
-            peak.fetch_max(bump(&now), Ordering::SeqCst);
+            peak.0.fetch_max(now.bump_and_get(), Ordering::SeqCst);
             let done = now.clone();
             // Later items finish sooner, so completion order differs from input order.
             delay(ms(20 - n), n * 2).map(move |v| {
-                done.fetch_sub(1, Ordering::SeqCst);
+                done.0.fetch_sub(1, Ordering::SeqCst);
                 v
             })
         });
         let values: Vec<u64> = event_loop.block_on(doubled).unwrap();
         assert_eq!(values, (0..20).map(|n| n * 2).collect::<Vec<_>>());
-        assert_eq!(count(&most), 3, "the limit was not used, or exceeded");
-        assert_eq!(count(&running), 0);
+        assert_eq!(most.get(), 3, "the limit was not used, or exceeded");
+        assert_eq!(running.get(), 0);
     });
 }
 
@@ -183,10 +81,11 @@ fn map_concurrent_results_follow_input_order_not_completion_order() {
 fn map_concurrent_first_failure_cancels_in_flight_and_starts_no_more() {
     within(|| {
         let event_loop = EventLoop::new();
-        let (started, finished, dropped) = (counter(), counter(), counter());
+        let (started, finished, dropped) =
+            (Counter::default(), Counter::default(), Counter::default());
         let (calls, done, gone) = (started.clone(), finished.clone(), dropped.clone());
         let mapped = map_concurrent(0..10, 2, move |n| {
-            bump(&calls);
+            calls.bump();
             match n {
                 0 => hour_long_task(&done, &gone),
                 1 => delay(ms(1), ()).then(|()| Err(Error::msg("item 1 failed"))),
@@ -195,10 +94,10 @@ fn map_concurrent_first_failure_cancels_in_flight_and_starts_no_more() {
         });
         let error = event_loop.block_on(mapped).unwrap_err();
         assert_eq!(error.to_string(), "item 1 failed");
-        assert_eq!(count(&started), 2, "items were started after the failure");
-        assert_eq!(count(&dropped), 1, "the item in flight was not cancelled");
+        assert_eq!(started.get(), 2, "items were started after the failure");
+        assert_eq!(dropped.get(), 1, "the item in flight was not cancelled");
         event_loop.run().unwrap(); // the hour-long sleep is gone with its task
-        assert_eq!(count(&finished), 0);
+        assert_eq!(finished.get(), 0);
     });
 }
 
@@ -206,23 +105,24 @@ fn map_concurrent_first_failure_cancels_in_flight_and_starts_no_more() {
 fn cancelling_map_concurrent_cancels_in_flight_and_starts_no_more() {
     within(|| {
         let event_loop = EventLoop::new();
-        let (started, finished, dropped) = (counter(), counter(), counter());
+        let (started, finished, dropped) =
+            (Counter::default(), Counter::default(), Counter::default());
         let (calls, done, gone) = (started.clone(), finished.clone(), dropped.clone());
         let mapped: Promise<Vec<i32>> = map_concurrent(0..10, 3, move |_| {
-            bump(&calls);
+            calls.bump();
             hour_long_task(&done, &gone)
         });
         event_loop.block_on(sleep(ms(1))).unwrap();
-        assert_eq!(count(&started), 3);
+        assert_eq!(started.get(), 3);
         assert!(mapped.cancel());
         event_loop.run().unwrap();
         assert_eq!(
-            count(&started),
+            started.get(),
             3,
             "items were started after the cancellation"
         );
-        assert_eq!(count(&dropped), 3, "the items in flight were not cancelled");
-        assert_eq!(count(&finished), 0);
+        assert_eq!(dropped.get(), 3, "the items in flight were not cancelled");
+        assert_eq!(finished.get(), 0);
     });
 }
 
@@ -230,10 +130,10 @@ fn cancelling_map_concurrent_cancels_in_flight_and_starts_no_more() {
 fn map_concurrent_with_limit_zero_is_an_error_and_calls_nothing() {
     within(|| {
         let event_loop = EventLoop::new();
-        let calls = counter();
+        let calls = Counter::default();
         let called = calls.clone();
         let mapped = map_concurrent(0..3, 0, move |n| {
-            bump(&called);
+            called.bump();
             Promise::<i32>::resolved(n)
         });
         let error = event_loop.block_on(mapped).unwrap_err();
@@ -241,7 +141,7 @@ fn map_concurrent_with_limit_zero_is_an_error_and_calls_nothing() {
             error.to_string().contains("limit"),
             "unclear error: {error}"
         );
-        assert_eq!(count(&calls), 0);
+        assert_eq!(calls.get(), 0);
     });
 }
 
@@ -258,11 +158,11 @@ fn map_concurrent_of_nothing_is_empty() {
 fn map_concurrent_takes_items_lazily() {
     within(|| {
         let event_loop = EventLoop::new();
-        let taken = counter();
+        let taken = Counter::default();
         let pulled = taken.clone();
         // An endless iterator: only as many items are taken as the work needs.
         let items = (0..).inspect(move |_| {
-            bump(&pulled);
+            pulled.bump();
         });
         let mapped = map_concurrent(items, 2, |n| {
             if n == 5 {
@@ -272,7 +172,7 @@ fn map_concurrent_takes_items_lazily() {
             }
         });
         assert_eq!(event_loop.block_on(mapped).unwrap_err().to_string(), "stop");
-        assert!(count(&taken) <= 7, "took {} items", count(&taken));
+        assert!(taken.get() <= 7, "took {} items", taken.get());
         event_loop.run().unwrap();
     });
 }
@@ -347,10 +247,10 @@ fn quick_backoff() -> Backoff {
 }
 
 /// An operation that fails until attempt `succeed_on`, counting attempts.
-fn flaky(attempts: &Arc<AtomicUsize>, succeed_on: usize) -> impl FnMut() -> Promise<usize> {
+fn flaky(attempts: &Counter, succeed_on: usize) -> impl FnMut() -> Promise<usize> {
     let attempts = attempts.clone();
     move || {
-        let attempt = bump(&attempts);
+        let attempt = attempts.bump_and_get();
         if attempt < succeed_on {
             Promise::rejected(Error::msg(format!("attempt {attempt} failed")))
         } else {
@@ -363,10 +263,10 @@ fn flaky(attempts: &Arc<AtomicUsize>, succeed_on: usize) -> impl FnMut() -> Prom
 fn retry_succeeds_on_a_later_attempt() {
     within(|| {
         let event_loop = EventLoop::new();
-        let attempts = counter();
+        let attempts = Counter::default();
         let value = retry(5, quick_backoff(), flaky(&attempts, 3));
         assert_eq!(event_loop.block_on(value).unwrap(), 3);
-        assert_eq!(count(&attempts), 3, "attempted again after a success");
+        assert_eq!(attempts.get(), 3, "attempted again after a success");
     });
 }
 
@@ -374,11 +274,11 @@ fn retry_succeeds_on_a_later_attempt() {
 fn retry_gives_up_with_the_last_error() {
     within(|| {
         let event_loop = EventLoop::new();
-        let attempts = counter();
+        let attempts = Counter::default();
         let value = retry(4, quick_backoff(), flaky(&attempts, usize::MAX));
         let error = event_loop.block_on(value).unwrap_err();
         assert_eq!(error.to_string(), "attempt 4 failed");
-        assert_eq!(count(&attempts), 4);
+        assert_eq!(attempts.get(), 4);
     });
 }
 
@@ -391,9 +291,9 @@ fn retry_pauses_grow_between_attempts() {
         let backoff = Backoff::new(ms(1), 2.0, ms(8))
             .into_iter()
             .inspect(move |pause| pauses.push(format!("pause {}ms", pause.as_millis())));
-        let attempt = counter();
+        let attempt = Counter::default();
         let value = retry(6, backoff, move || {
-            tries.push(format!("attempt {}", bump(&attempt)));
+            tries.push(format!("attempt {}", attempt.bump_and_get()));
             Promise::<()>::rejected(Error::msg("down"))
         });
         assert_eq!(event_loop.block_on(value).unwrap_err().to_string(), "down");
@@ -420,11 +320,11 @@ fn retry_pauses_grow_between_attempts() {
 fn retry_stops_when_the_pauses_run_out() {
     within(|| {
         let event_loop = EventLoop::new();
-        let attempts = counter();
+        let attempts = Counter::default();
         let value = retry(10, [Duration::ZERO; 2], flaky(&attempts, usize::MAX));
         let error = event_loop.block_on(value).unwrap_err();
         assert_eq!(error.to_string(), "attempt 3 failed");
-        assert_eq!(count(&attempts), 3);
+        assert_eq!(attempts.get(), 3);
     });
 }
 
@@ -432,14 +332,14 @@ fn retry_stops_when_the_pauses_run_out() {
 fn retry_with_zero_attempts_is_an_error_and_calls_nothing() {
     within(|| {
         let event_loop = EventLoop::new();
-        let attempts = counter();
+        let attempts = Counter::default();
         let value = retry(0, quick_backoff(), flaky(&attempts, 1));
         let error = event_loop.block_on(value).unwrap_err();
         assert!(
             error.to_string().contains("attempts"),
             "unclear error: {error}"
         );
-        assert_eq!(count(&attempts), 0);
+        assert_eq!(attempts.get(), 0);
     });
 }
 
@@ -447,13 +347,13 @@ fn retry_with_zero_attempts_is_an_error_and_calls_nothing() {
 fn cancelling_retry_during_a_pause_stops_it() {
     within(|| {
         let event_loop = EventLoop::new();
-        let attempts = counter();
-        let value = retry(3, [FOREVER; 2], flaky(&attempts, usize::MAX));
+        let attempts = Counter::default();
+        let value = retry(3, [HOUR; 2], flaky(&attempts, usize::MAX));
         event_loop.block_on(sleep(ms(1))).unwrap();
-        assert_eq!(count(&attempts), 1);
+        assert_eq!(attempts.get(), 1);
         assert!(value.cancel());
         event_loop.run().unwrap(); // the hour-long pause is gone
-        assert_eq!(count(&attempts), 1);
+        assert_eq!(attempts.get(), 1);
     });
 }
 
@@ -461,7 +361,7 @@ fn cancelling_retry_during_a_pause_stops_it() {
 fn cancelling_retry_cancels_the_attempt_in_flight() {
     within(|| {
         let event_loop = EventLoop::new();
-        let (finished, dropped) = (counter(), counter());
+        let (finished, dropped) = (Counter::default(), Counter::default());
         let (done, gone) = (finished.clone(), dropped.clone());
         let value = retry(3, quick_backoff(), move || {
             hour_long_task::<Error>(&done, &gone)
@@ -469,8 +369,8 @@ fn cancelling_retry_cancels_the_attempt_in_flight() {
         event_loop.block_on(sleep(ms(1))).unwrap();
         assert!(value.cancel());
         event_loop.run().unwrap();
-        assert_eq!(count(&dropped), 1, "the attempt's task was not dropped");
-        assert_eq!(count(&finished), 0);
+        assert_eq!(dropped.get(), 1, "the attempt's task was not dropped");
+        assert_eq!(finished.get(), 0);
     });
 }
 
@@ -503,7 +403,7 @@ fn backoff_pauses() {
 fn scope_waits_for_all_its_tasks() {
     within(|| {
         let event_loop = EventLoop::new();
-        let finished = counter();
+        let finished = Counter::default();
         let (done, at_end) = (finished.clone(), finished.clone());
         let outcome = scope(move |s: Scope| async move {
             for n in 0..3 {
@@ -511,13 +411,13 @@ fn scope_waits_for_all_its_tasks() {
                 // Not awaited by the body: the scope waits for them anyway.
                 drop(s.spawn(async move {
                     delay(ms(n + 1), ()).await?;
-                    bump(&done);
+                    done.bump();
                     Ok(())
                 }));
             }
             Ok("body done")
         })
-        .map(move |value| (value, count(&at_end)));
+        .map(move |value| (value, at_end.get()));
         let (value, finished_when_settled) = event_loop.block_on(outcome).unwrap();
         assert_eq!(value, "body done");
         assert_eq!(finished_when_settled, 3);
@@ -568,17 +468,17 @@ fn scope_returns_the_body_value_built_from_its_tasks() {
 fn scope_first_failure_cancels_the_siblings_and_is_the_error() {
     within(|| {
         let event_loop = EventLoop::new();
-        let (finished, dropped) = (counter(), counter());
+        let (finished, dropped) = (Counter::default(), Counter::default());
         let (done, gone) = (finished.clone(), dropped.clone());
-        let dropped_when_settled = counter();
+        let dropped_when_settled = Counter::default();
         let (observed, gone_at_end) = (dropped_when_settled.clone(), dropped.clone());
         let outcome = scope(move |s: Scope| async move {
             for _ in 0..2 {
                 let (done, guard) = (done.clone(), DropCounter(gone.clone()));
                 drop(s.spawn(async move {
                     let _guard = guard;
-                    sleep(FOREVER).await?;
-                    bump(&done);
+                    sleep(HOUR).await?;
+                    done.bump();
                     Ok(())
                 }));
             }
@@ -594,18 +494,18 @@ fn scope_first_failure_cancels_the_siblings_and_is_the_error() {
             Ok(())
         })
         .catch(move |error| {
-            observed.store(count(&gone_at_end), Ordering::SeqCst);
+            observed.0.store(gone_at_end.get(), Ordering::SeqCst);
             Err(error)
         });
         let error = event_loop.block_on(outcome).unwrap_err();
         assert_eq!(error.to_string(), "first failure");
         assert_eq!(
-            count(&dropped_when_settled),
+            dropped_when_settled.get(),
             2,
             "the scope settled before the siblings' futures were dropped"
         );
         event_loop.run().unwrap(); // no hour-long sleep is left
-        assert_eq!(count(&finished), 0);
+        assert_eq!(finished.get(), 0);
     });
 }
 
@@ -613,7 +513,7 @@ fn scope_first_failure_cancels_the_siblings_and_is_the_error() {
 fn a_failing_body_cancels_the_tasks() {
     within(|| {
         let event_loop = EventLoop::new();
-        let (finished, dropped) = (counter(), counter());
+        let (finished, dropped) = (Counter::default(), Counter::default());
         let (done, gone) = (finished.clone(), dropped.clone());
         let outcome: Promise<()> = scope(move |s: Scope| async move {
             drop(s.spawn(async move {
@@ -625,9 +525,9 @@ fn a_failing_body_cancels_the_tasks() {
         });
         let error = event_loop.block_on(outcome).unwrap_err();
         assert_eq!(error.to_string(), "body failed");
-        assert_eq!(count(&dropped), 1);
+        assert_eq!(dropped.get(), 1);
         event_loop.run().unwrap();
-        assert_eq!(count(&finished), 0);
+        assert_eq!(finished.get(), 0);
     });
 }
 
@@ -635,17 +535,17 @@ fn a_failing_body_cancels_the_tasks() {
 fn a_failing_task_cancels_the_body() {
     within(|| {
         let event_loop = EventLoop::new();
-        let body_dropped = counter();
+        let body_dropped = Counter::default();
         let guard = DropCounter(body_dropped.clone());
         let outcome: Promise<()> = scope(move |s: Scope| async move {
             let _guard = guard;
             drop(s.spawn(async { Err::<(), _>(Error::msg("task failed")) }));
-            sleep(FOREVER).await?;
+            sleep(HOUR).await?;
             unreachable!("the body is cancelled by the failure");
         });
         let error = event_loop.block_on(outcome).unwrap_err();
         assert_eq!(error.to_string(), "task failed");
-        assert_eq!(count(&body_dropped), 1);
+        assert_eq!(body_dropped.get(), 1);
         event_loop.run().unwrap();
     });
 }
@@ -658,7 +558,7 @@ fn task_promises_are_cancelled_when_their_task_fails_or_is_cancelled() {
         let keep = handles.clone();
         let outcome = scope(move |s: Scope| async move {
             let sibling = s.spawn(async {
-                sleep(FOREVER).await?;
+                sleep(HOUR).await?;
                 Ok(())
             });
             let failing = s.spawn(async { Err::<(), _>(Error::msg("boom")) });
@@ -693,7 +593,7 @@ fn a_panicking_task_is_a_failure() {
                 #[allow(unreachable_code)]
                 Ok(())
             }));
-            sleep(FOREVER).await
+            sleep(HOUR).await
         });
         let error = event_loop.block_on(outcome).unwrap_err();
         assert!(error.is_panic(), "not a panic error: {error:?}");
@@ -705,7 +605,7 @@ fn a_panicking_task_is_a_failure() {
 fn cancelling_a_scope_cancels_everything_in_it() {
     within(|| {
         let event_loop = EventLoop::new();
-        let (finished, dropped) = (counter(), counter());
+        let (finished, dropped) = (Counter::default(), Counter::default());
         let (done, gone) = (finished.clone(), dropped.clone());
         let outcome: Promise<()> = scope(move |s: Scope| async move {
             for _ in 0..3 {
@@ -715,13 +615,13 @@ fn cancelling_a_scope_cancels_everything_in_it() {
                     Ok(())
                 }));
             }
-            sleep(FOREVER).await
+            sleep(HOUR).await
         });
         event_loop.block_on(sleep(ms(1))).unwrap();
         assert!(outcome.cancel());
         event_loop.run().unwrap();
-        assert_eq!(count(&dropped), 3, "the tasks' futures were not dropped");
-        assert_eq!(count(&finished), 0);
+        assert_eq!(dropped.get(), 3, "the tasks' futures were not dropped");
+        assert_eq!(finished.get(), 0);
         assert!(event_loop.block_on(outcome).unwrap_err().is_cancelled());
     });
 }
@@ -730,19 +630,19 @@ fn cancelling_a_scope_cancels_everything_in_it() {
 fn cancelling_a_task_promise_only_stops_waiting_for_it() {
     within(|| {
         let event_loop = EventLoop::new();
-        let finished = counter();
+        let finished = Counter::default();
         let (done, at_end) = (finished.clone(), finished.clone());
         let outcome = scope(move |s: Scope| async move {
             let task = s.spawn(async move {
                 delay(ms(2), ()).await?;
-                bump(&done);
+                done.bump();
                 Ok(())
             });
             assert!(task.cancel());
             Ok(())
         })
         // The task belongs to the scope, which still waits for it.
-        .map(move |()| count(&at_end));
+        .map(move |()| at_end.get());
         assert_eq!(event_loop.block_on(outcome).unwrap(), 1);
     });
 }
@@ -754,15 +654,15 @@ fn a_task_spawned_into_a_finished_scope_never_runs() {
         let kept = event_loop
             .block_on(scope(|s: Scope| async move { Ok(s) }))
             .unwrap();
-        let ran = counter();
+        let ran = Counter::default();
         let flag = ran.clone();
         let late = kept.spawn(async move {
-            bump(&flag);
+            flag.bump();
             Ok(1)
         });
         assert!(late.is_cancelled());
         event_loop.run().unwrap();
-        assert_eq!(count(&ran), 0);
+        assert_eq!(ran.get(), 0);
     });
 }
 
@@ -780,15 +680,15 @@ fn a_task_spawned_after_a_failure_never_runs() {
             "early"
         );
         let kept = scope_rx.recv().unwrap();
-        let ran = counter();
+        let ran = Counter::default();
         let flag = ran.clone();
         let late = kept.spawn(async move {
-            bump(&flag);
+            flag.bump();
             Ok(1)
         });
         assert!(late.is_cancelled());
         event_loop.run().unwrap();
-        assert_eq!(count(&ran), 0);
+        assert_eq!(ran.get(), 0);
     });
 }
 
@@ -796,7 +696,7 @@ fn a_task_spawned_after_a_failure_never_runs() {
 fn tasks_may_spawn_into_their_own_scope() {
     within(|| {
         let event_loop = EventLoop::new();
-        let finished = counter();
+        let finished = Counter::default();
         let done = finished.clone();
         let outcome = scope(move |s: Scope| async move {
             let nested = s.clone();
@@ -804,7 +704,7 @@ fn tasks_may_spawn_into_their_own_scope() {
                 let done = done.clone();
                 drop(nested.spawn(async move {
                     delay(ms(2), ()).await?;
-                    bump(&done);
+                    done.bump();
                     Ok(())
                 }));
                 Ok(())
@@ -813,7 +713,7 @@ fn tasks_may_spawn_into_their_own_scope() {
         });
         event_loop.block_on(outcome).unwrap();
         assert_eq!(
-            count(&finished),
+            finished.get(),
             1,
             "the scope did not wait for the grandchild"
         );
@@ -829,7 +729,7 @@ fn failures_handled_by_a_scope_are_not_reported_as_unhandled() {
         thenable::set_unhandled_rejection_hook(move |error| record.push(error.to_string()));
         let outcome: Promise<()> = scope(|s: Scope| async move {
             drop(s.spawn(async {
-                sleep(FOREVER).await?;
+                sleep(HOUR).await?;
                 Ok(())
             }));
             drop(s.spawn(async { Err::<(), _>(Error::msg("task failed")) }));

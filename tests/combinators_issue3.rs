@@ -12,16 +12,18 @@
 //! hooks having run, and by `EventLoop::run` returning although an hour-long timer
 //! was involved ([`within`] turns a hang into a failure).
 
+mod common;
+
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::process::Command;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{after, fail_after, ms, within, Counter, DropCounter, HOUR};
 use futures::StreamExt;
 use futures_core::Stream;
 use thenable::{
@@ -31,56 +33,8 @@ use thenable::{
     Resolver, Scope,
 };
 
-/// A delay no test may ever wait for.
-const HOUR: Duration = Duration::from_secs(3600);
-
 /// A century: from there on, a time limit means "no limit" (the documented cut-off).
 const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// Runs `f` on a fresh thread (no loop and the default unhandled-rejection hook)
-/// and fails if it does not finish in 20 s: something kept a loop alive.
-fn within(f: impl FnOnce() + Send + 'static) {
-    let (done, finished) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        f();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(Duration::from_secs(20)) {
-        Ok(()) => worker.join().unwrap(),
-        Err(_) if worker.is_finished() => {
-            if let Err(payload) = worker.join() {
-                std::panic::resume_unwind(payload); // the test's own failure
-            }
-        }
-        Err(_) => panic!("still running after 20 s: something kept the loop alive"),
-    }
-}
-
-#[derive(Clone, Default)]
-struct Counter(Arc<AtomicUsize>);
-
-impl Counter {
-    fn bump(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Bumps its counter when dropped: a future was dropped.
-struct DropCounter(Counter);
-
-impl Drop for DropCounter {
-    fn drop(&mut self) {
-        self.0.bump();
-    }
-}
 
 /// What one piece of abandoned work left behind: `finished` counts work that got
 /// to its end (must stay 0), `dropped` task futures dropped, `hooks` resolvers'
@@ -125,19 +79,6 @@ impl Witness {
     fn counts(&self) -> (usize, usize, usize) {
         (self.finished.get(), self.dropped.get(), self.hooks.get())
     }
-}
-
-/// `value` after `delay`, bumping `fired` when the timer's handler runs.
-fn after<T: Send + 'static>(delay: Duration, value: T, fired: &Counter) -> Promise<T> {
-    let fired = fired.clone();
-    sleep(delay).map(move |()| {
-        fired.bump();
-        value
-    })
-}
-
-fn fail_after<T: Send + 'static>(delay: Duration, message: &'static str) -> Promise<T> {
-    sleep(delay).then(move |()| Err(Error::msg(message)))
 }
 
 /// Records what the unhandled-rejection hook of this thread reports.

@@ -4,76 +4,17 @@
 //! `EventLoop::run` return: a timer left behind would keep it running for a minute
 //! or an hour, which the watchdog of [`within`] turns into a failure long before.
 
+mod common;
+
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{hour_long_task, ms, within, Counter, HOUR};
 use futures_core::Stream;
 use thenable::{delay, interval, sleep, spawn, Error, EventLoop, Interval, Promise};
-
-/// How long a test may take before it counts as hung: a safety net only, passing
-/// tests take milliseconds.
-const HANG_LIMIT: Duration = Duration::from_secs(20);
-
-/// A delay no test may ever wait for.
-const FOREVER: Duration = Duration::from_secs(3600);
-
-/// Runs `f` on a fresh thread (so it starts with no loop of its own) and fails if
-/// it does not finish within [`HANG_LIMIT`]; a panic in `f` fails the test as is.
-fn within<F: FnOnce() + Send + 'static>(f: F) {
-    let (done_tx, done_rx) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        f();
-        let _ = done_tx.send(());
-    });
-    match done_rx.recv_timeout(HANG_LIMIT) {
-        Ok(()) => worker.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(payload) = worker.join() {
-                std::panic::resume_unwind(payload);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("test hung: still running after {HANG_LIMIT:?}")
-        }
-    }
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
-
-fn count(counter: &AtomicUsize) -> usize {
-    counter.load(Ordering::SeqCst)
-}
-
-/// Bumps its counter when dropped: tells that a future was dropped.
-struct DropCounter(Arc<AtomicUsize>);
-
-impl Drop for DropCounter {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// A task that would bump `finished` after an hour; `dropped` counts its future
-/// being dropped.
-fn hour_long_task(finished: &Arc<AtomicUsize>, dropped: &Arc<AtomicUsize>) -> Promise<i32> {
-    let (finished, guard) = (finished.clone(), DropCounter(dropped.clone()));
-    spawn(async move {
-        let _guard = guard;
-        sleep(FOREVER).await?;
-        finished.fetch_add(1, Ordering::SeqCst);
-        Ok(1)
-    })
-}
 
 fn next_tick(ticks: &mut Interval) -> impl std::future::Future<Output = Option<u64>> + '_ {
     poll_fn(move |cx| Pin::new(&mut *ticks).poll_next(cx))
@@ -87,19 +28,20 @@ fn next_tick(ticks: &mut Interval) -> impl std::future::Future<Output = Option<u
 fn timeout_rejects_with_a_timeout_error_and_cancels_the_work() {
     within(|| {
         let event_loop = EventLoop::new();
-        let (finished, dropped, handled) = (counter(), counter(), counter());
+        let (finished, dropped, handled) =
+            (Counter::default(), Counter::default(), Counter::default());
         let seen = handled.clone();
-        let work = hour_long_task(&finished, &dropped).map(move |v| {
-            seen.fetch_add(1, Ordering::SeqCst);
+        let work = hour_long_task::<Error>(&finished, &dropped).map(move |v| {
+            seen.bump();
             v
         });
         let error = event_loop.block_on(work.timeout(ms(5))).unwrap_err();
         assert!(error.is_timeout(), "not a timeout: {error:?}");
-        assert_eq!(count(&dropped), 1, "the task's future was not dropped");
+        assert_eq!(dropped.get(), 1, "the task's future was not dropped");
         // The task's hour-long sleep was cancelled with it: nothing is left.
         event_loop.run().unwrap();
-        assert_eq!(count(&finished), 0);
-        assert_eq!(count(&handled), 0, "a handler of the cancelled work ran");
+        assert_eq!(finished.get(), 0);
+        assert_eq!(handled.get(), 0, "a handler of the cancelled work ran");
     });
 }
 
@@ -107,9 +49,9 @@ fn timeout_rejects_with_a_timeout_error_and_cancels_the_work() {
 fn timeout_passes_the_outcome_through_when_the_work_settles_first() {
     within(|| {
         let event_loop = EventLoop::new();
-        let value = sleep(ms(1)).map(|()| 7).timeout(FOREVER);
+        let value = sleep(ms(1)).map(|()| 7).timeout(HOUR);
         assert_eq!(event_loop.block_on(value).unwrap(), 7);
-        let error = Promise::<i32>::rejected(Error::msg("refused")).timeout(FOREVER);
+        let error = Promise::<i32>::rejected(Error::msg("refused")).timeout(HOUR);
         assert_eq!(
             event_loop.block_on(error).unwrap_err().to_string(),
             "refused"
@@ -136,7 +78,7 @@ fn zero_timeout_lets_an_already_settled_promise_win() {
         let event_loop = EventLoop::new();
         let ready = Promise::<i32>::resolved(3).timeout(Duration::ZERO);
         assert_eq!(event_loop.block_on(ready).unwrap(), 3);
-        let pending = sleep(FOREVER).timeout(Duration::ZERO);
+        let pending = sleep(HOUR).timeout(Duration::ZERO);
         assert!(event_loop.block_on(pending).unwrap_err().is_timeout());
         event_loop.run().unwrap();
     });
@@ -161,11 +103,11 @@ fn timeout_at_a_passed_deadline_times_out() {
     within(|| {
         let event_loop = EventLoop::new();
         let passed = Instant::now();
-        let late = sleep(FOREVER).timeout_at(passed);
+        let late = sleep(HOUR).timeout_at(passed);
         assert!(event_loop.block_on(late).unwrap_err().is_timeout());
         let in_time = sleep(ms(1))
             .map(|()| "ok")
-            .timeout_at(Instant::now() + FOREVER);
+            .timeout_at(Instant::now() + HOUR);
         assert_eq!(event_loop.block_on(in_time).unwrap(), "ok");
         event_loop.run().unwrap();
     });
@@ -175,15 +117,15 @@ fn timeout_at_a_passed_deadline_times_out() {
 fn cancelling_a_timeout_cancels_the_work_and_its_timer() {
     within(|| {
         let event_loop = EventLoop::new();
-        let (finished, dropped) = (counter(), counter());
-        let limited = hour_long_task(&finished, &dropped).timeout(FOREVER);
+        let (finished, dropped) = (Counter::default(), Counter::default());
+        let limited = hour_long_task::<Error>(&finished, &dropped).timeout(HOUR);
         // Let the task start, so that cancelling has something to stop.
         event_loop.block_on(sleep(ms(1))).unwrap();
         assert!(limited.cancel());
         assert!(limited.is_cancelled());
         event_loop.run().unwrap(); // neither the task's timer nor the limit's is left
-        assert_eq!(count(&dropped), 1, "the task's future was not dropped");
-        assert_eq!(count(&finished), 0);
+        assert_eq!(dropped.get(), 1, "the task's future was not dropped");
+        assert_eq!(finished.get(), 0);
         assert!(event_loop.block_on(limited).unwrap_err().is_cancelled());
     });
 }
@@ -210,7 +152,7 @@ fn the_timeout_of_a_promise_cancelled_elsewhere_is_cancelled() {
         let event_loop = EventLoop::new();
         let (work, _resolver) = Promise::<i32>::pending();
         let elsewhere = work.clone();
-        let limited = work.timeout(FOREVER);
+        let limited = work.timeout(HOUR);
         assert!(elsewhere.cancel());
         event_loop.run().unwrap(); // the limit's timer is gone too
         assert!(limited.is_cancelled());
@@ -227,15 +169,15 @@ fn a_timed_out_rejection_is_reported_only_when_nobody_handles_the_result() {
             record.lock().unwrap().push(error.to_string());
         });
         // The work loses and is cancelled: never reported.
-        let handled = sleep(FOREVER).timeout(ms(1)).catch(|_| Ok(()));
+        let handled = sleep(HOUR).timeout(ms(1)).catch(|_| Ok(()));
         event_loop.block_on(handled).unwrap();
         // The work rejects first: the rejection reaches the result, consumed here.
-        let failed = Promise::<()>::rejected(Error::msg("failed")).timeout(FOREVER);
+        let failed = Promise::<()>::rejected(Error::msg("failed")).timeout(HOUR);
         assert!(event_loop.block_on(failed).is_err());
         event_loop.run().unwrap();
         assert!(reports.lock().unwrap().is_empty());
         // A timeout nobody listens to is reported, like any rejection.
-        drop(sleep(FOREVER).timeout(ms(1)));
+        drop(sleep(HOUR).timeout(ms(1)));
         event_loop.run().unwrap();
         assert_eq!(*reports.lock().unwrap(), ["timed out"]);
     });
@@ -258,16 +200,16 @@ fn delay_fulfils_with_its_value() {
 fn cancelling_a_delay_removes_its_timer() {
     within(|| {
         let event_loop = EventLoop::new();
-        let handled = counter();
+        let handled = Counter::default();
         let seen = handled.clone();
-        let value: Promise<i32> = delay(FOREVER, 1);
+        let value: Promise<i32> = delay(HOUR, 1);
         let after = value.map(move |v| {
-            seen.fetch_add(1, Ordering::SeqCst);
+            seen.bump();
             v
         });
         assert!(after.cancel());
         event_loop.run().unwrap();
-        assert_eq!(count(&handled), 0);
+        assert_eq!(handled.get(), 0);
     });
 }
 

@@ -12,13 +12,18 @@
 //! into a failure; nothing asserts on timing.
 #![cfg(unix)]
 
-use std::future::Future;
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, UdpSocket as StdUdpSocket};
 use std::process::{Command, Stdio};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use common::net::{
+    assert_no_descriptor_leak, kind_of, pair_with_std_peer, run, run_exclusive,
+    sharing_descriptors, SAFETY_NET,
+};
+use common::within_for;
 use futures::future::{select, Either};
 use thenable::io::{readable, writable};
 use thenable::net::{TcpListener, TcpStream, UdpSocket};
@@ -27,66 +32,6 @@ use thenable::{sleep, spawn, Error, EventLoop, Promise};
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// How long a test may take before it counts as hung. A safety net only.
-const SAFETY_NET: Duration = Duration::from_secs(120);
-
-/// Tests of this binary run in parallel threads of one process: a test that counts
-/// `/proc/self/fd` takes this for writing, so nothing else opens descriptors then.
-static DESCRIPTORS: RwLock<()> = RwLock::new(());
-
-fn sharing_descriptors() -> RwLockReadGuard<'static, ()> {
-    DESCRIPTORS.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Runs `body` on a new loop; panics if it fails or is still running after
-/// [`SAFETY_NET`].
-fn run<T>(body: impl Future<Output = Result<T, Error>>) -> T {
-    let _shared = sharing_descriptors();
-    run_exclusive(body)
-}
-
-/// [`run`] for a caller that already holds [`DESCRIPTORS`] (shared or alone).
-fn run_exclusive<T>(body: impl Future<Output = Result<T, Error>>) -> T {
-    let event_loop = EventLoop::new();
-    let outcome = event_loop.block_on(async {
-        let net = sleep(SAFETY_NET);
-        match select(std::pin::pin!(body), net).await {
-            Either::Left((outcome, net)) => {
-                net.cancel(); // or the timer would keep the loop alive
-                outcome
-            }
-            Either::Right(_) => panic!("safety net: still running after {SAFETY_NET:?}"),
-        }
-    });
-    outcome.unwrap_or_else(|e| panic!("test failed: {e:?}"))
-}
-
-/// Counts open descriptors before and after `test`, which runs alone; waits
-/// (bounded) for helper threads such as `TcpStream::connect`'s to finish closing.
-fn assert_no_descriptor_leak(test: impl FnOnce()) {
-    let _alone = DESCRIPTORS.write().unwrap_or_else(PoisonError::into_inner);
-    let before = open_descriptors();
-    test();
-    let give_up = std::time::Instant::now() + SAFETY_NET;
-    while open_descriptors() != before && std::time::Instant::now() < give_up {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(open_descriptors(), before, "descriptors left open");
-}
-
-fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("this test counts descriptors in /proc/self/fd")
-        .count()
-}
-
-fn kind_of(error: &Error) -> ErrorKind {
-    error
-        .downcast_ref::<std::io::Error>()
-        .unwrap_or_else(|| panic!("not an I/O error: {error:?}"))
-        .kind()
-}
 
 /// Lets the loop run timers, I/O and tasks for a moment. Used only before asserting
 /// that something is *still* pending because what it waits for has not been done
@@ -98,16 +43,6 @@ async fn let_the_loop_turn() -> Result<(), Error> {
 /// A UDP socket from the standard library, bound to loopback.
 fn std_udp() -> StdUdpSocket {
     StdUdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket")
-}
-
-/// A thenable stream and a plain blocking std stream at the other end.
-async fn pair_with_std_peer() -> Result<(TcpStream, std::net::TcpStream), Error> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let peer = std::net::TcpStream::connect(listener.local_addr()?)?;
-    // A safety net for the blocking peer: a bug fails the test instead of hanging.
-    peer.set_read_timeout(Some(SAFETY_NET))?;
-    let (stream, _) = listener.accept().await?;
-    Ok((stream, peer))
 }
 
 /// `cat` with both ends piped: a pipe to write to and a pipe to read from, neither
@@ -401,22 +336,13 @@ fn readiness_waits_leave_no_descriptor_behind() {
 // Waits withdrawn when nobody waits: an idle socket no longer keeps `run` alive
 // ---------------------------------------------------------------------------
 
-/// Runs `f` on its own thread and fails if it does not finish within the safety
-/// net (a wait left armed keeps `run` going for ever), instead of hanging.
+/// [`common::within`] with the socket tests' [`SAFETY_NET`] (a wait left armed
+/// keeps `run` going for ever), sharing [`common::net::DESCRIPTORS`] meanwhile.
 fn within(f: impl FnOnce() + Send + 'static) {
     // Held here, not by the worker: if the worker hangs, the failure releases it
     // and the descriptor counts of other tests see the leak instead of waiting.
     let _shared = sharing_descriptors();
-    let (done, finished) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        f();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(SAFETY_NET) {
-        Ok(()) => worker.join().unwrap(),
-        Err(_) if worker.is_finished() => worker.join().unwrap(), // it panicked: show why
-        Err(_) => panic!("still running after {SAFETY_NET:?}: a wait kept the loop alive"),
-    }
+    within_for(SAFETY_NET, f);
 }
 
 /// A thenable stream and its std peer, made without a loop running.

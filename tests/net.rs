@@ -6,61 +6,21 @@
 //! turns a hang into a failure; no test asserts on timing.
 #![cfg(unix)]
 
-use std::future::Future;
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use futures::future::{select, Either};
+use common::net::{assert_no_descriptor_leak, kind_of, pair_with_std_peer, run, run_exclusive};
 use futures::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
 use thenable::net::{TcpListener, TcpStream, UdpSocket};
-use thenable::{sleep, spawn, Error, EventLoop, Promise};
+use thenable::{sleep, spawn, Error, Promise};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// How long a test may take before it counts as hung. A safety net only.
-const SAFETY_NET: Duration = Duration::from_secs(120);
-
-/// Tests open descriptors in parallel threads of this one process: the leak test
-/// takes this for writing, so it counts `/proc/self/fd` while nothing else runs.
-static DESCRIPTORS: RwLock<()> = RwLock::new(());
-
-fn sharing_descriptors() -> RwLockReadGuard<'static, ()> {
-    DESCRIPTORS.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Runs `body` on a new loop; panics if it fails, or if it has not finished
-/// after [`SAFETY_NET`].
-fn run<T>(body: impl Future<Output = Result<T, Error>>) -> T {
-    let _shared = sharing_descriptors();
-    run_exclusive(body)
-}
-
-fn run_exclusive<T>(body: impl Future<Output = Result<T, Error>>) -> T {
-    let event_loop = EventLoop::new();
-    let outcome = event_loop.block_on(async {
-        let net = sleep(SAFETY_NET);
-        match select(std::pin::pin!(body), net).await {
-            Either::Left((outcome, net)) => {
-                net.cancel(); // or the timer would keep the loop alive
-                outcome
-            }
-            Either::Right(_) => panic!("safety net: still running after {SAFETY_NET:?}"),
-        }
-    });
-    outcome.unwrap_or_else(|e| panic!("test failed: {e:?}"))
-}
-
-fn kind_of(error: &Error) -> ErrorKind {
-    error
-        .downcast_ref::<std::io::Error>()
-        .unwrap_or_else(|| panic!("not an I/O error: {error:?}"))
-        .kind()
-}
 
 /// A connected pair over loopback: (client, server).
 async fn connected_pair() -> Result<(TcpStream, TcpStream), Error> {
@@ -68,16 +28,6 @@ async fn connected_pair() -> Result<(TcpStream, TcpStream), Error> {
     let client = TcpStream::connect(listener.local_addr()?);
     let (server, _) = listener.accept().await?;
     Ok((client.await?, server))
-}
-
-/// A thenable stream and a plain blocking std stream at the other end.
-async fn pair_with_std_peer() -> Result<(TcpStream, std::net::TcpStream), Error> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let peer = std::net::TcpStream::connect(listener.local_addr()?)?;
-    // A safety net for the blocking peer: a bug fails the test instead of hanging.
-    peer.set_read_timeout(Some(SAFETY_NET))?;
-    let (stream, _) = listener.accept().await?;
-    Ok((stream, peer))
 }
 
 /// Serves `echo: <line>` for each line until the peer closes; answers a bad
@@ -110,12 +60,6 @@ fn echo_server(listener: TcpListener) -> Promise<()> {
         }
         Ok(())
     })
-}
-
-fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("this test counts descriptors in /proc/self/fd")
-        .count()
 }
 
 // ---------------------------------------------------------------------------
@@ -609,43 +553,38 @@ fn a_thousand_concurrent_connections_on_one_loop() {
 
 #[test]
 fn no_descriptor_is_left_open() {
-    let _alone = DESCRIPTORS.write().unwrap_or_else(PoisonError::into_inner);
-    let before = open_descriptors();
-    run_exclusive(async {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let server = echo_server(listener);
-        for i in 0..20 {
-            let client = TcpStream::connect(addr).await?;
-            client.write_all(format!("{i}\n")).await?;
-            assert_eq!(client.read_line(100).await?, Some(format!("echo: {i}")));
-        }
-        // Failure paths close their sockets too.
-        let rude = TcpStream::connect(addr).await?;
-        rude.write_all(vec![b'x'; 1000]).await?;
-        assert!(rude.read_line(200).await?.unwrap().starts_with("error:"));
-        let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        assert!(TcpStream::connect(free).await.is_err());
-        let (stream, peer) = pair_with_std_peer().await?;
-        stream.write_all("unread").await?;
-        peer.peek(&mut [0; 1])?;
-        drop(peer);
-        assert!(stream.read(10).await.is_err());
-        let pending_read = stream.read(10);
-        pending_read.cancel();
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        udp.send_to("self", udp.local_addr()?).await?;
-        udp.recv_from(10).await?;
-        server.cancel();
-        Ok(())
+    // Once the loop and every socket are gone, helper threads may still be
+    // exiting: the check waits for the count to come back (bounded).
+    assert_no_descriptor_leak(|| {
+        run_exclusive(async {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let server = echo_server(listener);
+            for i in 0..20 {
+                let client = TcpStream::connect(addr).await?;
+                client.write_all(format!("{i}\n")).await?;
+                assert_eq!(client.read_line(100).await?, Some(format!("echo: {i}")));
+            }
+            // Failure paths close their sockets too.
+            let rude = TcpStream::connect(addr).await?;
+            rude.write_all(vec![b'x'; 1000]).await?;
+            assert!(rude.read_line(200).await?.unwrap().starts_with("error:"));
+            let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            assert!(TcpStream::connect(free).await.is_err());
+            let (stream, peer) = pair_with_std_peer().await?;
+            stream.write_all("unread").await?;
+            peer.peek(&mut [0; 1])?;
+            drop(peer);
+            assert!(stream.read(10).await.is_err());
+            let pending_read = stream.read(10);
+            pending_read.cancel();
+            let udp = UdpSocket::bind("127.0.0.1:0")?;
+            udp.send_to("self", udp.local_addr()?).await?;
+            udp.recv_from(10).await?;
+            server.cancel();
+            Ok(())
+        });
     });
-    // The loop and every socket are gone; helper threads may still be exiting,
-    // so wait for the count to come back (bounded, a safety net only).
-    let give_up = std::time::Instant::now() + SAFETY_NET;
-    while open_descriptors() != before && std::time::Instant::now() < give_up {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(open_descriptors(), before);
 }
 
 // ---------------------------------------------------------------------------

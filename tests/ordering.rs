@@ -11,24 +11,13 @@
 //! does not yield), the test says so, gives the JavaScript model that matches what
 //! thenable guarantees, and asserts that guarantee.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
+use common::{ms, Log};
 use thenable::{queue_microtask, set_immediate, set_timeout, spawn, Error, EventLoop, Promise};
 
-/// A shared event log; clones push to the same list (handlers must be `Send`).
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
+// Handler makers only these tests need, on the shared log.
 impl Log {
-    fn push(&self, event: impl Into<String>) {
-        self.0.lock().unwrap().push(event.into());
-    }
-
-    fn entries(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
     /// A `then` handler that logs `event` and passes `()` on.
     fn step(&self, event: &'static str) -> impl FnOnce(()) -> Result<(), Error> + Send + 'static {
         let log = self.clone();
@@ -52,10 +41,6 @@ fn chain(log: &Log, events: &[&'static str]) -> Promise<()> {
         p = p.then(log.step(event));
     }
     p
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
 }
 
 // ---------------------------------------------------------------------------

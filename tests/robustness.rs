@@ -5,70 +5,25 @@
 //! Every test body runs under [`within`], a safety net that turns a hang into a
 //! failure after a generous bound; no test asserts on timing.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, Once};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
+use common::{within, Counter, DropCounter, MARK};
 use thenable::{block_on, spawn, Error, EventLoop, Promise};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// Text carried by every panic these tests provoke on purpose; the panic hook
-/// stays quiet for those (and only those).
-const MARK: &str = "[expected test panic]";
-
-/// How long a test may take before it counts as hung. A safety net only: passing
-/// tests finish in milliseconds.
-const HANG_LIMIT: Duration = Duration::from_secs(5);
-
 /// The short pause another thread takes before settling, so that the loop is
 /// really blocked when the settle arrives. Nothing asserts on it.
 const PAUSE: Duration = Duration::from_millis(50);
-
-fn quiet_expected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let text = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            if !text.contains(MARK) {
-                default(info);
-            }
-        }));
-    });
-}
-
-/// Runs `f` on a fresh thread (so it starts with no loop of its own) and fails if
-/// it does not finish within [`HANG_LIMIT`]; a panic in `f` fails the test as is.
-fn within<F: FnOnce() + Send + 'static>(f: F) {
-    quiet_expected_panics();
-    let (done_tx, done_rx) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        f();
-        let _ = done_tx.send(());
-    });
-    match done_rx.recv_timeout(HANG_LIMIT) {
-        Ok(()) => worker.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(payload) = worker.join() {
-                std::panic::resume_unwind(payload);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("test hung: still running after {HANG_LIMIT:?}")
-        }
-    }
-}
 
 /// Never returns; used so that `async` blocks and handlers panic with a typed value.
 fn explode(what: &str) -> i32 {
@@ -90,15 +45,6 @@ fn resolve_later(r: thenable::Resolver<i32>, value: i32) -> thread::JoinHandle<(
         thread::sleep(PAUSE);
         assert!(r.resolve(value));
     })
-}
-
-/// Counts how many times values of it were dropped.
-struct DropCounter(Arc<AtomicUsize>);
-
-impl Drop for DropCounter {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
 }
 
 /// Checks a promise whose handler panics: it rejects with a panic error, work
@@ -187,17 +133,17 @@ fn spawned_future_panicking_after_a_suspension_rejects() {
 fn a_panic_rejection_flows_down_the_chain_and_can_be_caught() {
     within(|| {
         let event_loop = EventLoop::new();
-        let skipped = Arc::new(AtomicUsize::new(0));
+        let skipped = Counter::default();
         let counter = skipped.clone();
         let p = Promise::<i32>::resolved(1)
             .then(|_| Ok::<i32, Error>(explode("mid-chain boom")))
             .then(move |v| {
-                counter.fetch_add(1, Ordering::SeqCst);
+                counter.bump();
                 Ok(v)
             })
             .catch(|e| Ok(if e.is_panic() { -1 } else { -2 }));
         assert_eq!(event_loop.block_on(p).unwrap(), -1);
-        assert_eq!(skipped.load(Ordering::SeqCst), 0);
+        assert_eq!(skipped.get(), 0);
     });
 }
 
@@ -669,10 +615,10 @@ fn dropping_every_resolver_breaks_the_promise() {
 #[test]
 fn dropping_a_loop_abandons_its_work_and_breaks_waiting_promises() {
     within(|| {
-        let drops = Arc::new(AtomicUsize::new(0));
-        let ran = Arc::new(AtomicUsize::new(0));
+        let drops = Counter::default();
+        let ran = Counter::default();
         let guard = || DropCounter(drops.clone());
-        let mark_ran = |ran: &Arc<AtomicUsize>| ran.fetch_add(1, Ordering::SeqCst);
+        let mark_ran = |ran: &Counter| ran.bump();
         let event_loop = EventLoop::new();
 
         // Tasks polled once and parked: one on a future nothing will wake, one on
@@ -696,7 +642,7 @@ fn dropping_a_loop_abandons_its_work_and_breaks_waiting_promises() {
         event_loop
             .block_on(spawn(async { Ok::<_, Error>(()) }))
             .unwrap();
-        assert_eq!(drops.load(Ordering::SeqCst), 0, "parked tasks are alive");
+        assert_eq!(drops.get(), 0, "parked tasks are alive");
 
         // Queued work that never gets to run.
         let (g, r) = (guard(), ran.clone());
@@ -746,8 +692,8 @@ fn dropping_a_loop_abandons_its_work_and_breaks_waiting_promises() {
         // Settled after the loop is gone: the handler has no loop to run on.
         assert!(late_resolver.resolve(5));
         let guards = 8;
-        assert_eq!(drops.load(Ordering::SeqCst), guards, "destructors ran");
-        assert_eq!(ran.load(Ordering::SeqCst), 0, "no handler ran");
+        assert_eq!(drops.get(), guards, "destructors ran");
+        assert_eq!(ran.get(), 0, "no handler ran");
 
         let expect_broken = |what: &str, outcome: Result<i32, Error>| {
             let err = outcome.expect_err(what);
@@ -768,7 +714,7 @@ fn dropping_a_loop_abandons_its_work_and_breaks_waiting_promises() {
         let err = EventLoop::new().block_on(slept).unwrap_err();
         assert!(err.is_broken(), "sleep: {err:?}");
         drop(opener);
-        assert_eq!(ran.load(Ordering::SeqCst), 0, "still no handler ran");
+        assert_eq!(ran.get(), 0, "still no handler ran");
     });
 }
 
