@@ -206,7 +206,7 @@ impl<T: AsFd> Async<T> {
         let fd = self.get_ref().as_fd();
         self.home
             .reactor()
-            .poll_ready(&self.source, fd, direction, None, false, cx)
+            .poll_ready(&self.source, fd, direction, None, cx)
     }
 
     /// Waiting from another loop than the one the object is registered with would
@@ -235,40 +235,20 @@ impl<T: AsFd> Async<T> {
         let direction = ticket.direction();
         self.home
             .reactor()
-            .poll_ready(&self.source, fd, direction, Some(ticket), false, cx)
+            .poll_ready(&self.source, fd, direction, Some(ticket), cx)
     }
 
-    /// Runs the non-blocking operation `op` until it stops returning `WouldBlock`,
-    /// waiting under `ticket` (in its direction) in between. Readiness the
-    /// operation used up is forgotten when it returns `WouldBlock`, so the wait
-    /// that follows costs no system call and no useless retry.
-    pub(crate) fn poll_op<R>(
+    /// Like [`poll_ready_with`](Self::poll_ready_with), right after the operation
+    /// returned `WouldBlock` (see [`Reactor::forget_readiness`]).
+    pub(crate) fn poll_ready_after_would_block(
         &self,
         ticket: &mut Ticket,
         cx: &mut Context<'_>,
-        mut op: impl FnMut() -> io::Result<R>,
-    ) -> Poll<io::Result<R>> {
-        self.check_home()?;
-        let reactor = self.home.reactor();
-        let direction = ticket.direction();
-        loop {
-            let reports = reactor.reports(&self.source, direction);
-            match op() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    reactor.forget_readiness(&self.source, direction, reports);
-                    let fd = self.get_ref().as_fd();
-                    ready!(reactor.poll_ready(
-                        &self.source,
-                        fd,
-                        direction,
-                        Some(ticket),
-                        true,
-                        cx
-                    ))?;
-                }
-                done => return Poll::Ready(done),
-            }
-        }
+    ) -> Poll<io::Result<()>> {
+        self.home
+            .reactor()
+            .forget_readiness(&self.source, ticket.direction());
+        self.poll_ready_with(ticket, cx)
     }
 
     /// Takes back the wait registered under `ticket`, if any.
@@ -392,8 +372,15 @@ impl<T: AsFd> Async<T> {
         mut op: impl FnMut(&T) -> io::Result<R>,
     ) -> io::Result<R> {
         let mut wait = self.wait(direction);
-        let io = self.get_ref();
-        std::future::poll_fn(|cx| wait.poll_op(cx, || op(io))).await
+        std::future::poll_fn(|cx| loop {
+            match op(self.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(wait.poll_ready_after_would_block(cx))?
+                }
+                done => return Poll::Ready(done),
+            }
+        })
+        .await
     }
 }
 
@@ -411,13 +398,13 @@ impl<T: AsFd> Wait<'_, T> {
         self.io.poll_ready_with(&mut self.ticket, cx)
     }
 
-    /// Runs `op` until it stops returning `WouldBlock` (see [`Async::poll_op`]).
-    pub(crate) fn poll_op<R>(
+    /// [`poll_ready`](Self::poll_ready) right after the operation returned
+    /// `WouldBlock`.
+    pub(crate) fn poll_ready_after_would_block(
         &mut self,
         cx: &mut Context<'_>,
-        op: impl FnMut() -> io::Result<R>,
-    ) -> Poll<io::Result<R>> {
-        self.io.poll_op(&mut self.ticket, cx, op)
+    ) -> Poll<io::Result<()>> {
+        self.io.poll_ready_after_would_block(&mut self.ticket, cx)
     }
 }
 

@@ -65,6 +65,10 @@ const MAX_WRITE_SLICES: usize = 32;
 /// [`TcpStream::connect`]); name resolution needs more than the bare minimum.
 const CONNECT_THREAD_STACK: usize = 256 * 1024;
 
+fn would_block(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::WouldBlock
+}
+
 /// A TCP socket listening for connections.
 ///
 /// ```
@@ -242,12 +246,20 @@ impl Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let socket = &this.socket;
-        let accepted = ready!(socket.poll_op(&mut this.wait, cx, || socket.get_ref().accept()));
-        Poll::Ready(Some(match accepted {
-            Ok((stream, _peer)) => TcpStream::from_std(stream).map_err(Error::from),
-            Err(e) => Err(e.into()),
-        }))
+        loop {
+            match this.socket.get_ref().accept() {
+                Ok((stream, _peer)) => {
+                    return Poll::Ready(Some(TcpStream::from_std(stream).map_err(Error::from)))
+                }
+                Err(e) if would_block(&e) => {
+                    let ready = this.socket.poll_ready_after_would_block(&mut this.wait, cx);
+                    if let Err(e) = ready!(ready) {
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                }
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
     }
 }
 
@@ -717,9 +729,15 @@ impl StreamShared {
         ticket: &mut Ticket,
         op: &mut impl FnMut(&mut StreamBuffers, &std_net::TcpStream) -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
-        self.socket.poll_op(ticket, cx, || {
-            op(&mut self.buffers.lock(), self.socket.get_ref())
-        })
+        loop {
+            let result = op(&mut self.buffers.lock(), self.socket.get_ref());
+            match result {
+                Err(e) if would_block(&e) => {
+                    ready!(self.socket.poll_ready_after_would_block(ticket, cx))?
+                }
+                done => return Poll::Ready(done),
+            }
+        }
     }
 
     /// [`poll_io`](Self::poll_io) as a future, for the promise-returning
@@ -731,8 +749,12 @@ impl StreamShared {
         mut op: impl FnMut(&mut StreamBuffers, &std_net::TcpStream) -> io::Result<R>,
     ) -> io::Result<R> {
         let mut wait = self.socket.wait(direction);
-        std::future::poll_fn(|cx| {
-            wait.poll_op(cx, || op(&mut self.buffers.lock(), self.socket.get_ref()))
+        std::future::poll_fn(|cx| loop {
+            let result = op(&mut self.buffers.lock(), self.socket.get_ref());
+            match result {
+                Err(e) if would_block(&e) => ready!(wait.poll_ready_after_would_block(cx))?,
+                done => return Poll::Ready(done),
+            }
         })
         .await
     }

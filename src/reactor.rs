@@ -3,15 +3,12 @@
 //!
 //! The loop sleeps in [`Reactor::wait`] when it has nothing to run, for as long as
 //! its next timer allows; another thread wakes it with [`Reactor::notify`]. A source
-//! (a socket, a pipe) is registered once. Where the poller supports it (epoll,
-//! kqueue), its interest is registered then too, edge-triggered: readiness is
-//! recorded as it comes and stays recorded until an operation returns `WouldBlock`
-//! ([`Reactor::forget_readiness`]), so waiting costs no system call. Elsewhere,
-//! interest is armed oneshot when a task waits and re-armed on demand. Readiness
-//! wakes the waiting tasks, which then retry their non-blocking operation. A wait
-//! that holds a [`Ticket`] is withdrawn when its future is dropped, so a source
-//! nobody waits on any more stops keeping the loop alive. The reactor never runs
-//! callbacks and never decides whether the loop is alive.
+//! (a socket, a pipe) is registered once, with no interest; interest is armed
+//! oneshot when a task waits for readiness and re-armed on demand. Readiness wakes
+//! the waiting tasks, which then retry their non-blocking operation. A wait that
+//! holds a [`Ticket`] is withdrawn when its future is dropped, so a source nobody
+//! waits on any more is disarmed and stops keeping the loop alive. The reactor
+//! never runs callbacks and never decides whether the loop is alive.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use polling::{Event, Events, PollMode, Poller};
+use polling::{Event, Events, Poller};
 
 pub(crate) struct Reactor {
     poller: Poller,
@@ -28,9 +25,6 @@ pub(crate) struct Reactor {
     sources: Mutex<Sources>,
     /// Sources with a task waiting on them: each keeps the loop alive.
     armed: AtomicUsize,
-    /// Interest is registered once, edge-triggered; otherwise it is armed oneshot
-    /// for each wait.
-    edge: bool,
 }
 
 #[derive(Default)]
@@ -51,14 +45,10 @@ struct Waiters {
     /// calls, which cannot withdraw).
     readers: Vec<(u64, Waker)>,
     writers: Vec<(u64, Waker)>,
-    /// Readiness seen and not yet known to be used up (an operation returned
-    /// `WouldBlock` since, or, for a plain wait, the wait took it).
+    /// Readiness seen since the last `poll_*` took it (so a wake that raced with
+    /// re-arming is not lost).
     readable: bool,
     writable: bool,
-    /// Readiness reports so far, per direction: an operation that began before the
-    /// latest report must not forget it (see [`Reactor::forget_readiness`]).
-    read_reports: u64,
-    write_reports: u64,
     /// The last ticket number handed out for this source.
     last_ticket: u64,
 }
@@ -107,14 +97,11 @@ impl Ticket {
 
 impl Reactor {
     pub(crate) fn new() -> io::Result<Self> {
-        let poller = Poller::new()?;
-        let edge = poller.supports_edge();
         Ok(Reactor {
-            poller,
+            poller: Poller::new()?,
             events: Mutex::new(Events::new()),
             sources: Mutex::new(Sources::default()),
             armed: AtomicUsize::new(0),
-            edge,
         })
     }
 
@@ -163,12 +150,10 @@ impl Reactor {
             let was_waiting = waiters.is_waiting();
             if readable {
                 waiters.readable = true;
-                waiters.read_reports += 1;
                 wake.extend(waiters.readers.drain(..).map(|(_, waker)| waker));
             }
             if writable {
                 waiters.writable = true;
-                waiters.write_reports += 1;
                 wake.extend(waiters.writers.drain(..).map(|(_, waker)| waker));
             }
             if was_waiting && !waiters.is_waiting() {
@@ -180,8 +165,7 @@ impl Reactor {
         }
     }
 
-    /// Registers `fd`: with edge-triggered interest in both directions, or with no
-    /// interest yet where interest is armed per wait.
+    /// Registers `fd` with no interest yet.
     ///
     /// The caller must [`deregister`](Self::deregister) it before the descriptor is
     /// closed (the `Async` wrapper does, in its `Drop`, before dropping the I/O
@@ -201,12 +185,7 @@ impl Reactor {
         // descriptor and calls `deregister` in its `Drop` before the descriptor is
         // dropped (tested by `io::tests::descriptors_are_not_leaked_or_reused`).
         unsafe {
-            if self.edge {
-                self.poller
-                    .add_with_mode(fd.as_raw_fd(), Event::all(key), PollMode::Edge)?
-            } else {
-                self.poller.add(fd.as_raw_fd(), Event::none(key))?
-            }
+            self.poller.add(fd.as_raw_fd(), Event::none(key))?
         };
         if key == sources.slots.len() {
             sources.slots.push(Some(source.clone()));
@@ -229,23 +208,12 @@ impl Reactor {
         self.fire(source, true, true);
     }
 
-    /// Ready, or registers the waker (and, without edge-triggered interest, arms it
-    /// oneshot) in `direction`.
-    ///
-    /// `after_would_block` says the caller's operation just returned `WouldBlock`
-    /// and the caller forgot the readiness it had seen ([`forget_readiness`]); then
-    /// readiness still recorded is new, and stays recorded for the retry. Otherwise
-    /// this is a plain wait for readiness: it takes the record, and with
-    /// edge-triggered interest a wait that finds none asks the poller once for the
-    /// current state (a source that stayed ready since its last report would
-    /// report nothing new).
+    /// Ready, or registers the waker and arms interest (oneshot) in `direction`.
     ///
     /// Without a ticket the registration is anonymous: it stays until readiness
     /// or deregistration, however soon the caller loses interest. With one, the
     /// caller updates its own registration on every poll and withdraws it with
     /// [`withdraw`](Self::withdraw) when it stops waiting.
-    ///
-    /// [`forget_readiness`]: Self::forget_readiness
     #[cfg(unix)]
     pub(crate) fn poll_ready(
         &self,
@@ -253,7 +221,6 @@ impl Reactor {
         fd: std::os::fd::BorrowedFd<'_>,
         direction: Direction,
         ticket: Option<&mut Ticket>,
-        after_would_block: bool,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         let mut guard = source.waiters.lock();
@@ -263,25 +230,19 @@ impl Reactor {
             Direction::Read => (&mut waiters.readable, &mut waiters.readers),
             Direction::Write => (&mut waiters.writable, &mut waiters.writers),
         };
-        if *seen {
-            if !(self.edge && after_would_block) {
-                *seen = false;
-            }
+        if std::mem::take(seen) {
             // Readiness drained every waiter of this direction, this one included.
             if let Some(ticket) = ticket {
                 ticket.registered = None;
             }
             return Poll::Ready(Ok(()));
         }
-        let mut newly_registered = true;
         match ticket {
             None => {
-                if list
+                if !list
                     .iter()
                     .any(|(id, w)| *id == ANONYMOUS && w.will_wake(cx.waker()))
                 {
-                    newly_registered = false;
-                } else {
                     list.push((ANONYMOUS, cx.waker().clone()));
                 }
             }
@@ -291,7 +252,6 @@ impl Reactor {
                     .and_then(|mine| list.iter_mut().find(|(id, _)| *id == mine));
                 match entry {
                     Some((_, waker)) => {
-                        newly_registered = false;
                         if !waker.will_wake(cx.waker()) {
                             *waker = cx.waker().clone();
                         }
@@ -309,47 +269,21 @@ impl Reactor {
         }
         let interest = waiters.interest(source.key);
         drop(guard);
-        if !self.edge {
-            self.poller.modify(fd, interest)?;
-        } else if newly_registered && !after_would_block {
-            // Re-registering makes the poller report a source that is ready now.
-            self.poller
-                .modify_with_mode(fd, Event::all(source.key), PollMode::Edge)?;
-        }
+        self.poller.modify(fd, interest)?;
         Poll::Pending
     }
 
-    /// How many times readiness in `direction` has been reported: read it before an
-    /// operation, and hand it to [`forget_readiness`](Self::forget_readiness) if the
-    /// operation returns `WouldBlock`.
-    pub(crate) fn reports(&self, source: &Source, direction: Direction) -> u64 {
-        let waiters = source.waiters.lock();
-        match direction {
-            Direction::Read => waiters.read_reports,
-            Direction::Write => waiters.write_reports,
-        }
-    }
-
-    /// Forgets readiness recorded in `direction`: an operation that began when
-    /// [`reports`](Self::reports) said `reports_before` has just returned
-    /// `WouldBlock`, so what was recorded then is used up. A report that came while
-    /// the operation ran (a loop on another thread) is kept: it may be news the
-    /// operation did not see, and with edge-triggered interest nothing would repeat
-    /// it.
-    pub(crate) fn forget_readiness(
-        &self,
-        source: &Source,
-        direction: Direction,
-        reports_before: u64,
-    ) {
+    /// Forgets readiness recorded in `direction`: the caller's operation has just
+    /// returned `WouldBlock`, so the record is stale (left by a wake-up whose waiter
+    /// went on to read or write). Waiting on it would retry the operation once more
+    /// for nothing: a wasted syscall per read or write. Nothing is lost: interest is
+    /// level-triggered, so re-arming a source that became ready meanwhile reports
+    /// it at once.
+    pub(crate) fn forget_readiness(&self, source: &Source, direction: Direction) {
         let mut waiters = source.waiters.lock();
-        let waiters = &mut *waiters;
-        let (seen, reports) = match direction {
-            Direction::Read => (&mut waiters.readable, waiters.read_reports),
-            Direction::Write => (&mut waiters.writable, waiters.write_reports),
-        };
-        if reports == reports_before {
-            *seen = false;
+        match direction {
+            Direction::Read => waiters.readable = false,
+            Direction::Write => waiters.writable = false,
         }
     }
 
@@ -382,9 +316,7 @@ impl Reactor {
         }
         drop(waiters);
         // Best effort: an interest left armed fires once, finds nobody, and only
-        // records the readiness for the next wait. Edge-triggered interest stays.
-        if !self.edge {
-            let _ = self.poller.modify(fd, interest);
-        }
+        // records the readiness for the next wait.
+        let _ = self.poller.modify(fd, interest);
     }
 }

@@ -24,7 +24,7 @@ use futures_core::stream::{FusedStream, Stream};
 use parking_lot::Mutex;
 use rustix::fs::{FileType, OFlags};
 
-use super::{Async, Direction, Ticket};
+use super::Async;
 use crate::blocking::spawn_blocking;
 use crate::error::Error;
 use crate::event_loop::context;
@@ -538,8 +538,6 @@ enum StdinSource {
         stdin: Async<NonBlockingStdin>,
         /// The last read left a readiness wait armed.
         waiting: bool,
-        /// That wait's registration.
-        ticket: Ticket,
     },
     /// What the poller refuses (a regular file, `/dev/null`): reads run on the
     /// blocking pool. The descriptor is in the in-flight read while it runs.
@@ -570,7 +568,6 @@ impl StdinSource {
             Ok(stdin) => Ok(StdinSource::Pollable {
                 stdin,
                 waiting: false,
-                ticket: Ticket::new(Direction::Read),
             }),
             // EPERM: the descriptor does not support polling (`/dev/null`, say).
             Err(error) if error.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {
@@ -590,23 +587,23 @@ impl StdinSource {
     /// Appends what one read gives to `buffer`; `Ok(0)` at the end of input.
     fn poll_read(&mut self, cx: &mut Context<'_>, buffer: &mut Vec<u8>) -> Poll<io::Result<usize>> {
         match self {
-            StdinSource::Pollable {
-                stdin,
-                waiting,
-                ticket,
-            } => {
+            StdinSource::Pollable { stdin, waiting } => {
                 let mut chunk = [0; READ_CHUNK];
-                let mut file = &stdin.get_ref().file;
-                let read = stdin.poll_op(ticket, cx, || loop {
-                    match file.read(&mut chunk) {
+                loop {
+                    match (&stdin.get_ref().file).read(&mut chunk) {
+                        Ok(n) => {
+                            *waiting = false;
+                            buffer.extend_from_slice(&chunk[..n]);
+                            return Poll::Ready(Ok(n));
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        done => return done,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            *waiting = true;
+                            ready!(stdin.poll_readable(cx))?;
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
                     }
-                });
-                *waiting = read.is_pending();
-                let n = ready!(read)?;
-                buffer.extend_from_slice(&chunk[..n]);
-                Poll::Ready(Ok(n))
+                }
             }
             StdinSource::OnPool { file, read } => loop {
                 if let Some(in_flight) = read {
