@@ -133,6 +133,40 @@ fn cancelling_a_task_before_it_ever_ran_drops_its_future() {
 }
 
 #[test]
+fn a_cancelled_task_never_takes_another_step_even_if_it_was_queued() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        // Queued to run (a new task is polled from the microtask queue), then
+        // cancelled before the loop got to it: its body must not run at all.
+        let ran = Counter::default();
+        let bump = ran.clone();
+        let fresh = spawn(async move {
+            bump.bump();
+            Ok::<_, Error>(())
+        });
+        assert!(fresh.cancel());
+        // Woken (its wait is over, so it is queued again), then cancelled in the
+        // same microtask: the code after its `await` must not run.
+        let (gate, opener) = Promise::<()>::pending();
+        let after = Counter::default();
+        let past_the_gate = after.clone();
+        let waiting = spawn(async move {
+            gate.await?;
+            past_the_gate.bump();
+            Ok::<_, Error>(())
+        });
+        // Queued after the task's first poll, which leaves it waiting on the gate.
+        thenable::queue_microtask(move || {
+            opener.resolve(());
+            assert!(waiting.cancel());
+        });
+        event_loop.run().unwrap();
+        assert_eq!(ran.get(), 0, "the fresh task ran after it was cancelled");
+        assert_eq!(after.get(), 0, "the woken task ran past its await");
+    });
+}
+
+#[test]
 fn cancellation_reaches_a_promise_returned_by_a_handler() {
     within(|| {
         let event_loop = EventLoop::new();

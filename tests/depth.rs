@@ -51,3 +51,38 @@ fn adopt_depth(n: u64) -> Promise<u64> {
 fn nested_adoption_100_000_deep() {
     assert_eq!(block_on(adopt_depth(100_000)).unwrap(), 100_000);
 }
+
+/// A task 100,000 deep in a chain of tasks, each awaiting the next, the last one
+/// asleep for an hour once it has told `reached`.
+fn waiting_depth(n: u64, reached: thenable::Resolver<()>) -> Promise<u64> {
+    spawn(async move {
+        if n == 0 {
+            reached.resolve(());
+            thenable::sleep(std::time::Duration::from_secs(3600)).await?;
+            Ok(0)
+        } else {
+            Ok(waiting_depth(n - 1, reached).await? + 1)
+        }
+    })
+}
+
+#[test]
+fn cancelling_a_chain_of_100_000_waiting_tasks_costs_no_stack() {
+    // A small stack, so that a cancellation that recursed would overflow it.
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| {
+            let event_loop = thenable::EventLoop::new();
+            let (reached, resolver) = Promise::<()>::pending();
+            let root = waiting_depth(100_000, resolver);
+            event_loop.block_on(reached).unwrap();
+            // Every task drops, one after another, and with the last the sleep's
+            // timer: nothing is left to keep the loop alive.
+            assert!(root.cancel());
+            event_loop.run().unwrap();
+            assert!(event_loop.block_on(root).unwrap_err().is_cancelled());
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}

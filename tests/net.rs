@@ -413,6 +413,23 @@ fn a_cancelled_read_line_loses_no_bytes() {
     })
 }
 
+/// A read cancelled before its task ever ran consumes nothing: the bytes are there
+/// for the next read (the same holds for `read_exact`, `accept` and `recv_from`,
+/// which run the same way).
+#[test]
+fn a_read_cancelled_at_once_leaves_the_bytes_for_the_next_one() {
+    run(async {
+        let (client, server) = connected_pair().await?;
+        client.write_all("line one\n").await?;
+        // Let the line arrive, so that a read that did run would consume it.
+        sleep(Duration::from_millis(10)).await?;
+        let cancelled = server.read_line(100);
+        assert!(cancelled.cancel());
+        assert_eq!(server.read_line(100).await?.as_deref(), Some("line one"));
+        Ok(())
+    })
+}
+
 #[test]
 fn a_misbehaving_client_does_not_disturb_the_others() {
     run(async {

@@ -6,6 +6,7 @@
 //! made here and nowhere else.
 
 use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
@@ -36,7 +37,12 @@ struct Context {
     unhandled_hook: RefCell<Option<UnhandledHook>>,
 }
 
+/// A task to drop, with the loop it belongs to.
+type CancelledTask = (Rc<Local>, Arc<TaskWaker>);
+
 thread_local! {
+    /// Tasks to drop, found while dropping a cancelled task (see [`cancel_task`]).
+    static CANCELLED_TASKS: RefCell<Option<Vec<CancelledTask>>> = const { RefCell::new(None) };
     static CONTEXT: Context = Context::default();
     /// This thread's default loop, created the first time nothing else is there.
     /// Kept apart from `CONTEXT` and first touched after it, so that at thread exit
@@ -184,7 +190,59 @@ pub(crate) fn schedule_task(task: Arc<TaskWaker>) {
 /// Runs `f` on the loop `home`, as a microtask: queued directly when that loop
 /// belongs to this thread, through its injector otherwise.
 pub(crate) fn run_on(home: &LoopRef, f: Box<dyn FnOnce() + Send>) {
-    let local = CONTEXT
+    match local_loop(home) {
+        Some(local) => local.push(Job::Call(f)),
+        None => home.inject(SendJob::Call(f)),
+    }
+}
+
+/// Drops a task's future because its promise was cancelled, on the task's loop.
+///
+/// On the loop's own thread this happens before `cancel` returns, so a task that
+/// was already queued to run never takes another step (it would otherwise run up
+/// to its next `await`, and an I/O operation would consume data nobody takes).
+/// Futures dropped meanwhile may cancel further tasks: those are dropped by the
+/// same call, one after another from a work list, so a deep chain of tasks costs
+/// no stack. From another thread, the loop is asked to do it.
+pub(crate) fn cancel_task(task: &std::sync::Weak<TaskWaker>) {
+    let Some(task) = task.upgrade() else { return };
+    let Some(local) = local_loop(&task.home) else {
+        let home = task.home.clone();
+        home.inject(SendJob::Call(Box::new(move || {
+            with_current(|local| local.cancel_task(&task));
+        })));
+        return;
+    };
+    let outermost = CANCELLED_TASKS.with(|list| {
+        let mut list = list.borrow_mut();
+        match list.as_mut() {
+            Some(pending) => {
+                pending.push((local.clone(), task.clone()));
+                false
+            }
+            None => {
+                *list = Some(Vec::new());
+                true
+            }
+        }
+    });
+    if !outermost {
+        return;
+    }
+    let mut next = Some((local, task));
+    while let Some((local, task)) = next {
+        // A destructor that panics must not unwind into the caller of `cancel`.
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| local.cancel_task(&task))) {
+            super::report_panic("a cancelled task's destructor", &*payload);
+        }
+        next = CANCELLED_TASKS.with(|list| list.borrow_mut().as_mut().and_then(Vec::pop));
+    }
+    CANCELLED_TASKS.with(|list| list.borrow_mut().take());
+}
+
+/// This thread's loop whose shared part is `home`, running or not.
+pub(crate) fn local_loop(home: &LoopRef) -> Option<Rc<Local>> {
+    CONTEXT
         .try_with(|cx| {
             let running = cx.running.borrow().clone();
             let created = cx.created.borrow();
@@ -194,23 +252,7 @@ pub(crate) fn run_on(home: &LoopRef, f: Box<dyn FnOnce() + Send>) {
                 .find(|local| Arc::ptr_eq(home, &local.shared))
         })
         .ok()
-        .flatten();
-    match local {
-        Some(local) => local.push(Job::Call(f)),
-        None => home.inject(SendJob::Call(f)),
-    }
-}
-
-/// Drops a task's future because its promise was cancelled, on the task's loop.
-pub(crate) fn cancel_task(task: &std::sync::Weak<TaskWaker>) {
-    let Some(task) = task.upgrade() else { return };
-    let home = task.home.clone();
-    run_on(
-        &home,
-        Box::new(move || {
-            with_current(|local| local.cancel_task(&task));
-        }),
-    );
+        .flatten()
 }
 
 /// Runs `f` with the loop running on this thread, if any.

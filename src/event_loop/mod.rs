@@ -560,13 +560,18 @@ impl Link<(), Error> for SleepLink {
             return;
         }
         let id = TimerId::from_slot_bits(node.link.home.id, bits);
-        // The timer table is the home loop's: cleared there, from any thread.
-        context::run_on(
-            &node.link.home,
-            Box::new(move || {
-                clear_timer(id);
-            }),
-        );
+        // The timer table is the home loop's: cleared at once on its thread (the
+        // callback, which holds this node, is dropped outside the borrow), or by
+        // the loop, asked from another thread.
+        match context::local_loop(&node.link.home) {
+            Some(local) => drop(local.timers.borrow_mut().clear(id)),
+            None => context::run_on(
+                &node.link.home,
+                Box::new(move || {
+                    clear_timer(id);
+                }),
+            ),
+        }
     }
 }
 
