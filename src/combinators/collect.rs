@@ -17,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::promise::{internal, Observation, Promise, Settled, Settler};
+use crate::promise::{internal, never, Observation, Promise, Settled, Settler};
 
 // ---------------------------------------------------------------------------
 // Links: one `watch` per input
@@ -315,10 +315,12 @@ fn decide_race<T, E>(_: &mut (), _: usize, outcome: Result<T, E>) -> Option<Resu
 /// `Promise.race`); the losers still pending are then cancelled, which releases
 /// their timers and tasks unless something else consumes them.
 ///
-/// An empty input rejects at once with an error for which [`Error::is_deadlock`]
-/// holds: JavaScript's `Promise.race([])` stays pending for ever, which here would be
-/// a silent hang. An input cancelled elsewhere counts as settling with
-/// [`Error::cancelled`]. Cancelling the output cancels every input still pending.
+/// An empty input gives a promise that stays pending for ever, as JavaScript's
+/// `Promise.race([])` does; nothing keeps the loop alive for it, so
+/// [`block_on`](crate::block_on) on it ends with an error for which
+/// [`Error::is_deadlock`] holds instead of hanging. An input cancelled elsewhere
+/// counts as settling with [`Error::cancelled`]. Cancelling the output cancels every
+/// input still pending.
 ///
 /// ```
 /// use std::time::Duration;
@@ -330,7 +332,9 @@ fn decide_race<T, E>(_: &mut (), _: usize, outcome: Result<T, E>) -> Option<Resu
 /// assert_eq!(thenable::block_on(race([slow, fast])).unwrap(), "fast");
 ///
 /// let none: Vec<Promise<i32>> = Vec::new();
-/// assert!(thenable::block_on(race(none)).unwrap_err().is_deadlock());
+/// let never = race(none);
+/// assert!(never.is_pending());
+/// assert!(thenable::block_on(never).unwrap_err().is_deadlock()); // not a hang
 /// ```
 pub fn race<T, E>(promises: impl IntoIterator<Item = Promise<T, E>>) -> Promise<T, E>
 where
@@ -339,9 +343,7 @@ where
 {
     let inputs: Vec<Promise<T, E>> = promises.into_iter().collect();
     if inputs.is_empty() {
-        return Promise::rejected(E::from(Error::deadlock(
-            "race of no promises: nothing could ever settle it",
-        )));
+        return never();
     }
     Gather::start((), inputs, decide_race::<T, E>)
 }

@@ -846,6 +846,18 @@ where
     (promise, Settler { node: Some(node) })
 }
 
+/// A promise that nothing will ever settle (but a cancellation): JavaScript's
+/// `Promise.race([])`. Nothing keeps a loop alive for it, so `block_on` on it
+/// reports a deadlock instead of waiting.
+pub(crate) fn never<T, E>() -> Promise<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let node: NodeRef<T, E> = Promise::rooted(None);
+    Promise { node: Some(node) }
+}
+
 /// A new pending promise settled from inside the library, with its settler.
 pub(crate) fn internal<T, E>() -> (Promise<T, E>, Settler<T, E>)
 where
