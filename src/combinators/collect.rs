@@ -188,13 +188,13 @@ fn take_all<T>(slots: &mut [Option<T>]) -> Vec<T> {
 // all
 // ---------------------------------------------------------------------------
 
-struct AllOf<T> {
+struct AllValues<T> {
     values: Vec<Option<T>>,
     left: usize,
 }
 
 fn decide_all<T, E>(
-    state: &mut AllOf<T>,
+    state: &mut AllValues<T>,
     index: usize,
     outcome: Result<T, E>,
 ) -> Option<Result<Vec<T>, E>> {
@@ -211,12 +211,16 @@ fn decide_all<T, E>(
 /// Fulfils with every input's value, in input order, once all have fulfilled
 /// (JavaScript's `Promise.all`, asyncio's `gather`).
 ///
+/// `promises` is either any iterator of promises of one value type, whose values
+/// come back in a `Vec`, or a tuple of 2 to 12 promises of any value types (and one
+/// error type), whose values come back in a tuple of the same shape (the same as
+/// [`join`]); see [`IntoAll`].
+///
 /// Fails fast: the first rejection rejects the output at once, and the inputs still
 /// pending are then cancelled (see [`Promise::cancel`]: an input that something
 /// else also consumes keeps running for that consumer). An empty input fulfils with
 /// an empty `Vec`. An input cancelled elsewhere counts as a rejection with
 /// [`Error::cancelled`]. Cancelling the output cancels the inputs still pending.
-/// For inputs of different value types, see [`join`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -227,23 +231,84 @@ fn decide_all<T, E>(
 /// let both = all([slow, fast]);
 /// assert_eq!(thenable::block_on(both).unwrap(), ["slow", "fast"]); // input order
 ///
+/// let mixed = all((Promise::<u8>::resolved(1), Promise::resolved("two")));
+/// assert_eq!(thenable::block_on(mixed).unwrap(), (1, "two"));
+///
 /// let none: Vec<Promise<i32>> = Vec::new();
 /// assert!(thenable::block_on(all(none)).unwrap().is_empty());
 /// ```
-pub fn all<T, E>(promises: impl IntoIterator<Item = Promise<T, E>>) -> Promise<Vec<T>, E>
+pub fn all<Shape, P: IntoAll<Shape>>(promises: P) -> Promise<P::Values, P::Error> {
+    promises.into_all()
+}
+
+/// What [`all`] and [`Promise::all`] take: an iterator of promises of one value
+/// type, or a tuple of up to 12 promises of different value types. `Shape` (which
+/// is [`Many`] or [`Tuple`]) only tells the two kinds apart; it is inferred, never
+/// written.
+///
+/// ```
+/// use thenable::{all, Promise};
+///
+/// let listed = all(vec![Promise::<u8>::resolved(1), Promise::resolved(2)]);
+/// let tupled = all((Promise::<u8>::resolved(1), Promise::resolved('b')));
+/// assert_eq!(thenable::block_on(listed).unwrap(), [1, 2]);
+/// assert_eq!(thenable::block_on(tupled).unwrap(), (1, 'b'));
+/// ```
+pub trait IntoAll<Shape> {
+    /// What the output fulfils with: a `Vec` of the values, or a tuple of them.
+    type Values: Send + 'static;
+    /// The inputs' (and the output's) error type.
+    type Error: From<Error> + Send + 'static;
+    #[doc(hidden)]
+    fn into_all(self) -> Promise<Self::Values, Self::Error>;
+}
+
+/// The [`IntoAll`] shape of an iterator of promises of one type.
+///
+/// ```
+/// let _: fn(Vec<thenable::Promise<u8>>) -> thenable::Promise<Vec<u8>> =
+///     thenable::all::<thenable::Many, _>;
+/// ```
+pub enum Many {}
+
+/// The [`IntoAll`] shape of a tuple of promises.
+///
+/// ```
+/// use thenable::Promise;
+/// let _: fn((Promise<u8>, Promise<char>)) -> Promise<(u8, char)> =
+///     thenable::all::<thenable::Tuple, _>;
+/// ```
+pub enum Tuple {}
+
+impl<I, T, E> IntoAll<Many> for I
 where
+    I: IntoIterator<Item = Promise<T, E>>,
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    let inputs: Vec<Promise<T, E>> = promises.into_iter().collect();
-    if inputs.is_empty() {
-        return Promise::resolved(Vec::new());
+    type Values = Vec<T>;
+    type Error = E;
+
+    fn into_all(self) -> Promise<Vec<T>, E> {
+        let inputs: Vec<Promise<T, E>> = self.into_iter().collect();
+        if inputs.is_empty() {
+            return Promise::resolved(Vec::new());
+        }
+        let policy = AllValues {
+            values: (0..inputs.len()).map(|_| None).collect(),
+            left: inputs.len(),
+        };
+        Gather::start(policy, inputs, decide_all::<T, E>)
     }
-    let policy = AllOf {
-        values: (0..inputs.len()).map(|_| None).collect(),
-        left: inputs.len(),
-    };
-    Gather::start(policy, inputs, decide_all::<T, E>)
+}
+
+impl<J: Join> IntoAll<Tuple> for J {
+    type Values = J::Values;
+    type Error = J::Error;
+
+    fn into_all(self) -> Promise<J::Values, J::Error> {
+        self.join()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -605,15 +670,22 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    /// [`all`] as an associated function: `Promise::all(promises)`, as in JavaScript.
+    /// [`all`] as an associated function: `Promise::all(promises)`, as in JavaScript,
+    /// over an iterator of promises or a tuple of them. (The result is this
+    /// `Promise<T, E>`: `T` is the `Vec` or tuple of values.)
     ///
     /// ```
     /// use thenable::Promise;
     ///
     /// let p = Promise::all(vec![Promise::<i32>::resolved(1), Promise::resolved(2)]);
     /// assert_eq!(thenable::block_on(p).unwrap(), [1, 2]);
+    /// let q = Promise::all((Promise::<i32>::resolved(1), Promise::resolved("two")));
+    /// assert_eq!(thenable::block_on(q).unwrap(), (1, "two"));
     /// ```
-    pub fn all(promises: impl IntoIterator<Item = Promise<T, E>>) -> Promise<Vec<T>, E> {
+    pub fn all<Shape, P>(promises: P) -> Promise<T, E>
+    where
+        P: IntoAll<Shape, Values = T, Error = E>,
+    {
         all(promises)
     }
 
