@@ -771,6 +771,55 @@ fn thenable_block_on_of_a_chain_built_on_another_thread() {
 // Interop with other executors
 // ---------------------------------------------------------------------------
 
+/// Handlers due on a thread that runs no loop (its promise settled already, or
+/// settled by a resolver made there) run wherever the chain is awaited: in a tokio
+/// worker, or on another thread, not in a queue nobody will drive.
+#[test]
+fn a_chain_built_on_one_thread_completes_when_awaited_on_another() {
+    within(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let p = Promise::<i32>::resolved(1).map(|v| v + 41);
+            tokio::spawn(p).await.unwrap()
+        });
+        assert_eq!(got.unwrap(), 42);
+
+        let p = Promise::<i32>::resolved(1).then(|v| Ok(v + 1));
+        let got = thread::spawn(move || futures::executor::block_on(p)).join();
+        assert_eq!(got.unwrap().unwrap(), 2);
+
+        // Settled by a resolver made here, on this thread, before anyone waits.
+        let (p, r) = Promise::<i32>::pending();
+        let chain = p.map(|v| v * 10);
+        assert!(r.resolve(3));
+        let got = thread::spawn(move || futures::executor::block_on(chain)).join();
+        assert_eq!(got.unwrap().unwrap(), 30);
+    });
+}
+
+/// Work queued before a loop existed, or for an older loop of this thread, runs on
+/// the loop that is run: waiting on it is not a deadlock.
+#[test]
+fn work_queued_for_another_loop_of_this_thread_runs_on_the_running_one() {
+    within(|| {
+        let before = Promise::<i32>::resolved(1).map(|v| v + 1);
+        let event_loop = EventLoop::new();
+        assert_eq!(event_loop.block_on(before).unwrap(), 2);
+
+        let older = EventLoop::new();
+        let (p, r) = Promise::<i32>::pending(); // homed on `older`
+        let newer = EventLoop::new();
+        thenable::set_timeout(Duration::from_millis(1), move || {
+            r.resolve(1);
+        });
+        assert_eq!(newer.block_on(p.map(|v| v + 1)).unwrap(), 2);
+        drop(older);
+    });
+}
+
 #[test]
 fn a_promise_awaited_in_tokio_current_thread() {
     within(|| {

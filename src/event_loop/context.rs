@@ -50,74 +50,131 @@ thread_local! {
     static DEFAULT: RefCell<Option<EventLoop>> = const { RefCell::new(None) };
 }
 
-/// Queues a promise reaction.
+/// Where a reaction goes (see [`schedule`]).
+enum Target {
+    /// A queue of this thread's loops.
+    Local(Rc<Local>),
+    /// The home loop belongs to another thread.
+    Elsewhere,
+    /// Nobody drives the loop it would go to: whoever waits next runs it.
+    Orphan,
+    /// A loop is being torn down on this thread: abandoned with it.
+    Grave,
+}
+
+/// The one place that decides where a reaction runs.
+///
+/// - With a loop running on this thread, there, unless the reaction's home loop
+///   belongs to another thread (then that loop's injector, or the orphans).
+/// - With none running: the home loop if it is one of this thread's own
+///   `EventLoop`s, or, for a reaction with no home, the newest of them (it will run
+///   when that loop runs). Work bound for this thread's *default* loop, which only
+///   runs while something on this thread waits on a thenable promise, becomes an
+///   orphan instead: then a promise built here and awaited on another thread (a
+///   tokio worker, say) is not stuck in a queue nobody here will run.
+fn target(cx: &Context, home: Option<&LoopRef>) -> Target {
+    if cx.graveyard.borrow().is_some() {
+        return Target::Grave;
+    }
+    let mine = |home: &LoopRef| {
+        cx.created
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|local| Arc::ptr_eq(home, &local.shared))
+    };
+    if let Some(running) = cx.running.borrow().clone() {
+        return match home {
+            None => Target::Local(running),
+            Some(home) if Arc::ptr_eq(home, &running.shared) || mine(home).is_some() => {
+                Target::Local(running)
+            }
+            Some(_) => Target::Elsewhere,
+        };
+    }
+    let local = match home {
+        Some(home) => match mine(home) {
+            Some(local) => local,
+            None => return Target::Elsewhere,
+        },
+        None => match newest_created(cx) {
+            Some(local) => local,
+            None => return Target::Orphan,
+        },
+    };
+    if is_default(&local) {
+        Target::Orphan
+    } else {
+        Target::Local(local)
+    }
+}
+
+/// The most recently created live loop of this thread.
+fn newest_created(cx: &Context) -> Option<Rc<Local>> {
+    let mut created = cx.created.borrow_mut();
+    while let Some(last) = created.last() {
+        match last.upgrade() {
+            Some(local) => return Some(local),
+            None => {
+                created.pop();
+            }
+        }
+    }
+    None
+}
+
+/// True if `local` is this thread's default loop.
+fn is_default(local: &Rc<Local>) -> bool {
+    DEFAULT
+        .try_with(|default| {
+            default
+                .borrow()
+                .as_ref()
+                .is_some_and(|default| Rc::ptr_eq(&default.local, local))
+        })
+        .unwrap_or(false)
+}
+
+/// Queues a promise reaction where [`target`] says.
 ///
 /// A promise settled by a `Resolver` has a `home` loop (where the resolver was
-/// made) and its reactions run there: directly if that loop belongs to this thread,
-/// through its injector if another thread drives it, and as orphans (run by
-/// whichever loop or foreign poll waits next) if nobody drives it. Other reactions
-/// go to the loop running on this thread, or else to this thread's ambient loop.
+/// made); its reactions go there through its injector if another thread drives
+/// it, and as orphans (run by whichever loop or foreign poll waits next) if nobody
+/// drives it. Other reactions go to the loop running on this thread, or else to
+/// this thread's newest loop.
 pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
     let mut job = Some(job);
-    let queued = CONTEXT.try_with(|cx| {
-        if let Some(grave) = cx.graveyard.borrow_mut().as_mut() {
-            grave.extend(job.take());
-            return;
-        }
-        let running = cx.running.borrow();
-        let local = match (running.as_ref(), home) {
-            (Some(local), None) => Some(local.clone()),
-            (_, Some(home)) => {
-                let running = running.iter().cloned();
-                let created = cx.created.borrow();
-                let created = created.iter().filter_map(Weak::upgrade);
-                running
-                    .chain(created)
-                    .find(|local| Arc::ptr_eq(home, &local.shared))
+    let decided = CONTEXT.try_with(|cx| {
+        let target = target(cx, home);
+        if let Target::Grave = target {
+            if let Some(grave) = cx.graveyard.borrow_mut().as_mut() {
+                grave.extend(job.take());
             }
-            (None, None) => None,
-        };
-        if let Some(local) = local {
-            local.push(Job::Run(job.take().expect("not queued yet")));
         }
+        target
     });
     let Some(job) = job else { return };
-    match (queued, home) {
-        (Ok(()), Some(home)) if home.is_driven() || home.is_closed() => {
-            home.inject(SendJob::Run(job))
-        }
-        (Ok(()), Some(_)) => orphans::push(job),
-        (Ok(()), None) => with_ambient(|local| local.push(Job::Run(job))),
+    match decided {
+        Ok(Target::Local(local)) => local.push(Job::Run(job)),
+        Ok(Target::Grave) => job.abandon(),
+        Ok(Target::Orphan) => orphans::push(job),
+        Ok(Target::Elsewhere) => match home {
+            Some(home) if home.is_driven() || home.is_closed() => home.inject(SendJob::Run(job)),
+            _ => orphans::push(job),
+        },
         // The thread is exiting: nothing will ever run this; settle it as broken.
-        (Err(_), _) => job.abandon(),
+        Err(_) => job.abandon(),
     }
 }
 
 /// The queue of this thread that [`schedule`] would put reactions homed on `home`
-/// on, if it is one of this thread's loops (and no loop is being torn down):
-/// reactions can then be pushed there directly, many at a time.
+/// on, if it is one of this thread's loops: reactions can then be pushed there
+/// directly, many at a time.
 pub(crate) fn local_queue(home: Option<&LoopRef>) -> Option<Rc<Local>> {
-    CONTEXT
-        .try_with(|cx| {
-            if cx.graveyard.borrow().is_some() {
-                return None;
-            }
-            let running = cx.running.borrow();
-            match (running.as_ref(), home) {
-                (Some(local), None) => Some(local.clone()),
-                (_, Some(home)) => {
-                    let created = cx.created.borrow();
-                    running
-                        .iter()
-                        .cloned()
-                        .chain(created.iter().filter_map(Weak::upgrade))
-                        .find(|local| Arc::ptr_eq(home, &local.shared))
-                }
-                (None, None) => None,
-            }
-        })
-        .ok()
-        .flatten()
+    match CONTEXT.try_with(|cx| target(cx, home)) {
+        Ok(Target::Local(local)) => Some(local),
+        _ => None,
+    }
 }
 
 /// Registers a promise rejected with nobody watching: if nobody consumes it by the
@@ -270,24 +327,9 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&Rc<Local>) -> R) -> R {
     f(&local)
 }
 
-fn with_ambient<R>(f: impl FnOnce(&Rc<Local>) -> R) -> R {
-    f(&ambient())
-}
-
 /// The loop free functions use when no loop runs on this thread.
 pub(crate) fn ambient() -> Rc<Local> {
-    let newest = CONTEXT.with(|cx| {
-        let mut created = cx.created.borrow_mut();
-        while let Some(last) = created.last() {
-            match last.upgrade() {
-                Some(local) => return Some(local),
-                None => {
-                    created.pop();
-                }
-            }
-        }
-        None
-    });
+    let newest = CONTEXT.with(newest_created);
     newest.unwrap_or_else(|| {
         DEFAULT.with(|default| {
             let mut default = default.borrow_mut();
