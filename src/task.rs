@@ -30,6 +30,14 @@ pub(crate) struct TaskWaker {
     internal: AtomicUsize,
     /// The promise this task settles, for chaining-cycle detection.
     output: Option<Weak<dyn Graph>>,
+    /// An `await` of an already settled promise yielded during the last poll (see
+    /// [`TaskWaker::settled_await_may_proceed`]).
+    yield_requested: AtomicBool,
+    /// The current poll is the one that follows such a yield.
+    yield_granted: AtomicBool,
+    /// The promise (its node's key) this task last registered to wait on: when that
+    /// one is found settled, the task was woken by it, and it must not yield.
+    awaiting: AtomicUsize,
 }
 
 /// `Arc` references the loop itself keeps to every task waker: the one in the task
@@ -44,7 +52,53 @@ impl TaskWaker {
             scheduled: AtomicBool::new(true),
             internal: AtomicUsize::new(0),
             output,
+            yield_requested: AtomicBool::new(false),
+            yield_granted: AtomicBool::new(false),
+            awaiting: AtomicUsize::new(0),
         }
+    }
+
+    /// This task now waits on the promise whose node has `key`.
+    pub(crate) fn waits_on(&self, key: usize) {
+        self.awaiting.store(key, Ordering::Relaxed);
+    }
+
+    /// Polls the task's future with `poll`, granting the yield an `await` of an
+    /// already settled promise asked for in the previous poll.
+    pub(crate) fn poll_granting_yields<R>(&self, poll: impl FnOnce() -> R) -> R {
+        let granted = self.yield_requested.swap(false, Ordering::Relaxed);
+        self.yield_granted.store(granted, Ordering::Relaxed);
+        let result = poll();
+        self.yield_granted.store(false, Ordering::Relaxed);
+        result
+    }
+
+    /// Whether this task, awaiting the settled promise whose node has `key`, may
+    /// take its outcome now. In JavaScript an `await` always costs a microtask
+    /// tick, even on a settled promise; so when the task did not wait on it before,
+    /// the first time it asks to be polled again from the back of the queue (and
+    /// says no), and in that next poll it may.
+    pub(crate) fn settled_await_may_proceed(self: &Arc<Self>, key: usize) -> bool {
+        if self
+            .awaiting
+            .compare_exchange(key, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            // It waited on this promise and was woken because it settled: the
+            // tick was the wake-up.
+            return true;
+        }
+        if self.key == usize::MAX {
+            // `block_on`'s own future is polled by `block_on`, not from the queue:
+            // a yield would not be a tick.
+            return true;
+        }
+        if self.yield_granted.swap(false, Ordering::Relaxed) {
+            return true;
+        }
+        self.yield_requested.store(true, Ordering::Relaxed);
+        self.wake_by_ref();
+        false
     }
 
     /// True when code outside thenable's promises holds this waker, so the task may

@@ -56,14 +56,18 @@ fn a_panic_rejects_and_the_pool_survives_it() {
     assert_eq!(thenable::block_on(after).unwrap(), "still working");
 }
 
+/// The job runs on a pool thread, its handlers on a loop: this one, unless the
+/// job finished before this thread got into `block_on` and another loop of the
+/// process, with nothing else to do, ran the reaction first (an orphan: see
+/// docs/design.md). Never on the pool thread.
 #[test]
-fn runs_off_the_loop_thread_and_settles_on_it() {
+fn runs_off_the_loop_thread_and_settles_on_a_loop() {
     let loop_thread = thread::current().id();
     let job = spawn_blocking(|| Ok::<_, Error>(thread::current().id()));
     let observed = job.map(move |worker| (worker, thread::current().id()));
     let (worker, handler) = thenable::block_on(observed).unwrap();
     assert_ne!(worker, loop_thread, "the job ran on the loop thread");
-    assert_eq!(handler, loop_thread, "the handler ran on a pool thread");
+    assert_ne!(handler, worker, "the handler ran on the pool thread");
 }
 
 #[test]

@@ -157,10 +157,10 @@ pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
     match decided {
         Ok(Target::Local(local)) => local.push(Job::Run(job)),
         Ok(Target::Grave) => job.abandon(),
-        Ok(Target::Orphan) => orphans::push(job),
+        Ok(Target::Orphan) => orphans::push(job, home),
         Ok(Target::Elsewhere) => match home {
             Some(home) if home.is_driven() || home.is_closed() => home.inject(SendJob::Run(job)),
-            _ => orphans::push(job),
+            _ => orphans::push(job, home),
         },
         // The thread is exiting: nothing will ever run this; settle it as broken.
         Err(_) => job.abandon(),

@@ -253,7 +253,9 @@ impl Local {
         let waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&waker);
         let poll = context::polling_task(task.clone(), || {
-            catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
+            task.poll_granting_yields(|| {
+                catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
+            })
         });
         match poll {
             Ok(Poll::Pending) => {
@@ -341,18 +343,22 @@ impl Local {
         }
     }
 
-    /// Moves work sent by other threads, and orphan reactions, to the microtasks.
-    fn take_injected(&self) {
+    /// Moves work sent by other threads, and orphan reactions, to the microtasks:
+    /// the orphans meant for this loop, or, with `all_orphans`, every one (see
+    /// `orphans::take`). True if it moved anything.
+    fn take_injected(&self, all_orphans: bool) -> bool {
         let mut micro = self.micro.borrow_mut();
+        let before = micro.len();
         if self.shared.has_injected.swap(false, Ordering::AcqRel) {
             let injected = std::mem::take(&mut *self.shared.injected.lock());
             micro.extend(injected.into_iter().map(Job::from));
         }
-        if let Some(orphans) = orphans::take() {
+        if let Some(orphans) = orphans::take(&self.shared, all_orphans) {
             self.orphans_taken
                 .set(self.orphans_taken.get() + orphans.len());
             micro.extend(orphans.into_iter().map(Job::Run));
         }
+        micro.len() > before
     }
 
     fn run_due_timers(&self, done: &dyn Fn() -> bool) {
@@ -430,8 +436,11 @@ impl Local {
     /// wait for I/O or a wake-up, no longer than the next timer; work injected
     /// from other threads; immediates (microtasks after each).
     pub(crate) fn turn_until(&self, done: &dyn Fn() -> bool, block: bool) -> Stop {
+        // A poll from another executor runs every orphan; a loop that waits for
+        // its own work runs other loops' orphans only when it has nothing to do.
+        let all_orphans = !block;
         loop {
-            self.take_injected();
+            self.take_injected(all_orphans);
             self.drain_micro();
             if done() {
                 return Stop::Done;
@@ -439,6 +448,9 @@ impl Local {
             self.run_due_timers(done);
             if done() {
                 return Stop::Done;
+            }
+            if !self.has_ready_work() && !all_orphans && self.take_injected(true) {
+                continue;
             }
             let timeout = if self.has_ready_work() {
                 Some(Duration::ZERO)
@@ -457,7 +469,7 @@ impl Local {
             if timeout != Some(Duration::ZERO) || self.shared.reactor.has_armed_sources() {
                 self.shared.reactor.wait(timeout);
             }
-            self.take_injected();
+            self.take_injected(all_orphans);
             self.drain_micro();
             if done() {
                 return Stop::Done;

@@ -19,7 +19,10 @@ use super::local::Shared;
 use crate::promise::core::Runnable;
 
 static LOOPS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
-static ORPHANS: Mutex<VecDeque<Arc<dyn Runnable>>> = Mutex::new(VecDeque::new());
+/// A reaction, with the loop it was meant for, if any: that loop takes it first.
+type Orphan = (Option<Weak<Shared>>, Arc<dyn Runnable>);
+
+static ORPHANS: Mutex<VecDeque<Orphan>> = Mutex::new(VecDeque::new());
 static HAS_ORPHANS: AtomicBool = AtomicBool::new(false);
 /// Orphans pushed and not yet run to the end of the drain that took them. A
 /// `block_on` that sees no undriven resolver left must still wait while this is not
@@ -57,20 +60,42 @@ pub(crate) fn undriven_resolvers_exist() -> bool {
         .any(|shared| !shared.is_driven() && shared.is_kept_alive())
 }
 
-pub(crate) fn push(job: Arc<dyn Runnable>) {
+/// Adds a reaction nobody would run otherwise; `home` is the loop it was meant for.
+pub(crate) fn push(job: Arc<dyn Runnable>, home: Option<&Arc<Shared>>) {
     IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
-    ORPHANS.lock().push_back(job);
+    ORPHANS.lock().push_back((home.map(Arc::downgrade), job));
     HAS_ORPHANS.store(true, Ordering::Release);
     wake_foreign_pollers();
     notify_driven_loops();
 }
 
-/// Takes every orphan reaction, in the order they were settled.
-pub(crate) fn take() -> Option<VecDeque<Arc<dyn Runnable>>> {
-    if !HAS_ORPHANS.swap(false, Ordering::AcqRel) {
+/// Takes orphan reactions, in the order they were settled: those meant for `own`
+/// (or for no loop, or for a loop that is gone), or, with `everything`, all of them.
+///
+/// A loop that is busy leaves other loops' orphans alone: their loop may be about
+/// to run (a thread on its way into `block_on`), and they should run there. A loop
+/// with nothing else to do, and a poll from another executor, take everything.
+pub(crate) fn take(own: &Arc<Shared>, everything: bool) -> Option<VecDeque<Arc<dyn Runnable>>> {
+    if !HAS_ORPHANS.load(Ordering::Acquire) {
         return None;
     }
-    Some(std::mem::take(&mut *ORPHANS.lock()))
+    let mut orphans = ORPHANS.lock();
+    let mut taken = VecDeque::new();
+    orphans.retain_mut(|(home, job)| {
+        let mine = everything
+            || home.as_ref().is_none_or(|home| match home.upgrade() {
+                Some(home) => Arc::ptr_eq(&home, own) || home.is_closed(),
+                None => true,
+            });
+        if mine {
+            taken.push_back(job.clone());
+        }
+        !mine
+    });
+    if orphans.is_empty() {
+        HAS_ORPHANS.store(false, Ordering::Release);
+    }
+    (!taken.is_empty()).then_some(taken)
 }
 
 /// True while some orphan reaction has not yet been run (see [`IN_FLIGHT`]).
