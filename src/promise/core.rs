@@ -483,9 +483,14 @@ impl<T, E> Core<T, E> {
 
     /// The `Future` side: takes the outcome (consuming the handle) or registers the
     /// waker. `waiter` is only called when the promise is still pending.
+    ///
+    /// `may_take` is asked before a settled outcome is taken: the awaiting task may
+    /// want to yield first (an `await` costs a tick). It runs under the lock and
+    /// must not touch this promise.
     pub(crate) fn poll_take(
         &self,
         waiter: impl FnOnce(bool) -> Waiter<T, E>,
+        may_take: impl FnOnce() -> bool,
     ) -> Option<Result<T, E>> {
         let mut inner = self.inner.lock();
         inner.handled = true;
@@ -503,6 +508,7 @@ impl<T, E> Core<T, E> {
                 }
                 None
             }
+            State::Settled(_) if !may_take() => None,
             State::Settled(_) => {
                 inner.handles -= 1;
                 let last = inner.handles == 0;

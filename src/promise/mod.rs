@@ -572,21 +572,25 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
             Some(local)
         };
         let task = context::current_task_for(cx.waker());
-        if let Some(task) = &task {
-            if node.core().status() != Status::Pending
-                && !task.settled_await_may_proceed(node.key())
-            {
-                return Poll::Pending;
-            }
-        }
         let key = node.key();
-        let taken = node.core().poll_take(|has_resolver| match task {
+        // Only one of the two closures runs; the cell lets both reach the task.
+        let task = std::cell::Cell::new(task);
+        let may_take = || {
+            let waiting = task.take();
+            let may = waiting
+                .as_ref()
+                .is_none_or(|waiting| waiting.settled_await_may_proceed(key));
+            task.set(waiting);
+            may
+        };
+        let waiter = |has_resolver: bool| match task.take() {
             Some(task) => {
                 task.waits_on(key);
                 Waiter::Task(TaskRef::new(task, !has_resolver))
             }
             None => Waiter::Waker(cx.waker().clone()),
-        });
+        };
+        let taken = node.core().poll_take(waiter, may_take);
         match taken {
             Some(outcome) => {
                 // `poll_take` consumed the handle: forget it without releasing it.
