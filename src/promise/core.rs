@@ -14,16 +14,17 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use crate::error::Error;
-
-/// The lock around a node's state (and a link's slot). Its critical sections are a
-/// few instructions of the library's own code, never user code, and it is almost
-/// never contended (a settle from another thread), so it spins: unlocking is a
-/// plain store where `parking_lot` needs a compare-exchange. A thread that does
-/// meet contention yields its time slice while it waits.
-pub(crate) type Lock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
 use crate::event_loop::context::{self, LoopRef};
 use crate::event_loop::Job;
 use crate::task::TaskRef;
+
+/// The lock around a node's state (and a link's slot). Its critical sections are a
+/// few instructions of the library's own code (the only user code they run is a
+/// value's `Clone`, for a cloned promise), and it is almost never contended (a
+/// settle from another thread), so it spins: unlocking is a plain store where
+/// `parking_lot` needs a compare-exchange. A thread that does meet contention
+/// yields its time slice while it waits.
+pub(crate) type Lock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
 
 /// Something queued on a loop's microtask queue.
 pub(crate) trait Runnable: Send + Sync {
