@@ -316,6 +316,34 @@ fn a_promise_resolved_with_its_own_then_is_a_chaining_cycle() {
 }
 
 #[test]
+fn a_chaining_cycle_of_any_length_is_refused_and_freed() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        for links in [0, 63, 64, 65, 1_000, 100_000] {
+            let freed = Counter::default();
+            let guard = DropCounter(freed.clone());
+            let (p, r) = Promise::<i32>::pending();
+            let mut tail = p.clone().map(move |v| {
+                let _held = &guard;
+                v
+            });
+            for _ in 0..links {
+                tail = tail.map(|v| v + 1);
+            }
+            // `p` follows the end of a chain that starts at `p`.
+            assert!(r.resolve_with(tail));
+            let err = event_loop.block_on(p).unwrap_err();
+            assert!(
+                err.is_deadlock() && err.to_string().contains("chaining cycle"),
+                "{links} links: {err}"
+            );
+            event_loop.run().unwrap();
+            assert_eq!(freed.get(), 1, "{links} links: the cycle was not freed");
+        }
+    });
+}
+
+#[test]
 fn block_on_inside_a_running_loop_is_an_error_not_a_hang() {
     within(|| {
         let event_loop = EventLoop::new();

@@ -50,6 +50,9 @@ pub(crate) trait Graph: Send + Sync {
     fn withdraw_consumer(&self, consumer: usize) -> bool;
     /// Cancels this node; false if it was settled already.
     fn cancel_node(self: Arc<Self>) -> bool;
+    /// The one promise this node waits on now, if it is derived from one (a `then`
+    /// link waiting on its parent, or following the promise its handler returned).
+    fn upstream(&self) -> Option<Arc<dyn Graph>>;
 }
 
 /// What a reaction receives.
@@ -75,6 +78,11 @@ pub(crate) trait Reaction<T, E>: Send + Sync {
 /// have settled it (a parent, a timer, a task, a followed promise).
 pub(crate) trait Link<T, E>: Send + Sync + Sized + 'static {
     fn on_cancel(node: &Arc<Node<T, E, Self>>);
+
+    /// See [`Graph::upstream`]; roots (resolvers, timers, tasks) have none.
+    fn upstream(_node: &Node<T, E, Self>) -> Option<Arc<dyn Graph>> {
+        None
+    }
 }
 
 impl<T, E> Link<T, E> for () {
@@ -136,6 +144,10 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
         }
         L::on_cancel(&self);
         true
+    }
+
+    fn upstream(&self) -> Option<Arc<dyn Graph>> {
+        L::upstream(self)
     }
 }
 

@@ -126,6 +126,14 @@ where
             Slot::Done => {}
         }
     }
+
+    fn upstream(node: &Node<T, E, Self>) -> Option<Arc<dyn Graph>> {
+        match &*node.link.slot.lock() {
+            Slot::Waiting { parent, .. } => Some(parent.clone()),
+            Slot::Following(forward) => forward.source(),
+            Slot::Ready { .. } | Slot::Done => None,
+        }
+    }
 }
 
 impl<T, E, T0, E0, F> Reaction<T0, E0> for Node<T, E, ThenLink<T0, E0, F>>
@@ -267,6 +275,8 @@ impl<T, E> Link<T, E> for Hooks {
 /// Something that can stop following a promise.
 pub(crate) trait Cancel: Send + Sync {
     fn cancel(&self);
+    /// The promise being followed, while it is.
+    fn source(&self) -> Option<Arc<dyn Graph>>;
 }
 
 /// Follows `source` and settles `target` with its outcome, one microtask later (as
@@ -317,7 +327,7 @@ impl<T: Send + 'static, E: Send + 'static> Runnable for Forward<T, E> {
                     return;
                 };
                 let node = source.take_node();
-                if creates_cycle(&*target, &*node) {
+                if creates_cycle(&*target, node.clone()) {
                     self.take_target();
                     node.core().release_handle();
                     let core = target.core();
@@ -393,6 +403,17 @@ impl<T: Send + 'static, E: Send + 'static> Cancel for Forward<T, E> {
             Step::Forward(_) | Step::Done => {}
         }
     }
+
+    fn source(&self) -> Option<Arc<dyn Graph>> {
+        match &*self.step.lock() {
+            Step::Attach(source) => {
+                let node: Arc<dyn Graph> = source.node.clone()?;
+                Some(node)
+            }
+            Step::Waiting(source) => Some(source.clone()),
+            Step::Forward(_) | Step::Done => None,
+        }
+    }
 }
 
 impl<T, E> Drop for Forward<T, E> {
@@ -405,19 +426,36 @@ impl<T, E> Drop for Forward<T, E> {
     }
 }
 
-/// Nodes visited at most when looking for a cycle. Every adoption pays for this
-/// search, so it stays small: real cycles are short (a promise resolved with its own
-/// `then`); a longer one goes undetected here, and a `block_on` on it ends with a
-/// deadlock error instead of a chaining-cycle error.
-const CYCLE_SEARCH_BUDGET: usize = 64;
+/// Promises followed at most walking up from an adopted promise (see
+/// [`creates_cycle`]): far more than any real chain, a bound for safety only.
+const UPSTREAM_WALK_LIMIT: usize = 1 << 24;
+
+/// Nodes visited at most when also looking downstream (for cycles that pass
+/// through something with no single upstream, such as a task).
+const DOWNSTREAM_SEARCH_BUDGET: usize = 64;
 
 /// True if `source` (transitively) waits on `target`, so that `target` adopting
 /// `source` would wait on itself.
-fn creates_cycle(target: &dyn Graph, source: &dyn Graph) -> bool {
-    let wanted = source.key();
-    if target.key() == wanted {
-        return true;
+///
+/// What a promise waits on is a chain, not a tree (a `then` link waits on its
+/// parent, a link following a returned promise on that one), so walking it up from
+/// `source` costs its length and finds a cycle of any length through `then` links
+/// and adoptions. A short search downstream of `target` catches the rest.
+fn creates_cycle(target: &dyn Graph, source: Arc<dyn Graph>) -> bool {
+    let wanted = target.key();
+    let mut current = Some(source.clone());
+    let mut walked = 0;
+    while let Some(node) = current {
+        if node.key() == wanted {
+            return true;
+        }
+        walked += 1;
+        if walked > UPSTREAM_WALK_LIMIT {
+            break;
+        }
+        current = node.upstream();
     }
+    let wanted = source.key();
     let mut frontier = Vec::new();
     target.downstream(&mut frontier);
     let mut visited = 0;
@@ -426,7 +464,7 @@ fn creates_cycle(target: &dyn Graph, source: &dyn Graph) -> bool {
             return true;
         }
         visited += 1;
-        if visited >= CYCLE_SEARCH_BUDGET {
+        if visited >= DOWNSTREAM_SEARCH_BUDGET {
             return false;
         }
         node.downstream(&mut frontier);
