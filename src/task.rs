@@ -15,8 +15,7 @@ use std::task::{Poll, Wake};
 
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
-use crate::promise::core::Graph;
-use crate::promise::core::{Link, Node, Status};
+use crate::promise::core::{Graph, Link, Node, Status};
 use crate::promise::Settler;
 
 /// The waker of one task.
