@@ -11,7 +11,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use super::{orphans, EventLoop, Job, Local, SendJob, Shared};
-use crate::promise::core::{Graph, Runnable};
+use crate::promise::core::{self, Graph, Runnable};
 use crate::task::TaskWaker;
 
 /// What `set_unhandled_rejection_hook` installs.
@@ -76,24 +76,19 @@ fn target(cx: &Context, home: Option<&LoopRef>) -> Target {
     if cx.graveyard.borrow().is_some() {
         return Target::Grave;
     }
-    let mine = |home: &LoopRef| {
-        cx.created
-            .borrow()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|local| Arc::ptr_eq(home, &local.shared))
-    };
     if let Some(running) = cx.running.borrow().clone() {
         return match home {
             None => Target::Local(running),
-            Some(home) if Arc::ptr_eq(home, &running.shared) || mine(home).is_some() => {
+            Some(home)
+                if Arc::ptr_eq(home, &running.shared) || created_loop(cx, home).is_some() =>
+            {
                 Target::Local(running)
             }
             Some(_) => Target::Elsewhere,
         };
     }
     let local = match home {
-        Some(home) => match mine(home) {
+        Some(home) => match created_loop(cx, home) {
             Some(local) => local,
             None => return Target::Elsewhere,
         },
@@ -270,46 +265,27 @@ pub(crate) fn cancel_task(task: &std::sync::Weak<TaskWaker>) {
         })));
         return;
     };
-    let outermost = CANCELLED_TASKS.with(|list| {
-        let mut list = list.borrow_mut();
-        match list.as_mut() {
-            Some(pending) => {
-                pending.push((local.clone(), task.clone()));
-                false
-            }
-            None => {
-                *list = Some(Vec::new());
-                true
-            }
-        }
-    });
-    if !outermost {
-        return;
-    }
-    let mut next = Some((local, task));
-    while let Some((local, task)) = next {
+    core::run_flat(&CANCELLED_TASKS, (local, task), |(local, task)| {
         // A destructor that panics must not unwind into the caller of `cancel`.
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| local.cancel_task(&task))) {
             super::report_panic("a cancelled task's destructor", &*payload);
         }
-        next = CANCELLED_TASKS.with(|list| list.borrow_mut().as_mut().and_then(Vec::pop));
-    }
-    CANCELLED_TASKS.with(|list| list.borrow_mut().take());
+    });
 }
 
 /// This thread's loop whose shared part is `home`, running or not.
 pub(crate) fn local_loop(home: &LoopRef) -> Option<Rc<Local>> {
-    CONTEXT
-        .try_with(|cx| {
-            let running = cx.running.borrow().clone();
-            let created = cx.created.borrow();
-            running
-                .into_iter()
-                .chain(created.iter().filter_map(Weak::upgrade))
-                .find(|local| Arc::ptr_eq(home, &local.shared))
-        })
-        .ok()
-        .flatten()
+    CONTEXT.try_with(|cx| created_loop(cx, home)).ok().flatten()
+}
+
+/// The live loop of this thread whose shared part is `home` (every loop, running
+/// or not, is in `created` from the moment it is made).
+fn created_loop(cx: &Context, home: &LoopRef) -> Option<Rc<Local>> {
+    cx.created
+        .borrow()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|local| Arc::ptr_eq(home, &local.shared))
 }
 
 /// Runs `f` with the loop running on this thread, if any.

@@ -81,17 +81,20 @@ pub(crate) fn take(own: &Arc<Shared>, everything: bool) -> Option<VecDeque<Arc<d
     }
     let mut orphans = ORPHANS.lock();
     let mut taken = VecDeque::new();
-    orphans.retain_mut(|(home, job)| {
+    let mut left = VecDeque::new();
+    for (home, job) in std::mem::take(&mut *orphans) {
         let mine = everything
             || home.as_ref().is_none_or(|home| match home.upgrade() {
                 Some(home) => Arc::ptr_eq(&home, own) || home.is_closed(),
                 None => true,
             });
         if mine {
-            taken.push_back(job.clone());
+            taken.push_back(job);
+        } else {
+            left.push_back((home, job));
         }
-        !mine
-    });
+    }
+    *orphans = left;
     if orphans.is_empty() {
         HAS_ORPHANS.store(false, Ordering::Release);
     }

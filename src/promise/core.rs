@@ -12,6 +12,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::task::Waker;
+use std::thread::LocalKey;
 
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
@@ -618,30 +619,48 @@ thread_local! {
 /// Tells `upstream` that its consumer `consumer` was cancelled, cancelling it in
 /// turn if that left it with no consumer, and so on up the chain, iteratively.
 pub(crate) fn withdraw(upstream: Arc<dyn Graph>, consumer: usize) {
-    let outermost = WITHDRAWING.with(|w| {
-        let mut w = w.borrow_mut();
-        match w.as_mut() {
-            Some(pending) => {
-                pending.push((upstream.clone(), consumer));
-                false
-            }
-            None => {
-                *w = Some(vec![(upstream.clone(), consumer)]);
-                true
-            }
-        }
-    });
-    if !outermost {
-        return;
-    }
-    while let Some((node, consumer)) =
-        WITHDRAWING.with(|w| w.borrow_mut().as_mut().and_then(Vec::pop))
-    {
+    run_flat(&WITHDRAWING, (upstream, consumer), |(node, consumer)| {
         if node.withdraw_consumer(consumer) {
             node.cancel_node();
         }
+    });
+}
+
+/// Runs `work(item)`; an item given meanwhile by a nested call (on this thread,
+/// with the same `list`) is not run inside it but from a work list the outermost
+/// call empties, so that a chain of any length costs no stack.
+pub(crate) fn run_flat<W: 'static>(
+    list: &'static LocalKey<RefCell<Option<Vec<W>>>>,
+    item: W,
+    work: impl Fn(W),
+) {
+    let outermost = list.with(|list| {
+        let mut list = list.borrow_mut();
+        match list.as_mut() {
+            Some(pending) => {
+                pending.push(item);
+                None
+            }
+            None => {
+                *list = Some(Vec::new());
+                Some(item)
+            }
+        }
+    });
+    let Some(item) = outermost else { return };
+    // Emptied even if `work` unwinds, or every later call would think it is nested.
+    struct Reset<W: 'static>(&'static LocalKey<RefCell<Option<Vec<W>>>>);
+    impl<W> Drop for Reset<W> {
+        fn drop(&mut self) {
+            let _ = self.0.try_with(|list| list.borrow_mut().take());
+        }
     }
-    WITHDRAWING.with(|w| w.borrow_mut().take());
+    let _reset = Reset(list);
+    let mut next = Some(item);
+    while let Some(item) = next {
+        work(item);
+        next = list.with(|list| list.borrow_mut().as_mut().and_then(Vec::pop));
+    }
 }
 
 /// Runs `f` (which drops a cancelled task's future) so that the promises it was

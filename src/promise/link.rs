@@ -52,6 +52,64 @@ enum Slot<T0, E0, F> {
     Done,
 }
 
+/// What [`Slot::cancel`] leaves for its caller to do once the lock is released.
+enum AfterCancel {
+    /// It was waiting: queue it (its function sees `Input::Cancelled`) and
+    /// withdraw it from `parent`.
+    Withdraw(Arc<dyn Graph>),
+    /// Stop following what the handler returned.
+    Unfollow(Arc<dyn Cancel>),
+    Nothing,
+}
+
+/// The transitions of a slot, shared by `then` links and observers.
+impl<T0, E0, F> Slot<T0, E0, F> {
+    /// The parent's outcome arrived: ready to run.
+    fn deliver(&mut self, input: Input<T0, E0>) {
+        if let Slot::Waiting { f, .. } = std::mem::replace(self, Slot::Done) {
+            *self = Slot::Ready { f, input };
+        }
+    }
+
+    /// The function and its input, if it is ready to run.
+    fn take_ready(&mut self) -> Option<(F, Input<T0, E0>)> {
+        match std::mem::replace(self, Slot::Done) {
+            Slot::Ready { f, input } => Some((f, input)),
+            _ => None,
+        }
+    }
+
+    /// The function, if it has not run yet (the loop is gone).
+    fn take_unrun(&mut self) -> Option<F> {
+        match std::mem::replace(self, Slot::Done) {
+            Slot::Waiting { f, .. } | Slot::Ready { f, .. } => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Cancelled: a function that has not run will see `Input::Cancelled`.
+    fn cancel(&mut self) -> AfterCancel {
+        match std::mem::replace(self, Slot::Done) {
+            Slot::Waiting { f, parent } => {
+                *self = Slot::Ready {
+                    f,
+                    input: Input::Cancelled,
+                };
+                AfterCancel::Withdraw(parent)
+            }
+            Slot::Ready { f, .. } => {
+                *self = Slot::Ready {
+                    f,
+                    input: Input::Cancelled,
+                };
+                AfterCancel::Nothing
+            }
+            Slot::Following(forward) => AfterCancel::Unfollow(forward),
+            Slot::Done => AfterCancel::Nothing,
+        }
+    }
+}
+
 /// The handler of a `then`-like call, kept in the child node (`T0, E0` are the
 /// parent's types).
 pub(crate) struct ThenLink<T0, E0, F> {
@@ -101,29 +159,15 @@ where
     F: FnOnce(Input<T0, E0>) -> Next<T, E> + Send + 'static,
 {
     fn on_cancel(node: &Arc<Node<T, E, Self>>) {
-        let mut slot = node.link.slot.lock();
-        match std::mem::replace(&mut *slot, Slot::Done) {
-            Slot::Waiting { f, parent } => {
+        let after = node.link.slot.lock().cancel();
+        match after {
+            AfterCancel::Withdraw(parent) => {
                 // Handlers see the cancellation (a `finally` runs), from the queue.
-                *slot = Slot::Ready {
-                    f,
-                    input: Input::Cancelled,
-                };
-                drop(slot);
                 context::schedule(node.clone(), None);
                 core::withdraw(parent, node.key());
             }
-            Slot::Ready { f, .. } => {
-                *slot = Slot::Ready {
-                    f,
-                    input: Input::Cancelled,
-                }
-            }
-            Slot::Following(forward) => {
-                drop(slot);
-                forward.cancel();
-            }
-            Slot::Done => {}
+            AfterCancel::Unfollow(forward) => forward.cancel(),
+            AfterCancel::Nothing => {}
         }
     }
 
@@ -145,12 +189,7 @@ where
     F: FnOnce(Input<T0, E0>) -> Next<T, E> + Send + 'static,
 {
     fn deliver(self: Arc<Self>, input: Input<T0, E0>) -> Arc<dyn Runnable> {
-        {
-            let mut slot = self.link.slot.lock();
-            if let Slot::Waiting { f, .. } = std::mem::replace(&mut *slot, Slot::Done) {
-                *slot = Slot::Ready { f, input };
-            }
-        }
+        self.link.slot.lock().deliver(input);
         self
     }
 
@@ -172,15 +211,15 @@ where
     F: FnOnce(Input<T0, E0>) -> Next<T, E> + Send + 'static,
 {
     fn run(self: Arc<Self>) {
-        let slot = std::mem::replace(&mut *self.link.slot.lock(), Slot::Done);
-        if let Slot::Ready { f, input } = slot {
+        let ready = self.link.slot.lock().take_ready();
+        if let Some((f, input)) = ready {
             self.complete(f(input));
         }
     }
 
     fn abandon(self: Arc<Self>) {
-        let slot = std::mem::replace(&mut *self.link.slot.lock(), Slot::Done);
-        if let Slot::Waiting { f, .. } | Slot::Ready { f, .. } = slot {
+        let unrun = self.link.slot.lock().take_unrun();
+        if let Some(f) = unrun {
             self.complete(f(Input::Abandoned));
         }
     }
@@ -472,20 +511,14 @@ fn creates_cycle(target: &dyn Graph, source: Arc<dyn Graph>) -> bool {
     false
 }
 
-/// What [`Observer`] holds, from attaching to running.
-enum Watch<T, E, F> {
-    Waiting { f: F, parent: Arc<dyn Graph> },
-    Ready { f: F, input: Input<T, E> },
-    Done,
-}
-
 /// A consumer of one promise's outcome that is not a promise itself: the inputs
 /// of a combinator, which nothing chains on. Like a `then` link, its function runs
 /// from the microtask queue and a cancellation withdraws it from the promise it
 /// watches (travelling upstream); unlike one, it has no state of its own to settle,
 /// so it costs a third of the memory and none of the settling.
 pub(crate) struct Observer<T, E, F> {
-    watch: Lock<Watch<T, E, F>>,
+    /// The same states as a `then` link's (never `Following`).
+    watch: Lock<Slot<T, E, F>>,
 }
 
 /// A way to stop observing, whatever the observed promise's types.
@@ -505,7 +538,7 @@ where
     pub(crate) fn attach(parent: NodeRef<T, E>, f: F) -> Arc<Self> {
         let upstream: Arc<dyn Graph> = parent.clone();
         let observer = Arc::new(Observer {
-            watch: Lock::new(Watch::Waiting {
+            watch: Lock::new(Slot::Waiting {
                 f,
                 parent: upstream,
             }),
@@ -524,12 +557,7 @@ where
     F: FnOnce(Input<T, E>) + Send + 'static,
 {
     fn deliver(self: Arc<Self>, input: Input<T, E>) -> Arc<dyn Runnable> {
-        {
-            let mut watch = self.watch.lock();
-            if let Watch::Waiting { f, .. } = std::mem::replace(&mut *watch, Watch::Done) {
-                *watch = Watch::Ready { f, input };
-            }
-        }
+        self.watch.lock().deliver(input);
         self
     }
 
@@ -549,15 +577,15 @@ where
     F: FnOnce(Input<T, E>) + Send + 'static,
 {
     fn run(self: Arc<Self>) {
-        let watch = std::mem::replace(&mut *self.watch.lock(), Watch::Done);
-        if let Watch::Ready { f, input } = watch {
+        let ready = self.watch.lock().take_ready();
+        if let Some((f, input)) = ready {
             f(input);
         }
     }
 
     fn abandon(self: Arc<Self>) {
-        let watch = std::mem::replace(&mut *self.watch.lock(), Watch::Done);
-        if let Watch::Waiting { f, .. } | Watch::Ready { f, .. } = watch {
+        let unrun = self.watch.lock().take_unrun();
+        if let Some(f) = unrun {
             f(Input::Abandoned);
         }
     }
@@ -570,25 +598,11 @@ where
     F: FnOnce(Input<T, E>) + Send + 'static,
 {
     fn cancel(self: Arc<Self>) {
-        let mut watch = self.watch.lock();
-        match std::mem::replace(&mut *watch, Watch::Done) {
-            Watch::Waiting { f, parent } => {
-                *watch = Watch::Ready {
-                    f,
-                    input: Input::Cancelled,
-                };
-                drop(watch);
-                let key = self.reaction_key();
-                context::schedule(self, None);
-                core::withdraw(parent, key);
-            }
-            Watch::Ready { f, .. } => {
-                *watch = Watch::Ready {
-                    f,
-                    input: Input::Cancelled,
-                }
-            }
-            Watch::Done => {}
+        let after = self.watch.lock().cancel();
+        if let AfterCancel::Withdraw(parent) = after {
+            let key = self.reaction_key();
+            context::schedule(self, None);
+            core::withdraw(parent, key);
         }
     }
 }

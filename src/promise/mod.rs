@@ -883,9 +883,5 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    let node = Promise::rooted(None);
-    let promise = Promise {
-        node: Some(node.clone() as NodeRef<T, E>),
-    };
-    (promise, Settler { node: Some(node) })
+    internal_with(Hooks::new(None))
 }
