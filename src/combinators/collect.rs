@@ -35,17 +35,31 @@ pub(crate) fn outcome<T, E: From<Error>>(settled: Settled<T, E>) -> Result<T, E>
 }
 
 /// The links ([`Promise::watch`]) of one combinator call: what to cancel once its
-/// inputs are no longer wanted.
+/// inputs are no longer wanted. Link `i` watches input `i`; it is `None` once that
+/// input has reported.
 #[must_use = "cancel the links once the lock is released"]
-pub(crate) struct Links(Vec<Arc<dyn Observation>>);
+pub(crate) struct Links(Vec<Option<Arc<dyn Observation>>>);
 
 impl Links {
     pub(crate) fn new() -> Links {
         Links(Vec::new())
     }
 
+    pub(crate) fn with_capacity(inputs: usize) -> Links {
+        Links(Vec::with_capacity(inputs))
+    }
+
     pub(crate) fn push(&mut self, link: Arc<dyn Observation>) {
-        self.0.push(link);
+        self.0.push(Some(link));
+    }
+
+    /// Input `index` reported: its link has nothing left to cancel. It is handed
+    /// back to be dropped (once the lock is released), so that its memory is
+    /// reused while the call still waits on other inputs, and a call that ends with
+    /// every input reported cancels nothing. (A link that reports before it was
+    /// pushed, from another thread's loop, simply stays.)
+    pub(crate) fn reported(&mut self, index: usize) -> Option<Arc<dyn Observation>> {
+        self.0.get_mut(index).and_then(Option::take)
     }
 
     /// Takes the links out of shared state, to cancel them once its lock is released.
@@ -59,7 +73,7 @@ impl Links {
     /// cancelling it reaches nothing; the others withdraw from their inputs, which are
     /// cancelled in turn if nobody else consumes them.
     pub(crate) fn cancel(self) {
-        for link in self.0 {
+        for link in self.0.into_iter().flatten() {
             link.cancel();
         }
     }
@@ -96,13 +110,13 @@ where
 {
     /// The output promise and the state its inputs will report to. Cancelling the
     /// output cancels the inputs' links.
-    fn new(policy: P) -> (Promise<O, E>, Arc<Self>) {
+    fn new(policy: P, inputs: usize) -> (Promise<O, E>, Arc<Self>) {
         let (output, settler) = internal::<O, E>();
         let gather = Arc::new(Gather {
             state: Mutex::new(GatherState {
                 policy,
                 output: None,
-                links: Links::new(),
+                links: Links::with_capacity(inputs),
             }),
         });
         // Weak: the output must not keep the state (and so the inputs' links) alive.
@@ -122,7 +136,7 @@ where
         inputs: Vec<Promise<T, E>>,
         decide: Decide<P, T, O, E>,
     ) -> Promise<O, E> {
-        let (output, gather) = Gather::new(policy);
+        let (output, gather) = Gather::new(policy, inputs.len());
         for (index, input) in inputs.into_iter().enumerate() {
             gather.watch(index, input, decide);
         }
@@ -149,16 +163,18 @@ where
     }
 
     fn receive<T>(&self, index: usize, outcome: Result<T, E>, decide: Decide<P, T, O, E>) {
-        let (output, decided, links) = {
-            let mut state = self.state.lock();
-            if state.output.is_none() {
-                return; // decided or cancelled already
-            }
-            let Some(decided) = decide(&mut state.policy, index, outcome) else {
-                return;
-            };
-            (state.output.take(), decided, state.links.take())
+        let mut state = self.state.lock();
+        // Never the last reference (the observer runs this), so dropping it under
+        // the lock frees nothing.
+        drop(state.links.reported(index));
+        if state.output.is_none() {
+            return; // decided or cancelled already
+        }
+        let Some(decided) = decide(&mut state.policy, index, outcome) else {
+            return;
         };
+        let (output, links) = (state.output.take(), state.links.take());
+        drop(state);
         if let Some(mut output) = output {
             output.settle(decided);
         }
@@ -176,11 +192,13 @@ where
     }
 }
 
-/// `slots` as a `Vec`, every slot filled.
-fn take_all<T>(slots: &mut [Option<T>]) -> Vec<T> {
-    slots
-        .iter_mut()
-        .map(|slot| slot.take().expect("every input reported exactly once"))
+/// `slots` as a `Vec`, every slot filled. Collected in place (the standard
+/// library reuses the allocation when the types' alignments agree): a call over a
+/// million inputs does not allocate a second array at the end.
+fn take_all<T>(slots: &mut Vec<Option<T>>) -> Vec<T> {
+    std::mem::take(slots)
+        .into_iter()
+        .map(|slot| slot.expect("every input reported exactly once"))
         .collect()
 }
 
@@ -626,7 +644,7 @@ macro_rules! join_tuple {
                     slots: ($(None::<$value>,)+),
                     left: $count,
                 };
-                let (output, gather) = Gather::new(policy);
+                let (output, gather) = Gather::new(policy, $count);
                 $(
                     gather.watch(
                         $index,
