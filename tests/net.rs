@@ -284,6 +284,36 @@ fn reads_after_the_peer_closed_see_the_end_of_the_stream() {
 }
 
 #[test]
+fn after_a_short_read_later_bytes_and_the_end_of_the_stream_are_seen() {
+    // A short read lets the next read skip its system call and wait for readiness
+    // straight away: what arrives after it (bytes, then the peer's close, or both in
+    // one go) must still wake that wait, through every reading interface.
+    run(async {
+        let (mut stream, mut peer) = pair_with_std_peer().await?;
+        let mut buf = [0u8; 64];
+        peer.write_all(b"one")?;
+        assert_eq!(AsyncReadExt::read(&mut stream, &mut buf).await?, 3); // short
+        let mut writer = peer.try_clone()?;
+        let wrote = spawn(async move {
+            sleep(Duration::from_millis(5)).await?; // the read below waits by then
+            Ok::<_, Error>(writer.write_all(b"two")?)
+        });
+        let read = AsyncReadExt::read(&mut stream, &mut buf).await?;
+        wrote.await?;
+        assert_eq!(&buf[..read], b"two"); // short again
+        peer.write_all(b"three")?;
+        drop(peer); // the close may arrive with the bytes or after them
+        assert_eq!(stream.read(100).await?, b"three");
+        assert!(stream.read(100).await?.is_empty());
+        assert_eq!(AsyncReadExt::read(&mut stream, &mut buf).await?, 0);
+        assert_eq!(stream.read_line(100).await?, None);
+        let err = stream.read_exact(1).await.unwrap_err();
+        assert_eq!(kind_of(&err), ErrorKind::UnexpectedEof);
+        Ok(())
+    })
+}
+
+#[test]
 fn reads_after_our_own_shutdown_see_the_end_of_the_stream() {
     run(async {
         let (stream, _peer) = pair_with_std_peer().await?;
