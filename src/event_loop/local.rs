@@ -373,14 +373,12 @@ impl Local {
                     }
                 }
                 Some(Due::Fire(target)) => target.fire(),
-                Some(Due::Repeat { id, f, period }) => {
-                    let result = catch_unwind(AssertUnwindSafe(|| (f.borrow_mut())()));
+                Some(Due::Repeat { id, interval }) => {
+                    let result = catch_unwind(AssertUnwindSafe(|| (interval.f.borrow_mut())()));
                     if let Err(payload) = result {
                         report_panic("an interval callback", &*payload);
                     }
-                    self.timers
-                        .borrow_mut()
-                        .rearm(id, f, period, Instant::now());
+                    self.timers.borrow_mut().rearm(id, interval, Instant::now());
                 }
             }
             self.drain_micro();

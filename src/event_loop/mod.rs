@@ -459,10 +459,11 @@ pub fn set_interval(period: Duration, f: impl FnMut() + 'static) -> TimerId {
     let now = Instant::now();
     let f: crate::timer::RepeatFn = Rc::new(std::cell::RefCell::new(f));
     context::with_current(|local| {
-        local
-            .timers
-            .borrow_mut()
-            .insert(now, period, Callback::Repeat { f, period })
+        local.timers.borrow_mut().insert(
+            now,
+            period,
+            Callback::Repeat(Box::new(crate::timer::Interval { f, period })),
+        )
     })
 }
 
