@@ -14,7 +14,10 @@
 mod common;
 
 use common::{ms, Log};
-use thenable::{queue_microtask, set_immediate, set_timeout, spawn, Error, EventLoop, Promise};
+use thenable::{
+    all, all_settled, any, queue_microtask, race, set_immediate, set_timeout, spawn, Error,
+    EventLoop, Promise,
+};
 
 // Handler makers only these tests need, on the shared log.
 impl Log {
@@ -23,6 +26,27 @@ impl Log {
         let log = self.clone();
         move |()| {
             log.push(event);
+            Ok(())
+        }
+    }
+
+    /// A `then` handler on a value of any type that logs `event`.
+    fn step_on<V>(
+        &self,
+        event: &'static str,
+    ) -> impl FnOnce(V) -> Result<(), Error> + Send + 'static {
+        let log = self.clone();
+        move |_| {
+            log.push(event);
+            Ok(())
+        }
+    }
+
+    /// A `then` handler that logs `event` and the value.
+    fn value(&self, event: &'static str) -> impl FnOnce(u64) -> Result<(), Error> + Send + 'static {
+        let log = self.clone();
+        move |value| {
+            log.push(format!("{event} {value}"));
             Ok(())
         }
     }
@@ -667,6 +691,62 @@ fn queue_microtask_interleaves_with_promise_reactions() {
     assert_eq!(
         log.entries(),
         ["p1", "q1", "r1", "q2", "p2", "q1.q", "q1.p", "p3"]
+    );
+}
+
+// The combinators settle their output at the tick the native ones do: each input
+// is a reaction of its own (run in turn with the input's other reactions), and
+// the output's handlers run one tick after the deciding input's.
+//
+// const log = [];
+// let ra, rb;
+// const a = new Promise((r) => (ra = r));
+// const b = new Promise((r) => (rb = r));
+// Promise.all([a, b]).then(() => log.push('all'));
+// Promise.race([b, a]).then((v) => log.push('race ' + v));
+// a.then(() => log.push('a.then'));
+// Promise.allSettled([Promise.resolve(0), b]).then(() => log.push('allSettled'));
+// Promise.any([Promise.reject(new Error('x')), a]).then((v) => log.push('any ' + v));
+// ra(1);
+// queueMicrotask(() => log.push('m1'));
+// rb(2);
+// queueMicrotask(() => log.push('m2'));
+// b.then(() => log.push('b.then'));
+// queueMicrotask(() => queueMicrotask(() => log.push('m3')));
+//
+// node: ["a.then","m1","m2","b.then","race 1","any 1","all","allSettled","m3"]
+#[test]
+fn combinators_settle_at_the_tick_native_ones_do() {
+    let event_loop = EventLoop::new();
+    let log = Log::default();
+    let (a, resolve_a) = Promise::<u64>::pending();
+    let (b, resolve_b) = Promise::<u64>::pending();
+    let _all = all([a.clone(), b.clone()]).then(log.step_on("all"));
+    let _race = race([b.clone(), a.clone()]).then(log.value("race"));
+    let _a = a.clone().then(log.step_on("a.then"));
+    let _settled = all_settled([Promise::resolved(0), b.clone()]).then(log.step_on("allSettled"));
+    let _any = any([Promise::rejected(Error::msg("x")), a]).then(log.value("any"));
+    resolve_a.resolve(1);
+    queue_microtask(log.call("m1"));
+    resolve_b.resolve(2);
+    queue_microtask(log.call("m2"));
+    let _b = b.then(log.step_on("b.then"));
+    let l = log.clone();
+    queue_microtask(move || queue_microtask(l.call("m3")));
+    event_loop.run().unwrap();
+    assert_eq!(
+        log.entries(),
+        [
+            "a.then",
+            "m1",
+            "m2",
+            "b.then",
+            "race 1",
+            "any 1",
+            "all",
+            "allSettled",
+            "m3"
+        ]
     );
 }
 

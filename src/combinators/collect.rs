@@ -1,22 +1,27 @@
 //! `all`, `all_settled`, `race`, `any` and `join`: one promise made from many, with
 //! results in input order.
 //!
-//! Each input costs one link ([`Promise::watch`]) whose watcher reports the input's
-//! outcome to state shared by the call (`Gather`). The output is settled from inside
-//! the library, like a `then` child: it does not keep the loop alive by itself (the
-//! inputs do, if anything does). When the output is decided early (the first
-//! rejection for `all`, the first outcome for `race`, ...) or is cancelled, the links
-//! are cancelled, and that cancellation travels upstream into the inputs still
-//! pending whose only consumer they were, releasing their timers and tasks.
+//! Over an iterator, the inputs report straight to state shared by the call
+//! (`Collect`): each input's waiter is that state plus the input's index, so an
+//! input costs no allocation. A tuple's inputs are of different types, so each has
+//! a link of its own ([`Promise::watch`]) reporting to `Gather`. Either way the
+//! output is settled from inside the library, like a `then` child: it does not keep
+//! the loop alive by itself (the inputs do, if anything does). When the output is
+//! decided early (the first rejection for `all`, the first outcome for `race`, ...)
+//! or is cancelled, the call withdraws from the inputs still pending, and that
+//! cancellation travels upstream into those whose only consumer it was, releasing
+//! their timers and tasks.
 //!
 //! `outcome` and `Links` are shared with `as_completed` and `shield`.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::error::Error;
+use crate::promise::core::{self, Collector, Graph, Input, Runnable, REACTION};
 use crate::promise::{internal, never, Observation, Promise, Settled, Settler};
 
 // ---------------------------------------------------------------------------
@@ -88,8 +93,9 @@ impl Links {
 /// can report to one state.
 type Decide<P, T, O, E> = fn(&mut P, usize, Result<T, E>) -> Option<Result<O, E>>;
 
-/// The state shared by the links of one `all`/`all_settled`/`race`/`any`/`join`
-/// call. `P` is what the combinator keeps (values so far, reasons so far, ...).
+/// The state shared by the links of one `join` call (a tuple of inputs, each of
+/// its own type). `P` is what the combinator keeps (values so far, reasons so
+/// far, ...).
 struct Gather<P, O: Send + 'static, E: Send + 'static> {
     state: Mutex<GatherState<P, O, E>>,
 }
@@ -128,19 +134,6 @@ where
         });
         gather.state.lock().output = Some(settler);
         (output, gather)
-    }
-
-    /// A call whose inputs all have the same type.
-    fn start<T: Send + 'static>(
-        policy: P,
-        inputs: Vec<Promise<T, E>>,
-        decide: Decide<P, T, O, E>,
-    ) -> Promise<O, E> {
-        let (output, gather) = Gather::new(policy, inputs.len());
-        for (index, input) in inputs.into_iter().enumerate() {
-            gather.watch(index, input, decide);
-        }
-        output
     }
 
     fn watch<T: Send + 'static>(
@@ -189,6 +182,178 @@ where
         };
         links.cancel();
         drop(output);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Collect: many inputs of one type, reporting straight to the call's state
+// ---------------------------------------------------------------------------
+
+/// The state of one `all`/`all_settled`/`race`/`any` call over an iterator of
+/// inputs. Each input's waiter is this state itself with the input's index (a
+/// [`Collector`]), so an input costs no allocation of its own: its outcome waits
+/// in `arrived` for its job (one job per input, as a JavaScript reaction per
+/// input, so the output settles at the same tick), and the job hands it to the
+/// policy.
+struct Collect<P, T, O: Send + 'static, E: Send + 'static> {
+    state: Mutex<CollectState<P, T, O, E>>,
+    decide: Decide<P, T, O, E>,
+}
+
+struct CollectState<P, T, O: Send + 'static, E: Send + 'static> {
+    policy: P,
+    /// `None` once the output is settled or cancelled: outcomes that come later are
+    /// ignored.
+    output: Option<Settler<O, E>>,
+    /// Input `i` while it may still report: what to withdraw from when the output
+    /// is decided early or cancelled.
+    inputs: Vec<Option<Arc<dyn Graph>>>,
+    /// Outcomes delivered and not yet processed, in the order they came.
+    arrived: VecDeque<(u32, Input<T, E>)>,
+}
+
+impl<P, T, O, E> Collect<P, T, O, E>
+where
+    P: Send + 'static,
+    T: Send + 'static,
+    O: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    fn start(policy: P, inputs: Vec<Promise<T, E>>, decide: Decide<P, T, O, E>) -> Promise<O, E> {
+        // The indices must fit the waiter's `u32` and stay clear of reactions' mark.
+        assert!(
+            inputs.len() < REACTION as usize,
+            "thenable: a combinator takes fewer than 4 billion inputs"
+        );
+        let (output, settler) = internal::<O, E>();
+        let collect = Arc::new(Collect {
+            state: Mutex::new(CollectState {
+                policy,
+                output: None,
+                inputs: Vec::new(),
+                // At its largest at once: a large block is only address space
+                // until the pages are touched, and it never grows by copying.
+                arrived: VecDeque::with_capacity(inputs.len()),
+            }),
+            decide,
+        });
+        // Weak: the output must not keep the state (and so its inputs) alive.
+        let weak = Arc::downgrade(&collect);
+        settler.on_cancel(move || {
+            if let Some(collect) = weak.upgrade() {
+                collect.abort();
+            }
+        });
+        collect.state.lock().output = Some(settler);
+        let attached: Vec<_> = (0..)
+            .zip(inputs)
+            .map(|(index, input)| Some(input.report_to(collect.clone(), index)))
+            .collect();
+        let mut state = collect.state.lock();
+        if state.output.is_some() {
+            state.inputs = attached;
+            return output;
+        }
+        // Decided while we were attaching (an input settled on another thread's
+        // loop): the inputs are no longer wanted.
+        drop(state);
+        collect.withdraw_from(attached);
+        output
+    }
+
+    /// Withdraws from the inputs that have not reported; those left with no other
+    /// consumer are cancelled in turn. Never under our lock: cancelling runs other
+    /// promises' `on_cancel` hooks.
+    fn withdraw_from(&self, inputs: Vec<Option<Arc<dyn Graph>>>) {
+        let key = self.collector_key();
+        for (index, input) in (0..).zip(inputs) {
+            if let Some(input) = input {
+                core::withdraw(input, (key, index));
+            }
+        }
+    }
+
+    /// The output was cancelled: stop waiting on the inputs.
+    fn abort(&self) {
+        let (output, inputs) = {
+            let mut state = self.state.lock();
+            (state.output.take(), std::mem::take(&mut state.inputs))
+        };
+        self.withdraw_from(inputs);
+        drop(output);
+    }
+}
+
+impl<P, T, O, E> Collector<T, E> for Collect<P, T, O, E>
+where
+    P: Send + 'static,
+    T: Send + 'static,
+    O: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    fn collect(self: Arc<Self>, index: u32, input: Input<T, E>) -> Arc<dyn Runnable> {
+        self.state.lock().arrived.push_back((index, input));
+        self
+    }
+
+    fn collector_key(&self) -> usize {
+        self as *const Self as *const () as usize
+    }
+}
+
+impl<P, T, O, E> Runnable for Collect<P, T, O, E>
+where
+    P: Send + 'static,
+    T: Send + 'static,
+    O: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    /// Processes the oldest outcome that arrived.
+    fn run(self: Arc<Self>) {
+        let mut state = self.state.lock();
+        let Some((index, input)) = state.arrived.pop_front() else {
+            return;
+        };
+        // Dropped once the lock is released: it may be its node's last reference,
+        // and a node's drop may drop a handler's captures.
+        let reported = state.inputs.get_mut(index as usize).and_then(Option::take);
+        if state.output.is_none() {
+            return; // decided or cancelled already
+        }
+        let outcome = match input {
+            Input::Outcome(outcome) => outcome,
+            // An input cancelled elsewhere counts as a rejection (see `all`).
+            Input::Cancelled => Err(E::from(Error::cancelled())),
+            Input::Abandoned => Err(E::from(Error::broken())),
+        };
+        let policy = &mut state.policy;
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            (self.decide)(policy, index as usize, outcome)
+        }))
+        .unwrap_or_else(|payload| Some(Err(E::from(Error::panic(payload)))));
+        let Some(decided) = decided else {
+            drop(state);
+            drop(reported);
+            return;
+        };
+        let (output, inputs) = (state.output.take(), std::mem::take(&mut state.inputs));
+        drop(state);
+        drop(reported);
+        if let Some(mut output) = output {
+            output.settle(decided);
+        }
+        self.withdraw_from(inputs);
+    }
+
+    /// The loop is gone: no user code may run (an `any`'s `combine`), so the
+    /// output is left to break.
+    fn abandon(self: Arc<Self>) {
+        let (output, inputs, arrival) = {
+            let mut state = self.state.lock();
+            let inputs = std::mem::take(&mut state.inputs);
+            (state.output.take(), inputs, state.arrived.pop_front())
+        };
+        drop((output, inputs, arrival));
     }
 }
 
@@ -316,7 +481,7 @@ where
             values: (0..inputs.len()).map(|_| None).collect(),
             left: inputs.len(),
         };
-        Gather::start(policy, inputs, decide_all::<T, E>)
+        Collect::start(policy, inputs, decide_all::<T, E>)
     }
 }
 
@@ -383,7 +548,7 @@ where
         outcomes: (0..inputs.len()).map(|_| None).collect(),
         left: inputs.len(),
     };
-    Gather::start(policy, inputs, decide_all_settled::<T, E>)
+    Collect::start(policy, inputs, decide_all_settled::<T, E>)
 }
 
 // ---------------------------------------------------------------------------
@@ -428,7 +593,7 @@ where
     if inputs.is_empty() {
         return never();
     }
-    Gather::start((), inputs, decide_race::<T, E>)
+    Collect::start((), inputs, decide_race::<T, E>)
 }
 
 // ---------------------------------------------------------------------------
@@ -540,7 +705,7 @@ where
         left: inputs.len(),
         combine: Some(combine),
     };
-    Gather::start(policy, inputs, decide_any::<T, E, C>)
+    Collect::start(policy, inputs, decide_any::<T, E, C>)
 }
 
 // ---------------------------------------------------------------------------

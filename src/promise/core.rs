@@ -45,10 +45,11 @@ pub(crate) trait Graph: Send + Sync {
     fn downstream(&self, out: &mut Vec<Arc<dyn Graph>>);
     /// The rejection reason, if this promise was rejected and nobody ever consumed it.
     fn unhandled(&self) -> Option<Error>;
-    /// The consumer `consumer` (a reaction of this node) was cancelled. Returns true
-    /// when that left this promise pending with no consumer at all: then the caller
-    /// cancels it in turn (see [`withdraw`], which keeps this iterative).
-    fn withdraw_consumer(&self, consumer: usize) -> bool;
+    /// The consumer `consumer` (a reaction or collector of this node) was
+    /// cancelled. Returns true when that left this promise pending with no consumer
+    /// at all: then the caller cancels it in turn (see [`withdraw`], which keeps
+    /// this iterative).
+    fn withdraw_consumer(&self, consumer: Consumer) -> bool;
     /// Cancels this node; false if it was settled already.
     fn cancel_node(self: Arc<Self>) -> bool;
     /// The one promise this node waits on now, if it is derived from one (a `then`
@@ -65,6 +66,13 @@ pub(crate) enum Input<T, E> {
     Abandoned,
 }
 
+/// Who consumes a promise, for [`withdraw`]: a reaction's key with [`REACTION`],
+/// or a collector's key with the input's index.
+pub(crate) type Consumer = (usize, u32);
+
+/// The index part of a reaction's [`Consumer`].
+pub(crate) const REACTION: u32 = u32::MAX;
+
 /// A consumer that receives the outcome of a promise by value.
 pub(crate) trait Reaction<T, E>: Send + Sync {
     /// Stores the input and returns the job that must be queued to process it.
@@ -73,6 +81,18 @@ pub(crate) trait Reaction<T, E>: Send + Sync {
     fn target(self: Arc<Self>) -> Option<Arc<dyn Graph>>;
     /// Identity of the reaction, for [`Core::withdraw`].
     fn reaction_key(&self) -> usize;
+}
+
+/// A consumer of many promises of one type, each reporting with its own index
+/// (`all`, `race`, ... over an iterator): the input's waiter is the collector
+/// itself plus the index, so a combinator input costs no allocation.
+pub(crate) trait Collector<T, E>: Send + Sync {
+    /// Input `index` settled: stores its input and returns the job that will
+    /// process it (one job per input, so that each is processed at the tick a
+    /// JavaScript reaction would run).
+    fn collect(self: Arc<Self>, index: u32, input: Input<T, E>) -> Arc<dyn Runnable>;
+    /// Identity of the collector, for [`Core::withdraw`].
+    fn collector_key(&self) -> usize;
 }
 
 /// What a node's link does when the node is cancelled: release whatever would
@@ -116,7 +136,7 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
                 let next = match waiter {
                     Waiter::Reaction(reaction) => reaction.clone().target(),
                     Waiter::Task(task) => task.output(),
-                    Waiter::Waker(_) => None,
+                    Waiter::Collector(..) | Waiter::Waker(_) => None,
                 };
                 out.extend(next);
             }
@@ -135,7 +155,7 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
         }
     }
 
-    fn withdraw_consumer(&self, consumer: usize) -> bool {
+    fn withdraw_consumer(&self, consumer: Consumer) -> bool {
         self.core.withdraw(consumer)
     }
 
@@ -177,6 +197,9 @@ fn describe<E: 'static>(error: &E) -> Error {
 
 pub(crate) enum Waiter<T, E> {
     Reaction(Arc<dyn Reaction<T, E>>),
+    /// Input `.1` of a combinator (the index sits in the padding after the tag:
+    /// a waiter stays three words).
+    Collector(Arc<dyn Collector<T, E>>, u32),
     /// A waker of one of our own tasks (counted, so the loop can tell a deadlock).
     Task(TaskRef),
     /// Any other executor's waker.
@@ -184,11 +207,36 @@ pub(crate) enum Waiter<T, E> {
 }
 
 impl<T, E> Waiter<T, E> {
+    /// Takes the outcome (reactions and collectors) rather than being woken to
+    /// poll for it.
+    fn consumes(&self) -> bool {
+        matches!(self, Waiter::Reaction(_) | Waiter::Collector(..))
+    }
+
+    fn is(&self, consumer: Consumer) -> bool {
+        match self {
+            Waiter::Reaction(reaction) => (reaction.reaction_key(), REACTION) == consumer,
+            Waiter::Collector(collector, index) => (collector.collector_key(), *index) == consumer,
+            Waiter::Task(_) | Waiter::Waker(_) => false,
+        }
+    }
+
+    /// Hands `input` to a consumer; returns the job to queue.
+    fn deliver(self, input: Input<T, E>) -> Arc<dyn Runnable> {
+        match self {
+            Waiter::Reaction(reaction) => reaction.deliver(input),
+            Waiter::Collector(collector, index) => collector.collect(index, input),
+            Waiter::Task(_) | Waiter::Waker(_) => unreachable!("wakers are woken"),
+        }
+    }
+
     fn wake(self) {
         match self {
             Waiter::Task(task) => task.wake(),
             Waiter::Waker(waker) => waker.wake(),
-            Waiter::Reaction(_) => unreachable!("reactions are delivered, not woken"),
+            Waiter::Reaction(_) | Waiter::Collector(..) => {
+                unreachable!("consumers are delivered, not woken")
+            }
         }
     }
 }
@@ -412,17 +460,16 @@ impl<T, E> Core<T, E> {
         let mut slot = outcome.or_else(|| Some(Err(self.fail(Error::cancelled()))));
         let keep = inner.handles > 0;
         let cloner = inner.cloner;
-        let serve = |waiter: Waiter<T, E>, last: bool, slot: &mut Option<Result<T, E>>| match waiter
-        {
-            Waiter::Reaction(reaction) => {
-                let input = if cancelled {
-                    Input::Cancelled
-                } else {
-                    Input::Outcome(share(slot, last && !keep, cloner, self.from_error))
-                };
-                Serve::Run(reaction.deliver(input))
+        let serve = |waiter: Waiter<T, E>, last: bool, slot: &mut Option<Result<T, E>>| {
+            if !waiter.consumes() {
+                return Serve::Wake(waiter);
             }
-            other => Serve::Wake(other),
+            let input = if cancelled {
+                Input::Cancelled
+            } else {
+                Input::Outcome(share(slot, last && !keep, cloner, self.from_error))
+            };
+            Serve::Run(waiter.deliver(input))
         };
         match waiters {
             Waiters::None => inner.state = State::Settled(slot),
@@ -434,10 +481,7 @@ impl<T, E> Core<T, E> {
                 served.run(home);
             }
             Waiters::Many(all) => {
-                let mut reactions_left = all
-                    .iter()
-                    .filter(|w| matches!(w, Waiter::Reaction(_)))
-                    .count();
+                let mut reactions_left = all.iter().filter(|w| w.consumes()).count();
                 // Reactions and wakers are served in the order they were attached (an
                 // `await` is a `then` too, as in JavaScript). When they go to a queue
                 // of this thread they are queued right here, under the lock, which
@@ -446,7 +490,7 @@ impl<T, E> Core<T, E> {
                 let queue = context::local_queue(home);
                 let mut later = Vec::new();
                 for waiter in *all {
-                    if matches!(waiter, Waiter::Reaction(_)) {
+                    if waiter.consumes() {
                         reactions_left -= 1;
                     }
                     match (serve(waiter, reactions_left == 0, &mut slot), &queue) {
@@ -472,6 +516,19 @@ impl<T, E> Core<T, E> {
     /// Consumes one handle and attaches a reaction. If the promise is already
     /// settled, the job to queue is returned (never run inline: A+ 2.2.4).
     pub(crate) fn attach(&self, reaction: Arc<dyn Reaction<T, E>>) -> Option<Arc<dyn Runnable>> {
+        self.attach_consumer(Waiter::Reaction(reaction))
+    }
+
+    /// [`attach`](Self::attach) for input `index` of `collector`.
+    pub(crate) fn attach_collector(
+        &self,
+        collector: Arc<dyn Collector<T, E>>,
+        index: u32,
+    ) -> Option<Arc<dyn Runnable>> {
+        self.attach_consumer(Waiter::Collector(collector, index))
+    }
+
+    fn attach_consumer(&self, consumer: Waiter<T, E>) -> Option<Arc<dyn Runnable>> {
         let mut inner = self.inner.lock();
         inner.handles -= 1;
         inner.handled = true;
@@ -480,17 +537,17 @@ impl<T, E> Core<T, E> {
         let cancelled = inner.cancelled;
         match &mut inner.state {
             State::Pending(waiters) => {
-                waiters.push(Waiter::Reaction(reaction));
+                waiters.push(consumer);
                 None
             }
             State::Settled(_) if cancelled => {
                 drop(inner);
-                Some(reaction.deliver(Input::Cancelled))
+                Some(consumer.deliver(Input::Cancelled))
             }
             State::Settled(slot) => {
                 let outcome = share(slot, last, cloner, self.from_error);
                 drop(inner);
-                Some(reaction.deliver(Input::Outcome(outcome)))
+                Some(consumer.deliver(Input::Outcome(outcome)))
             }
         }
     }
@@ -544,23 +601,23 @@ impl<T, E> Core<T, E> {
             return false;
         }
         match &mut inner.state {
-            State::Pending(waiters) => !waiters.iter().any(|w| matches!(w, Waiter::Reaction(_))),
+            State::Pending(waiters) => !waiters.iter().any(Waiter::consumes),
             State::Settled(_) => false,
         }
     }
 
-    /// Removes the reaction `consumer` (it was cancelled). Returns true when the
+    /// Removes the consumer `consumer` (it was cancelled). Returns true when the
     /// promise is pending and has no consumer left.
-    fn withdraw(&self, consumer: usize) -> bool {
+    fn withdraw(&self, consumer: Consumer) -> bool {
         let mut inner = self.inner.lock();
         let handles = inner.handles;
         let State::Pending(waiters) = &mut inner.state else {
             return false;
         };
         let before = waiters.len();
-        waiters.retain(|w| !matches!(w, Waiter::Reaction(r) if r.reaction_key() == consumer));
+        waiters.retain(|w| !w.is(consumer));
         let removed = waiters.len() < before;
-        removed && handles == 0 && !waiters.iter().any(|w| matches!(w, Waiter::Reaction(_)))
+        removed && handles == 0 && !waiters.iter().any(Waiter::consumes)
     }
 
     pub(crate) fn add_handle(&self, cloner: Cloner<T, E>) {
@@ -593,20 +650,19 @@ impl<T, E> Drop for Core<T, E> {
         if let State::Pending(waiters) = &mut self.inner.get_mut().state {
             let waiters = std::mem::take(waiters);
             for waiter in waiters.into_vec() {
-                match waiter {
-                    Waiter::Reaction(reaction) => {
-                        let broken = Input::Outcome(Err(self.fail(Error::broken())));
-                        context::schedule(reaction.deliver(broken), None)
-                    }
-                    other => other.wake(),
+                if waiter.consumes() {
+                    let broken = Input::Outcome(Err(self.fail(Error::broken())));
+                    context::schedule(waiter.deliver(broken), None)
+                } else {
+                    waiter.wake();
                 }
             }
         }
     }
 }
 
-/// A consumer (key) leaving an upstream node.
-type Withdrawal = (Arc<dyn Graph>, usize);
+/// A consumer leaving an upstream node.
+type Withdrawal = (Arc<dyn Graph>, Consumer);
 
 thread_local! {
     /// Withdrawals waiting to travel further upstream (see [`withdraw`]).
@@ -618,7 +674,7 @@ thread_local! {
 
 /// Tells `upstream` that its consumer `consumer` was cancelled, cancelling it in
 /// turn if that left it with no consumer, and so on up the chain, iteratively.
-pub(crate) fn withdraw(upstream: Arc<dyn Graph>, consumer: usize) {
+pub(crate) fn withdraw(upstream: Arc<dyn Graph>, consumer: Consumer) {
     run_flat(&WITHDRAWING, (upstream, consumer), |(node, consumer)| {
         if node.withdraw_consumer(consumer) {
             node.cancel_node();

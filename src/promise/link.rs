@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use super::core::{self, Graph, Input, Link, Lock, Node, NodeRef, Reaction, Runnable, Settle};
+use super::core::{
+    self, Graph, Input, Link, Lock, Node, NodeRef, Reaction, Runnable, Settle, REACTION,
+};
 use super::Promise;
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
@@ -164,7 +166,7 @@ where
             AfterCancel::Withdraw(parent) => {
                 // Handlers see the cancellation (a `finally` runs), from the queue.
                 context::schedule(node.clone(), None);
-                core::withdraw(parent, node.key());
+                core::withdraw(parent, (node.key(), REACTION));
             }
             AfterCancel::Unfollow(forward) => forward.cancel(),
             AfterCancel::Nothing => {}
@@ -438,7 +440,7 @@ impl<T: Send + 'static, E: Send + 'static> Cancel for Forward<T, E> {
                     node.cancel_node();
                 }
             }
-            Step::Waiting(source) => core::withdraw(source, self.reaction_key()),
+            Step::Waiting(source) => core::withdraw(source, (self.reaction_key(), REACTION)),
             Step::Forward(_) | Step::Done => {}
         }
     }
@@ -602,7 +604,7 @@ where
         if let AfterCancel::Withdraw(parent) = after {
             let key = self.reaction_key();
             context::schedule(self, None);
-            core::withdraw(parent, key);
+            core::withdraw(parent, (key, REACTION));
         }
     }
 }

@@ -232,6 +232,21 @@ where
         Promise { node: Some(child) }
     }
 
+    /// Makes this promise input `index` of `collector` (consuming the handle), and
+    /// returns it as a graph node, to withdraw from with the collector's key and
+    /// `index`. If it is settled already, its job is queued at once.
+    pub(crate) fn report_to(
+        mut self,
+        collector: Arc<dyn core::Collector<T, E>>,
+        index: u32,
+    ) -> Arc<dyn Graph> {
+        let node = self.take_node();
+        if let Some(job) = node.core().attach_collector(collector, index) {
+            context::schedule(job, None);
+        }
+        node
+    }
+
     /// Calls `watcher` with however this promise ends, cancellation included (which
     /// no public handler sees), from the microtask queue. Cancelling the returned
     /// observation withdraws it (the watcher then sees `Settled::Cancelled`). The
