@@ -37,10 +37,13 @@
 //! traits (`AsyncReadExt::read` and so on); with those traits in scope, call the
 //! trait forms by path: `AsyncReadExt::read(&mut stream, &mut buf)`.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{self as std_net, Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{
+    self as std_net, IpAddr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs,
+};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,7 +64,7 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_READ_CHUNK: usize = 1024 * 1024;
 /// How many queued writes go out in one `writev`.
 const MAX_WRITE_SLICES: usize = 32;
-/// The stack of the helper thread that resolves and connects (see
+/// The stack of the helper thread that resolves names (see
 /// [`TcpStream::connect`]); name resolution needs more than the bare minimum.
 const CONNECT_THREAD_STACK: usize = 256 * 1024;
 
@@ -378,13 +381,76 @@ impl Read for SocketReader<'_> {
     }
 }
 
+/// The addresses `addr` names, when knowing them needs no name lookup (the part of
+/// connecting that blocks): a socket address, or text that parses as one.
+fn literal_addrs(addr: &dyn Any) -> Option<Vec<SocketAddr>> {
+    if let Some(&addr) = addr.downcast_ref::<SocketAddr>() {
+        return Some(vec![addr]);
+    }
+    if let Some(&addr) = addr.downcast_ref::<SocketAddrV4>() {
+        return Some(vec![addr.into()]);
+    }
+    if let Some(&addr) = addr.downcast_ref::<SocketAddrV6>() {
+        return Some(vec![addr.into()]);
+    }
+    if let Some(&(ip, port)) = addr.downcast_ref::<(IpAddr, u16)>() {
+        return Some(vec![SocketAddr::new(ip, port)]);
+    }
+    let text = addr
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| addr.downcast_ref::<String>().map(String::as_str))?;
+    text.parse::<SocketAddr>().ok().map(|addr| vec![addr])
+}
+
+/// Connects to the first of `addrs` that accepts; the error is the last one's.
+async fn connect_to(addrs: Vec<SocketAddr>) -> Result<TcpStream, Error> {
+    let mut last_error = None;
+    for addr in addrs {
+        match connect_one(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    let error = last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any addresses",
+        )
+    });
+    Err(Error::from(error))
+}
+
+/// A non-blocking connect: started at once, finished when the socket becomes
+/// writable, its outcome read from the socket's pending error.
+async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    let socket = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
+    match rustix::net::connect(&socket, &addr) {
+        Ok(()) | Err(rustix::io::Errno::INPROGRESS) => {}
+        Err(errno) => return Err(errno.into()),
+    }
+    let stream = TcpStream::from_std(std_net::TcpStream::from(socket))?;
+    stream.shared.socket.writable().await?;
+    match stream.shared.socket.get_ref().take_error()? {
+        Some(error) => Err(error),
+        None => Ok(stream),
+    }
+}
+
 impl TcpStream {
-    /// Connects to `addr`.
+    /// Connects to `addr`, trying each address it names in turn (as the standard
+    /// library does).
     ///
-    /// Name resolution and the standard library's connect both block, so they run
-    /// on a short-lived helper thread (as Node.js resolves names on its thread
-    /// pool); the loop thread goes on, and the connected socket is registered with
-    /// the calling thread's loop. A refused connection rejects with
+    /// The connection is made without blocking, by the calling thread's loop, and
+    /// the socket is registered with that loop. A name (not an IP address) is
+    /// resolved on a short-lived helper thread, since resolving blocks (Node.js
+    /// resolves names on its thread pool). A refused connection rejects with
     /// `ErrorKind::ConnectionRefused`.
     ///
     /// ```
@@ -403,18 +469,24 @@ impl TcpStream {
     where
         A: ToSocketAddrs + Send + 'static,
     {
-        let (connected, resolver) = Promise::<std_net::TcpStream>::pending();
+        if let Some(addrs) = literal_addrs(&addr) {
+            return spawn(connect_to(addrs));
+        }
+        let (resolved, resolver) = Promise::<Vec<SocketAddr>>::pending();
         let helper = std::thread::Builder::new()
-            .name("thenable-connect".into())
+            .name("thenable-resolve".into())
             .stack_size(CONNECT_THREAD_STACK)
-            .spawn(move || resolver.settle(std_net::TcpStream::connect(addr).map_err(Error::from)));
+            .spawn(move || {
+                let addrs = addr.to_socket_addrs().map(Iterator::collect);
+                resolver.settle(addrs.map_err(Error::from))
+            });
         // If the thread could not start, the resolver went down with its closure
-        // and `connected` is broken: report why instead.
+        // and `resolved` is broken: report why instead.
         let spawn_error = helper.err().map(Error::from);
-        // Registered in a reaction on the resolver's home loop: the calling loop.
-        connected.then_or_catch(
-            |stream| Ok(TcpStream::from_std(stream)?),
-            move |error| Err(spawn_error.unwrap_or(error)),
+        // Run on the resolver's home loop: the calling loop.
+        resolved.then_or_catch(
+            |addrs| spawn(connect_to(addrs)),
+            move |error| Promise::rejected(spawn_error.unwrap_or(error)),
         )
     }
 

@@ -373,6 +373,44 @@ fn connecting_to_a_name_resolves_it_off_the_loop() {
     })
 }
 
+#[test]
+fn connect_takes_an_address_in_every_form_and_tries_each_in_turn() {
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let std::net::SocketAddr::V4(v4) = addr else {
+            unreachable!("bound to an IPv4 address")
+        };
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        // A list names no single literal address: it goes through the resolving
+        // thread, and the first address refuses.
+        let list: &'static [std::net::SocketAddr] = Box::leak(Box::new([refused, addr]));
+        let clients = [
+            TcpStream::connect(addr),
+            TcpStream::connect(v4),
+            TcpStream::connect((addr.ip(), addr.port())),
+            TcpStream::connect(addr.to_string()),
+            TcpStream::connect(list),
+        ];
+        let mut servers = std::collections::HashMap::new();
+        for _ in 0..clients.len() {
+            let (server, peer) = listener.accept().await?;
+            servers.insert(peer, server); // in the order they connected
+        }
+        for client in clients {
+            let client = client.await?;
+            assert_eq!(client.peer_addr()?, addr);
+            let server = servers.remove(&client.local_addr()?).expect("accepted");
+            client.write_all("x").await?;
+            assert_eq!(server.read(1).await?, b"x");
+        }
+        let nowhere: &'static [std::net::SocketAddr] = &[];
+        let err = TcpStream::connect(nowhere).await.unwrap_err();
+        assert_eq!(kind_of(&err), ErrorKind::InvalidInput);
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Lines: limits, bad input, cancellation
 // ---------------------------------------------------------------------------
