@@ -7,11 +7,14 @@
 //! broken if it is dropped unfinished. This module never polls anything itself: the
 //! loop does.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::task::{Poll, Wake};
+use std::task::{Context, Poll, Wake};
+
+use pin_project_lite::pin_project;
 
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
@@ -156,37 +159,102 @@ impl Drop for TaskRef {
     }
 }
 
-/// Polls `future`, turning a panic into `Err(from_error(panic))`.
-pub(crate) async fn catch_panics<F, T, E>(
-    future: F,
-    from_error: impl Fn(Error) -> E,
-) -> Result<T, E>
-where
-    F: Future<Output = Result<T, E>>,
-{
-    let mut future = std::pin::pin!(future);
-    poll_fn(
-        |cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-            Ok(poll) => poll,
-            Err(payload) => Poll::Ready(Err(from_error(Error::panic(payload)))),
-        },
-    )
-    .await
+pin_project! {
+    /// `future`, with a panic turned into `Err(from_error(panic))`; see
+    /// [`catch_panics`].
+    pub(crate) struct CatchPanics<F, C> {
+        #[pin]
+        future: F,
+        from_error: C,
+    }
 }
 
-/// The future a task runs: `future`, with its output (or panic) settling the
-/// task's promise. The settler is moved into the future before its first poll, so
-/// dropping the task at any point drops it, and the promise settles as broken.
-pub(crate) async fn output_future<F, T, E, L>(future: F, mut settler: Settler<T, E, L>)
+/// Polls `future`, turning a panic into `Err(from_error(panic))`.
+pub(crate) fn catch_panics<F, C>(future: F, from_error: C) -> CatchPanics<F, C> {
+    CatchPanics { future, from_error }
+}
+
+impl<F, C, T, E> Future for CatchPanics<F, C>
 where
-    F: Future<Output = Result<T, E>> + 'static,
+    F: Future<Output = Result<T, E>>,
+    C: Fn(Error) -> E,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, E>> {
+        let mut this = self.project();
+        match catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => Poll::Ready(Err((this.from_error)(Error::panic(payload)))),
+        }
+    }
+}
+
+pin_project! {
+    /// The future a task runs: `future`, with its output (or panic) settling the
+    /// task's promise. The settler is held from the start, so dropping the task at
+    /// any point drops it, and the promise settles as broken.
+    ///
+    /// Written out rather than as an `async fn`: an `async fn` keeps its argument
+    /// and the futures it awaits in separate places, so wrapping a task's future
+    /// that way tripled its size (a 4 KiB buffer in a task cost 12 KiB).
+    pub(crate) struct TaskFuture<F, T, E, L> {
+        #[pin]
+        stage: Stage<F>,
+        settler: Option<Settler<T, E, L>>,
+    }
+}
+
+pin_project! {
+    #[project = StageProjection]
+    enum Stage<F> {
+        Running { #[pin] future: F },
+        Done,
+    }
+}
+
+/// `future` as a task's future, settling `settler`'s promise with its output.
+pub(crate) fn output_future<F, T, E, L>(
+    future: F,
+    settler: Settler<T, E, L>,
+) -> TaskFuture<F, T, E, L> {
+    TaskFuture {
+        stage: Stage::Running { future },
+        settler: Some(settler),
+    }
+}
+
+impl<F, T, E, L> Future for TaskFuture<F, T, E, L>
+where
+    F: Future<Output = Result<T, E>>,
     T: Send + 'static,
     E: Send + 'static,
     L: Link<T, E>,
 {
-    let from_error = settler.error_converter();
-    let outcome = catch_panics(future, from_error).await;
-    settler.settle(outcome);
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let StageProjection::Running { future } = this.stage.as_mut().project() else {
+            return Poll::Ready(());
+        };
+        let outcome = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(outcome)) => outcome,
+            Err(payload) => {
+                let from_error = this.settler.as_ref().map(Settler::error_converter);
+                let from_error = from_error.expect("the settler stays until the future is done");
+                Err(from_error(Error::panic(payload)))
+            }
+        };
+        // The future is dropped before its promise settles, as an `async` block's
+        // locals are before it returns.
+        this.stage.set(Stage::Done);
+        if let Some(mut settler) = this.settler.take() {
+            settler.settle(outcome);
+        }
+        Poll::Ready(())
+    }
 }
 
 /// The link of a task's promise: the task whose future is dropped if the promise is
@@ -213,5 +281,45 @@ impl<T: Send + 'static, E: Send + 'static> Link<T, E> for TaskLink {
         if let Some(task) = node.link.task.get() {
             context::cancel_task(task);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::promise::internal;
+
+    #[test]
+    fn a_task_costs_its_future_plus_three_words() {
+        let big = async {
+            let buffer = [7u8; 4096];
+            crate::Promise::<u8>::resolved(1).await?;
+            Ok::<_, Error>(buffer[100])
+        };
+        let future_size = std::mem::size_of_val(&big);
+        let (_output, settler) = internal::<u8, Error>();
+        let task = output_future(big, settler);
+        let word = std::mem::size_of::<usize>();
+        assert!(
+            // The settler, and the tag of "running or done" with its padding.
+            std::mem::size_of_val(&task) <= future_size + 3 * word,
+            "a {future_size}-byte future became a {}-byte task",
+            std::mem::size_of_val(&task)
+        );
+        let guarded = catch_panics(async { Ok::<u8, Error>(1) }, |e: Error| e);
+        assert!(std::mem::size_of_val(&guarded) <= 2 * word);
+    }
+
+    #[test]
+    fn a_task_that_panics_settles_its_promise_with_the_panic() {
+        let (output, settler) = internal::<u8, Error>();
+        let task = output_future(async { panic!("boom") }, settler);
+        crate::block_on(async {
+            task.await;
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let error = crate::block_on(output).unwrap_err();
+        assert!(error.to_string().contains("boom"), "{error}");
     }
 }
