@@ -555,6 +555,9 @@ struct SleepLink {
 }
 
 impl Link<(), Error> for SleepLink {
+    /// Only its timer settles it: adopting a sleep never needs a cycle search.
+    const MAY_WAIT: bool = false;
+
     fn on_cancel(node: &Arc<Node<(), Error, Self>>) {
         let bits = node.link.timer.swap(NO_TIMER, Ordering::AcqRel);
         if bits == NO_TIMER {

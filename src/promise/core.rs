@@ -55,6 +55,10 @@ pub(crate) trait Graph: Send + Sync {
     /// The one promise this node waits on now, if it is derived from one (a `then`
     /// link waiting on its parent, or following the promise its handler returned).
     fn upstream(&self) -> Option<Arc<dyn Graph>>;
+    /// False when nothing but its own resource can settle this node (a timer's
+    /// promise) or it is settled already: then it waits on no promise, and adopting
+    /// it cannot close a chaining cycle.
+    fn may_wait(&self) -> bool;
 }
 
 /// What a reaction receives.
@@ -104,6 +108,10 @@ pub(crate) trait Link<T, E>: Send + Sync + Sized + 'static {
     fn upstream(_node: &Node<T, E, Self>) -> Option<Arc<dyn Graph>> {
         None
     }
+
+    /// See [`Graph::may_wait`]: false for a link whose node only its own resource
+    /// settles (a resolver may follow a promise, a task awaits them).
+    const MAY_WAIT: bool = true;
 }
 
 impl<T, E> Link<T, E> for () {
@@ -169,6 +177,10 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
 
     fn upstream(&self) -> Option<Arc<dyn Graph>> {
         L::upstream(self)
+    }
+
+    fn may_wait(&self) -> bool {
+        L::MAY_WAIT && self.core.status() == Status::Pending
     }
 }
 

@@ -483,6 +483,9 @@ const DOWNSTREAM_SEARCH_BUDGET: usize = 64;
 /// `source` costs its length and finds a cycle of any length through `then` links
 /// and adoptions. A short search downstream of `target` catches the rest.
 fn creates_cycle(target: &dyn Graph, source: Arc<dyn Graph>) -> bool {
+    if !source.may_wait() {
+        return false; // a timer's promise, or a settled one: it waits on nothing
+    }
     let wanted = target.key();
     let mut current = Some(source.clone());
     let mut walked = 0;
