@@ -439,44 +439,6 @@ impl<T: AsFd> Drop for Async<T> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-
-    fn open_descriptors() -> usize {
-        std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
-    }
-
-    #[test]
-    fn descriptors_are_not_leaked_or_reused() {
-        let event_loop = crate::EventLoop::new();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let before = open_descriptors();
-        for round in 0..50u8 {
-            let mut client = TcpStream::connect(addr).unwrap();
-            let (server, _) = listener.accept().unwrap();
-            server.set_nonblocking(true).unwrap();
-            let server = Async::new(server).unwrap();
-            client.write_all(&[round]).unwrap();
-            let got = event_loop
-                .block_on(async {
-                    let mut byte = [0];
-                    server.read_with(|mut s| s.read(&mut byte)).await?;
-                    Ok::<_, io::Error>(byte[0])
-                })
-                .unwrap();
-            // A stale registration of a reused descriptor number would deliver the
-            // wrong socket's readiness, or none: each round reads its own byte.
-            assert_eq!(got, round);
-        }
-        event_loop.run().unwrap(); // nothing armed is left: returns
-        assert_eq!(open_descriptors(), before);
-    }
-}
-
 // Standard input as lines: in its own file, as it owns more than readiness.
 mod stdin;
 pub use self::stdin::*;

@@ -183,7 +183,8 @@ impl Reactor {
         // SAFETY: `polling` requires the source to be deleted from the poller before
         // it is closed. Every registration is owned by an `Async<T>` that holds the
         // descriptor and calls `deregister` in its `Drop` before the descriptor is
-        // dropped (tested by `io::tests::descriptors_are_not_leaked_or_reused`).
+        // dropped (tested by `registrations_are_not_leaked_nor_reused_stale` in
+        // `tests/io_issue4.rs`).
         unsafe {
             self.poller.add(fd.as_raw_fd(), Event::none(key))?
         };

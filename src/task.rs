@@ -309,17 +309,4 @@ mod tests {
         let guarded = catch_panics(async { Ok::<u8, Error>(1) }, |e: Error| e);
         assert!(std::mem::size_of_val(&guarded) <= 2 * word);
     }
-
-    #[test]
-    fn a_task_that_panics_settles_its_promise_with_the_panic() {
-        let (output, settler) = internal::<u8, Error>();
-        let task = output_future(async { panic!("boom") }, settler);
-        crate::block_on(async {
-            task.await;
-            Ok::<_, Error>(())
-        })
-        .unwrap();
-        let error = crate::block_on(output).unwrap_err();
-        assert!(error.to_string().contains("boom"), "{error}");
-    }
 }

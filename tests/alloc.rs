@@ -212,6 +212,42 @@ fn then_chain_on_a_resolved_promise_allocates_once_per_link() {
 }
 
 #[test]
+fn adopting_a_returned_promise_allocates_nothing_more() {
+    let _serial = serial();
+    let event_loop = EventLoop::new();
+    warm_up(&event_loop);
+    let adopting_chain = |root: Promise<u64>| {
+        let mut p = root;
+        for _ in 0..N {
+            p = p.then(|v| Promise::resolved(v + 1));
+        }
+        p
+    };
+    let (root, resolver) = Promise::<u64>::pending();
+    let p = adopting_chain(root);
+    resolver.resolve(0);
+    assert_eq!(event_loop.block_on(p).unwrap(), N as u64); // the queues' capacity
+
+    let (root, resolver) = Promise::<u64>::pending();
+    let (p, built) = count(|| adopting_chain(root));
+    resolver.resolve(0);
+    let (value, ran) = count(|| event_loop.block_on(p).unwrap());
+    assert_eq!(value, N as u64);
+    println!(
+        "{N} links adopting Promise::resolved: construction {} allocs; running {} allocs",
+        built.allocs, ran.allocs
+    );
+    assert_eq!(built.allocs, N);
+    // Each handler's own `Promise::resolved`, and nothing to follow it with: the
+    // link follows the returned promise itself.
+    assert!(
+        ran.allocs <= N + 2,
+        "running {N} adoptions allocated {} times",
+        ran.allocs
+    );
+}
+
+#[test]
 fn pending_promise_and_resolver_allocations() {
     let _serial = serial();
     let event_loop = EventLoop::new();

@@ -304,6 +304,33 @@ fn a_thousand_readiness_waits_on_one_loop() {
 }
 
 #[test]
+fn registrations_are_not_leaked_nor_reused_stale() {
+    assert_no_descriptor_leak(|| {
+        let event_loop = EventLoop::new();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        for round in 0..50u8 {
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            server.set_nonblocking(true).unwrap();
+            let server = thenable::io::Async::new(server).unwrap();
+            client.write_all(&[round]).unwrap();
+            let got = event_loop
+                .block_on(async {
+                    let mut byte = [0];
+                    server.read_with(|mut s| s.read(&mut byte)).await?;
+                    Ok::<_, std::io::Error>(byte[0])
+                })
+                .unwrap();
+            // A stale registration of a reused descriptor number would deliver the
+            // wrong socket's readiness, or none: each round reads its own byte.
+            assert_eq!(got, round);
+        }
+        event_loop.run().unwrap(); // nothing armed is left: returns
+    });
+}
+
+#[test]
 fn readiness_waits_leave_no_descriptor_behind() {
     assert_no_descriptor_leak(|| {
         run_exclusive(async {

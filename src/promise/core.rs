@@ -1,9 +1,10 @@
 //! The state machine of one promise: pending with a list of waiters, then settled
 //! (fulfilled, rejected or cancelled) exactly once.
 //!
-//! A [`Core`] owns the outcome and decides who receives it: reactions (the `then`
-//! children and adoption forwarders) get it moved or cloned and are handed to the
-//! scheduler; wakers are woken and take it when polled. It also counts consumers, so
+//! A [`Core`] owns the outcome and decides who receives it: consumers (`then`
+//! children, children following the promise their handler returned, adoption
+//! forwarders, combinators' collectors) get it moved or cloned and are handed to
+//! the scheduler; wakers are woken and take it when polled. It also counts consumers, so
 //! that cancellation travels upstream only when nobody else wants the value. It never
 //! runs a handler itself and never calls a reaction inline, so depth never turns into
 //! stack.
@@ -76,6 +77,8 @@ pub(crate) type Consumer = (usize, u32);
 
 /// The index part of a reaction's [`Consumer`].
 pub(crate) const REACTION: u32 = u32::MAX;
+/// The index part of a follower's [`Consumer`].
+pub(crate) const FOLLOWER: u32 = u32::MAX - 1;
 
 /// A consumer that receives the outcome of a promise by value.
 pub(crate) trait Reaction<T, E>: Send + Sync {
@@ -97,6 +100,18 @@ pub(crate) trait Collector<T, E>: Send + Sync {
     fn collect(self: Arc<Self>, index: u32, input: Input<T, E>) -> Arc<dyn Runnable>;
     /// Identity of the collector, for [`Core::withdraw`].
     fn collector_key(&self) -> usize;
+}
+
+/// A `then` child following the promise its handler returned (of the child's own
+/// types, where its [`Reaction`] is for its parent's).
+pub(crate) trait Follower<T, E>: Send + Sync {
+    /// Stores the followed promise's outcome; returns the job that settles the
+    /// follower with it.
+    fn forward(self: Arc<Self>, input: Input<T, E>) -> Arc<dyn Runnable>;
+    /// The follower as a node, for cycle detection.
+    fn node(self: Arc<Self>) -> Arc<dyn Graph>;
+    /// Identity of the follower, for [`Core::withdraw`].
+    fn follower_key(&self) -> usize;
 }
 
 /// What a node's link does when the node is cancelled: release whatever would
@@ -143,6 +158,7 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
             for waiter in waiters.iter() {
                 let next = match waiter {
                     Waiter::Reaction(reaction) => reaction.clone().target(),
+                    Waiter::Follower(follower) => Some(follower.clone().node()),
                     Waiter::Task(task) => task.output(),
                     Waiter::Collector(..) | Waiter::Waker(_) => None,
                 };
@@ -212,6 +228,7 @@ pub(crate) enum Waiter<T, E> {
     /// Input `.1` of a combinator (the index sits in the padding after the tag:
     /// a waiter stays three words).
     Collector(Arc<dyn Collector<T, E>>, u32),
+    Follower(Arc<dyn Follower<T, E>>),
     /// A waker of one of our own tasks (counted, so the loop can tell a deadlock).
     Task(TaskRef),
     /// Any other executor's waker.
@@ -222,13 +239,17 @@ impl<T, E> Waiter<T, E> {
     /// Takes the outcome (reactions and collectors) rather than being woken to
     /// poll for it.
     fn consumes(&self) -> bool {
-        matches!(self, Waiter::Reaction(_) | Waiter::Collector(..))
+        matches!(
+            self,
+            Waiter::Reaction(_) | Waiter::Collector(..) | Waiter::Follower(_)
+        )
     }
 
     fn is(&self, consumer: Consumer) -> bool {
         match self {
             Waiter::Reaction(reaction) => (reaction.reaction_key(), REACTION) == consumer,
             Waiter::Collector(collector, index) => (collector.collector_key(), *index) == consumer,
+            Waiter::Follower(follower) => (follower.follower_key(), FOLLOWER) == consumer,
             Waiter::Task(_) | Waiter::Waker(_) => false,
         }
     }
@@ -238,6 +259,7 @@ impl<T, E> Waiter<T, E> {
         match self {
             Waiter::Reaction(reaction) => reaction.deliver(input),
             Waiter::Collector(collector, index) => collector.collect(index, input),
+            Waiter::Follower(follower) => follower.forward(input),
             Waiter::Task(_) | Waiter::Waker(_) => unreachable!("wakers are woken"),
         }
     }
@@ -246,7 +268,7 @@ impl<T, E> Waiter<T, E> {
         match self {
             Waiter::Task(task) => task.wake(),
             Waiter::Waker(waker) => waker.wake(),
-            Waiter::Reaction(_) | Waiter::Collector(..) => {
+            Waiter::Reaction(_) | Waiter::Collector(..) | Waiter::Follower(_) => {
                 unreachable!("consumers are delivered, not woken")
             }
         }
@@ -538,6 +560,14 @@ impl<T, E> Core<T, E> {
         index: u32,
     ) -> Option<Arc<dyn Runnable>> {
         self.attach_consumer(Waiter::Collector(collector, index))
+    }
+
+    /// [`attach`](Self::attach) for a `then` child following this promise.
+    pub(crate) fn attach_follower(
+        &self,
+        follower: Arc<dyn Follower<T, E>>,
+    ) -> Option<Arc<dyn Runnable>> {
+        self.attach_consumer(Waiter::Follower(follower))
     }
 
     fn attach_consumer(&self, consumer: Waiter<T, E>) -> Option<Arc<dyn Runnable>> {

@@ -2,8 +2,10 @@
 //! in the child's own allocation), adoption (a promise resolved with a promise), and
 //! the hooks that release a root promise's resource when it is cancelled.
 //!
-//! Links run only from the microtask queue. Adoption is iterative: a forwarder is a
-//! reaction like any other, and a chaining cycle is refused before it can hang.
+//! Links run only from the microtask queue. Adoption is iterative: a `then` child
+//! follows the promise its handler returned as one more waiter of it (a resolver's
+//! promise, through a forwarder), and a chaining cycle is refused before it can
+//! hang.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -11,7 +13,8 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::core::{
-    self, Graph, Input, Link, Lock, Node, NodeRef, Reaction, Runnable, Settle, REACTION,
+    self, Follower, Graph, Input, Link, Lock, Node, NodeRef, Reaction, Runnable, Settle, FOLLOWER,
+    REACTION,
 };
 use super::Promise;
 use crate::error::Error;
@@ -38,7 +41,9 @@ where
     }
 }
 
-enum Slot<T0, E0, F> {
+/// The states of a `then` link's slot (`T0, E0` are the parent's types, `T, E`
+/// the child's own), shared with observers, which never follow a promise.
+enum Slot<T0, E0, F, T = (), E = ()> {
     /// Attached to `parent`, waiting for its outcome.
     Waiting {
         f: F,
@@ -49,23 +54,37 @@ enum Slot<T0, E0, F> {
         f: F,
         input: Input<T0, E0>,
     },
-    /// The handler returned a promise: cancelling this node stops following it.
-    Following(Arc<dyn Cancel>),
+    /// The handler returned this promise: queued to follow it, a tick later (as
+    /// V8's job that calls `then` on a returned promise).
+    Adopting(Promise<T, E>),
+    /// Attached to the promise the handler returned, waiting for its outcome.
+    Following(Arc<dyn Graph>),
+    /// Queued with the followed promise's outcome.
+    Forwarding(Input<T, E>),
     Done,
 }
 
 /// What [`Slot::cancel`] leaves for its caller to do once the lock is released.
-enum AfterCancel {
+enum AfterCancel<T, E> {
     /// It was waiting: queue it (its function sees `Input::Cancelled`) and
     /// withdraw it from `parent`.
     Withdraw(Arc<dyn Graph>),
-    /// Stop following what the handler returned.
-    Unfollow(Arc<dyn Cancel>),
+    /// Let go of the promise it was about to follow.
+    Release(Promise<T, E>),
+    /// Stop following this promise.
+    Unfollow(Arc<dyn Graph>),
     Nothing,
 }
 
+/// What a queued link does when its job runs.
+enum Queued<T0, E0, F, T, E> {
+    Handle(F, Input<T0, E0>),
+    Follow(Promise<T, E>),
+    Forward(Input<T, E>),
+}
+
 /// The transitions of a slot, shared by `then` links and observers.
-impl<T0, E0, F> Slot<T0, E0, F> {
+impl<T0, E0, F, T, E> Slot<T0, E0, F, T, E> {
     /// The parent's outcome arrived: ready to run.
     fn deliver(&mut self, input: Input<T0, E0>) {
         if let Slot::Waiting { f, .. } = std::mem::replace(self, Slot::Done) {
@@ -81,6 +100,19 @@ impl<T0, E0, F> Slot<T0, E0, F> {
         }
     }
 
+    /// What the link's job has to do, if anything.
+    fn take_step(&mut self) -> Option<Queued<T0, E0, F, T, E>> {
+        match std::mem::replace(self, Slot::Done) {
+            Slot::Ready { f, input } => Some(Queued::Handle(f, input)),
+            Slot::Adopting(promise) => Some(Queued::Follow(promise)),
+            Slot::Forwarding(input) => Some(Queued::Forward(input)),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
     /// The function, if it has not run yet (the loop is gone).
     fn take_unrun(&mut self) -> Option<F> {
         match std::mem::replace(self, Slot::Done) {
@@ -90,7 +122,7 @@ impl<T0, E0, F> Slot<T0, E0, F> {
     }
 
     /// Cancelled: a function that has not run will see `Input::Cancelled`.
-    fn cancel(&mut self) -> AfterCancel {
+    fn cancel(&mut self) -> AfterCancel<T, E> {
         match std::mem::replace(self, Slot::Done) {
             Slot::Waiting { f, parent } => {
                 *self = Slot::Ready {
@@ -106,19 +138,20 @@ impl<T0, E0, F> Slot<T0, E0, F> {
                 };
                 AfterCancel::Nothing
             }
-            Slot::Following(forward) => AfterCancel::Unfollow(forward),
-            Slot::Done => AfterCancel::Nothing,
+            Slot::Adopting(promise) => AfterCancel::Release(promise),
+            Slot::Following(source) => AfterCancel::Unfollow(source),
+            Slot::Forwarding(_) | Slot::Done => AfterCancel::Nothing,
         }
     }
 }
 
 /// The handler of a `then`-like call, kept in the child node (`T0, E0` are the
-/// parent's types).
-pub(crate) struct ThenLink<T0, E0, F> {
-    slot: Lock<Slot<T0, E0, F>>,
+/// parent's types, `T, E` the child's).
+pub(crate) struct ThenLink<T0, E0, F, T, E> {
+    slot: Lock<Slot<T0, E0, F, T, E>>,
 }
 
-impl<T0, E0, F> ThenLink<T0, E0, F> {
+impl<T0, E0, F, T, E> ThenLink<T0, E0, F, T, E> {
     pub(crate) fn new(f: F, parent: Arc<dyn Graph>) -> Self {
         ThenLink {
             slot: Lock::new(Slot::Waiting { f, parent }),
@@ -126,7 +159,12 @@ impl<T0, E0, F> ThenLink<T0, E0, F> {
     }
 }
 
-impl<T, E, T0, E0, F> Node<T, E, ThenLink<T0, E0, F>>
+/// The error a promise adopting one that waits on it is rejected with.
+fn chaining_cycle() -> Error {
+    Error::deadlock("chaining cycle: a promise was resolved with a promise that waits on it")
+}
+
+impl<T, E, T0, E0, F> Node<T, E, ThenLink<T0, E0, F, T, E>>
 where
     T: Send + 'static,
     E: Send + 'static,
@@ -142,17 +180,53 @@ where
                 }
             }
             Next::Adopt(promise) => {
-                let forward = adopt(self.clone(), promise, None);
-                *self.link.slot.lock() = Slot::Following(forward);
+                // Followed from the queue, a tick later, by this node itself: no
+                // forwarder to allocate.
+                *self.link.slot.lock() = Slot::Adopting(promise);
+                context::schedule(self, None);
             }
             Next::Cancelled => {
                 self.cancel_node();
             }
         }
     }
+
+    /// Attaches to the promise the handler returned, unless that would wait on
+    /// itself.
+    fn follow(self: Arc<Self>, mut promise: Promise<T, E>) {
+        let source = promise.take_node();
+        if creates_cycle(&*self, source.clone()) {
+            source.core().release_handle();
+            let cycle = self.core.fail(chaining_cycle());
+            if self.core.settle(Err(cycle), None) == Settle::Unwatched {
+                context::track_unhandled(self);
+            }
+            return;
+        }
+        // Following before attaching: an outcome delivered at once finds it so.
+        *self.link.slot.lock() = Slot::Following(source.clone());
+        if let Some(job) = source.core().attach_follower(self) {
+            context::schedule(job, None);
+        }
+    }
+
+    /// Settles this node as the followed promise did.
+    fn forward(self: Arc<Self>, input: Input<T, E>) {
+        let outcome = match input {
+            Input::Outcome(outcome) => outcome,
+            Input::Cancelled => {
+                self.cancel_node();
+                return;
+            }
+            Input::Abandoned => Err(self.core.fail(Error::broken())),
+        };
+        if self.core.settle(outcome, None) == Settle::Unwatched {
+            context::track_unhandled(self);
+        }
+    }
 }
 
-impl<T, E, T0, E0, F> Link<T, E> for ThenLink<T0, E0, F>
+impl<T, E, T0, E0, F> Link<T, E> for ThenLink<T0, E0, F, T, E>
 where
     T: Send + 'static,
     E: Send + 'static,
@@ -168,7 +242,14 @@ where
                 context::schedule(node.clone(), None);
                 core::withdraw(parent, (node.key(), REACTION));
             }
-            AfterCancel::Unfollow(forward) => forward.cancel(),
+            // Not attached yet: let the handle go as a cancelled consumer would.
+            AfterCancel::Release(mut promise) => {
+                let source = promise.take_node();
+                if source.core().release_handle() {
+                    source.cancel_node();
+                }
+            }
+            AfterCancel::Unfollow(source) => core::withdraw(source, (node.key(), FOLLOWER)),
             AfterCancel::Nothing => {}
         }
     }
@@ -176,13 +257,17 @@ where
     fn upstream(node: &Node<T, E, Self>) -> Option<Arc<dyn Graph>> {
         match &*node.link.slot.lock() {
             Slot::Waiting { parent, .. } => Some(parent.clone()),
-            Slot::Following(forward) => forward.source(),
-            Slot::Ready { .. } | Slot::Done => None,
+            Slot::Adopting(promise) => {
+                let source: Arc<dyn Graph> = promise.node.clone()?;
+                Some(source)
+            }
+            Slot::Following(source) => Some(source.clone()),
+            Slot::Ready { .. } | Slot::Forwarding(_) | Slot::Done => None,
         }
     }
 }
 
-impl<T, E, T0, E0, F> Reaction<T0, E0> for Node<T, E, ThenLink<T0, E0, F>>
+impl<T, E, T0, E0, F> Reaction<T0, E0> for Node<T, E, ThenLink<T0, E0, F, T, E>>
 where
     T: Send + 'static,
     E: Send + 'static,
@@ -204,7 +289,33 @@ where
     }
 }
 
-impl<T, E, T0, E0, F> Runnable for Node<T, E, ThenLink<T0, E0, F>>
+impl<T, E, T0, E0, F> Follower<T, E> for Node<T, E, ThenLink<T0, E0, F, T, E>>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    T0: Send + 'static,
+    E0: Send + 'static,
+    F: FnOnce(Input<T0, E0>) -> Next<T, E> + Send + 'static,
+{
+    fn forward(self: Arc<Self>, input: Input<T, E>) -> Arc<dyn Runnable> {
+        let mut slot = self.link.slot.lock();
+        if matches!(*slot, Slot::Following(_)) {
+            *slot = Slot::Forwarding(input);
+        }
+        drop(slot);
+        self
+    }
+
+    fn node(self: Arc<Self>) -> Arc<dyn Graph> {
+        self
+    }
+
+    fn follower_key(&self) -> usize {
+        self.key()
+    }
+}
+
+impl<T, E, T0, E0, F> Runnable for Node<T, E, ThenLink<T0, E0, F, T, E>>
 where
     T: Send + 'static,
     E: Send + 'static,
@@ -213,16 +324,23 @@ where
     F: FnOnce(Input<T0, E0>) -> Next<T, E> + Send + 'static,
 {
     fn run(self: Arc<Self>) {
-        let ready = self.link.slot.lock().take_ready();
-        if let Some((f, input)) = ready {
-            self.complete(f(input));
+        let step = self.link.slot.lock().take_step();
+        match step {
+            Some(Queued::Handle(f, input)) => self.complete(f(input)),
+            Some(Queued::Follow(promise)) => self.follow(promise),
+            Some(Queued::Forward(input)) => self.forward(input),
+            None => {}
         }
     }
 
     fn abandon(self: Arc<Self>) {
-        let unrun = self.link.slot.lock().take_unrun();
-        if let Some(f) = unrun {
-            self.complete(f(Input::Abandoned));
+        let step = self.link.slot.lock().take_step();
+        match step {
+            Some(Queued::Handle(f, _)) => self.complete(f(Input::Abandoned)),
+            Some(Queued::Follow(_)) | Some(Queued::Forward(_)) => {
+                let _ = self.core.settle_broken(None);
+            }
+            None => {}
         }
     }
 }
@@ -316,8 +434,6 @@ impl<T, E> Link<T, E> for Hooks {
 /// Something that can stop following a promise.
 pub(crate) trait Cancel: Send + Sync {
     fn cancel(&self);
-    /// The promise being followed, while it is.
-    fn source(&self) -> Option<Arc<dyn Graph>>;
 }
 
 /// Follows `source` and settles `target` with its outcome, one microtask later (as
@@ -372,10 +488,7 @@ impl<T: Send + 'static, E: Send + 'static> Runnable for Forward<T, E> {
                     self.take_target();
                     node.core().release_handle();
                     let core = target.core();
-                    let cycle = Error::deadlock(
-                        "chaining cycle: a promise was resolved with a promise that waits on it",
-                    );
-                    settle(&target, Err(core.fail(cycle)), None);
+                    settle(&target, Err(core.fail(chaining_cycle())), None);
                     return;
                 }
                 *self.step.lock() = Step::Waiting(node.clone());
@@ -442,17 +555,6 @@ impl<T: Send + 'static, E: Send + 'static> Cancel for Forward<T, E> {
             }
             Step::Waiting(source) => core::withdraw(source, (self.reaction_key(), REACTION)),
             Step::Forward(_) | Step::Done => {}
-        }
-    }
-
-    fn source(&self) -> Option<Arc<dyn Graph>> {
-        match &*self.step.lock() {
-            Step::Attach(source) => {
-                let node: Arc<dyn Graph> = source.node.clone()?;
-                Some(node)
-            }
-            Step::Waiting(source) => Some(source.clone()),
-            Step::Forward(_) | Step::Done => None,
         }
     }
 }
