@@ -352,7 +352,9 @@ type CancelHook = Box<dyn FnOnce() + Send>;
 /// a timer, a task): what to release if it is cancelled. For a resolver's promise it
 /// also holds the home loop, kept alive until the resolver is done.
 pub(crate) struct Hooks {
-    on_cancel: Lock<SmallVec<[CancelHook; 1]>>,
+    /// Boxed: most promises never get a hook (a user's `Promise::pending` has
+    /// none), and inline the list made every such node a 128-byte chunk, not 112.
+    on_cancel: Lock<Option<Box<SmallVec<[CancelHook; 1]>>>>,
     home: Option<LoopRef>,
     /// Settled, following another promise, or cancelled: the settler is done.
     finished: AtomicBool,
@@ -365,7 +367,7 @@ impl Hooks {
     /// `home` is the loop a resolver keeps alive (already acquired).
     pub(crate) fn new(home: Option<LoopRef>) -> Hooks {
         Hooks {
-            on_cancel: Lock::new(SmallVec::new()),
+            on_cancel: Lock::new(None),
             home,
             finished: AtomicBool::new(false),
             resolvers: AtomicU32::new(0),
@@ -409,7 +411,7 @@ impl Hooks {
     pub(crate) fn add<T, E>(node: &Node<T, E, Hooks>, hook: CancelHook) {
         let mut hooks = node.link.on_cancel.lock();
         match node.core.status() {
-            core::Status::Pending => hooks.push(hook),
+            core::Status::Pending => hooks.get_or_insert_with(Box::default).push(hook),
             core::Status::Cancelled => {
                 drop(hooks);
                 hook();
@@ -424,8 +426,8 @@ impl<T, E> Link<T, E> for Hooks {
         if node.link.finish() {
             node.link.release_home();
         }
-        let hooks = std::mem::take(&mut *node.link.on_cancel.lock());
-        for hook in hooks {
+        let hooks = node.link.on_cancel.lock().take();
+        for hook in hooks.into_iter().flat_map(|hooks| *hooks) {
             hook();
         }
     }
