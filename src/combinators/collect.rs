@@ -14,14 +14,13 @@
 //!
 //! `outcome` and `Links` are shared with `as_completed` and `shield`.
 
-use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::promise::core::{self, Collector, Graph, Input, Runnable, REACTION};
+use crate::promise::core::{self, Collector, Graph, Input, Runnable, FOLLOWER};
 use crate::promise::{internal, never, Observation, Promise, Settled, Settler};
 
 // ---------------------------------------------------------------------------
@@ -189,53 +188,60 @@ where
 // Collect: many inputs of one type, reporting straight to the call's state
 // ---------------------------------------------------------------------------
 
-/// The state of one `all`/`all_settled`/`race`/`any` call over an iterator of
-/// inputs. Each input's waiter is this state itself with the input's index (a
-/// [`Collector`]), so an input costs no allocation of its own: its outcome waits
-/// in `arrived` for its job (one job per input, as a JavaScript reaction per
-/// input, so the output settles at the same tick), and the job hands it to the
-/// policy.
-struct Collect<P, T, O: Send + 'static, E: Send + 'static> {
-    state: Mutex<CollectState<P, T, O, E>>,
-    decide: Decide<P, T, O, E>,
+/// What an `all`/`all_settled`/`race`/`any` call over an iterator keeps, and how
+/// it decides.
+trait Policy<T, E>: Send + 'static {
+    type Output: Send + 'static;
+    /// Input `index` reported `outcome`; true once that decides the output. Runs
+    /// where the input settled, under its lock: it must run no user code.
+    fn record(&mut self, index: usize, outcome: Result<T, E>) -> bool;
+    /// The decided output. Runs from the microtask queue, and may run user code
+    /// (`any_with`'s `combine`).
+    fn finish(self) -> Result<Self::Output, E>;
 }
 
-struct CollectState<P, T, O: Send + 'static, E: Send + 'static> {
-    policy: P,
-    /// `None` once the output is settled or cancelled: outcomes that come later are
-    /// ignored.
-    output: Option<Settler<O, E>>,
+/// The state of one `all`/`all_settled`/`race`/`any` call over an iterator of
+/// inputs. Each input's waiter is this state itself with the input's index (a
+/// [`Collector`]), so an input costs no allocation of its own, and its outcome is
+/// recorded as it is delivered. Only the input that decides the output queues a
+/// job, which settles the output: the tick a JavaScript combinator settles at (its
+/// per-input reactions that decide nothing have no effect anyone can see).
+struct Collect<P: Policy<T, E>, T, E: Send + 'static> {
+    state: Mutex<CollectState<P, T, E>>,
+}
+
+struct CollectState<P: Policy<T, E>, T, E: Send + 'static> {
+    /// Taken by the job that settles the output.
+    policy: Option<P>,
+    /// Set by the delivery that decided the output: later ones are ignored.
+    decided: bool,
+    /// `None` once the output is settled or cancelled.
+    output: Option<Settler<P::Output, E>>,
     /// Input `i` while it may still report: what to withdraw from when the output
     /// is decided early or cancelled.
     inputs: Vec<Option<Arc<dyn Graph>>>,
-    /// Outcomes delivered and not yet processed, in the order they came.
-    arrived: VecDeque<(u32, Input<T, E>)>,
 }
 
-impl<P, T, O, E> Collect<P, T, O, E>
+impl<P, T, E> Collect<P, T, E>
 where
-    P: Send + 'static,
+    P: Policy<T, E>,
     T: Send + 'static,
-    O: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    fn start(policy: P, inputs: Vec<Promise<T, E>>, decide: Decide<P, T, O, E>) -> Promise<O, E> {
+    fn start(policy: P, inputs: Vec<Promise<T, E>>) -> Promise<P::Output, E> {
         // The indices must fit the waiter's `u32` and stay clear of reactions' mark.
         assert!(
-            inputs.len() < REACTION as usize,
+            inputs.len() < FOLLOWER as usize,
             "thenable: a combinator takes fewer than 4 billion inputs"
         );
-        let (output, settler) = internal::<O, E>();
+        let (output, settler) = internal::<P::Output, E>();
         let collect = Arc::new(Collect {
             state: Mutex::new(CollectState {
-                policy,
+                policy: Some(policy),
+                decided: false,
                 output: None,
                 inputs: Vec::new(),
-                // At its largest at once: a large block is only address space
-                // until the pages are touched, and it never grows by copying.
-                arrived: VecDeque::with_capacity(inputs.len()),
             }),
-            decide,
         });
         // Weak: the output must not keep the state (and so its inputs) alive.
         let weak = Arc::downgrade(&collect);
@@ -251,11 +257,12 @@ where
             .collect();
         let mut state = collect.state.lock();
         if state.output.is_some() {
+            // (Inputs that reported meanwhile are let go when the output settles.)
             state.inputs = attached;
             return output;
         }
-        // Decided while we were attaching (an input settled on another thread's
-        // loop): the inputs are no longer wanted.
+        // Cancelled while we were attaching (from another thread): the inputs are
+        // no longer wanted.
         drop(state);
         collect.withdraw_from(attached);
         output
@@ -275,50 +282,30 @@ where
 
     /// The output was cancelled: stop waiting on the inputs.
     fn abort(&self) {
-        let (output, inputs) = {
+        let (output, inputs, policy) = {
             let mut state = self.state.lock();
-            (state.output.take(), std::mem::take(&mut state.inputs))
+            state.decided = true;
+            let inputs = std::mem::take(&mut state.inputs);
+            (state.output.take(), inputs, state.policy.take())
         };
         self.withdraw_from(inputs);
-        drop(output);
+        drop((output, policy));
     }
 }
 
-impl<P, T, O, E> Collector<T, E> for Collect<P, T, O, E>
+impl<P, T, E> Collector<T, E> for Collect<P, T, E>
 where
-    P: Send + 'static,
+    P: Policy<T, E>,
     T: Send + 'static,
-    O: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    fn collect(self: Arc<Self>, index: u32, input: Input<T, E>) -> Arc<dyn Runnable> {
-        self.state.lock().arrived.push_back((index, input));
-        self
-    }
-
-    fn collector_key(&self) -> usize {
-        self as *const Self as *const () as usize
-    }
-}
-
-impl<P, T, O, E> Runnable for Collect<P, T, O, E>
-where
-    P: Send + 'static,
-    T: Send + 'static,
-    O: Send + 'static,
-    E: From<Error> + Send + 'static,
-{
-    /// Processes the oldest outcome that arrived.
-    fn run(self: Arc<Self>) {
+    fn collect(self: Arc<Self>, index: u32, input: Input<T, E>) -> Option<Arc<dyn Runnable>> {
         let mut state = self.state.lock();
-        let Some((index, input)) = state.arrived.pop_front() else {
-            return;
-        };
-        // Dropped once the lock is released: it may be its node's last reference,
-        // and a node's drop may drop a handler's captures.
-        let reported = state.inputs.get_mut(index as usize).and_then(Option::take);
-        if state.output.is_none() {
-            return; // decided or cancelled already
+        // Never the input's last reference (whoever settles it holds one), so
+        // dropping it here frees nothing: the memory goes back as inputs report.
+        drop(state.inputs.get_mut(index as usize).and_then(Option::take));
+        if state.decided {
+            return None;
         }
         let outcome = match input {
             Input::Outcome(outcome) => outcome,
@@ -326,21 +313,37 @@ where
             Input::Cancelled => Err(E::from(Error::cancelled())),
             Input::Abandoned => Err(E::from(Error::broken())),
         };
-        let policy = &mut state.policy;
-        let decided = catch_unwind(AssertUnwindSafe(|| {
-            (self.decide)(policy, index as usize, outcome)
-        }))
-        .unwrap_or_else(|payload| Some(Err(E::from(Error::panic(payload)))));
-        let Some(decided) = decided else {
-            drop(state);
-            drop(reported);
-            return;
-        };
-        let (output, inputs) = (state.output.take(), std::mem::take(&mut state.inputs));
+        let policy = state.policy.as_mut()?;
+        if !policy.record(index as usize, outcome) {
+            return None;
+        }
+        state.decided = true;
         drop(state);
-        drop(reported);
-        if let Some(mut output) = output {
-            output.settle(decided);
+        Some(self)
+    }
+
+    fn collector_key(&self) -> usize {
+        self as *const Self as *const () as usize
+    }
+}
+
+impl<P, T, E> Runnable for Collect<P, T, E>
+where
+    P: Policy<T, E>,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    /// Settles the output, as decided.
+    fn run(self: Arc<Self>) {
+        let (policy, output, inputs) = {
+            let mut state = self.state.lock();
+            let inputs = std::mem::take(&mut state.inputs);
+            (state.policy.take(), state.output.take(), inputs)
+        };
+        if let (Some(policy), Some(mut output)) = (policy, output) {
+            let outcome = catch_unwind(AssertUnwindSafe(|| policy.finish()))
+                .unwrap_or_else(|payload| Err(E::from(Error::panic(payload))));
+            output.settle(outcome);
         }
         self.withdraw_from(inputs);
     }
@@ -348,12 +351,12 @@ where
     /// The loop is gone: no user code may run (an `any`'s `combine`), so the
     /// output is left to break.
     fn abandon(self: Arc<Self>) {
-        let (output, inputs, arrival) = {
+        let taken = {
             let mut state = self.state.lock();
             let inputs = std::mem::take(&mut state.inputs);
-            (state.output.take(), inputs, state.arrived.pop_front())
+            (state.output.take(), inputs, state.policy.take())
         };
-        drop((output, inputs, arrival));
+        drop(taken);
     }
 }
 
@@ -371,23 +374,35 @@ fn take_all<T>(slots: &mut Vec<Option<T>>) -> Vec<T> {
 // all
 // ---------------------------------------------------------------------------
 
-struct AllValues<T> {
+struct AllValues<T, E> {
     values: Vec<Option<T>>,
     left: usize,
+    /// The first rejection, which decides.
+    rejected: Option<E>,
 }
 
-fn decide_all<T, E>(
-    state: &mut AllValues<T>,
-    index: usize,
-    outcome: Result<T, E>,
-) -> Option<Result<Vec<T>, E>> {
-    match outcome {
-        Ok(value) => {
-            state.values[index] = Some(value);
-            state.left -= 1;
-            (state.left == 0).then(|| Ok(take_all(&mut state.values)))
+impl<T: Send + 'static, E: Send + 'static> Policy<T, E> for AllValues<T, E> {
+    type Output = Vec<T>;
+
+    fn record(&mut self, index: usize, outcome: Result<T, E>) -> bool {
+        match outcome {
+            Ok(value) => {
+                self.values[index] = Some(value);
+                self.left -= 1;
+                self.left == 0
+            }
+            Err(error) => {
+                self.rejected = Some(error);
+                true
+            }
         }
-        Err(error) => Some(Err(error)),
+    }
+
+    fn finish(mut self) -> Result<Vec<T>, E> {
+        match self.rejected {
+            Some(error) => Err(error),
+            None => Ok(take_all(&mut self.values)),
+        }
     }
 }
 
@@ -480,8 +495,9 @@ where
         let policy = AllValues {
             values: (0..inputs.len()).map(|_| None).collect(),
             left: inputs.len(),
+            rejected: None,
         };
-        Collect::start(policy, inputs, decide_all::<T, E>)
+        Collect::start(policy, inputs)
     }
 }
 
@@ -503,14 +519,18 @@ struct AllSettled<T, E> {
     left: usize,
 }
 
-fn decide_all_settled<T, E>(
-    state: &mut AllSettled<T, E>,
-    index: usize,
-    outcome: Result<T, E>,
-) -> Option<Result<Vec<Result<T, E>>, E>> {
-    state.outcomes[index] = Some(outcome);
-    state.left -= 1;
-    (state.left == 0).then(|| Ok(take_all(&mut state.outcomes)))
+impl<T: Send + 'static, E: Send + 'static> Policy<T, E> for AllSettled<T, E> {
+    type Output = Vec<Result<T, E>>;
+
+    fn record(&mut self, index: usize, outcome: Result<T, E>) -> bool {
+        self.outcomes[index] = Some(outcome);
+        self.left -= 1;
+        self.left == 0
+    }
+
+    fn finish(mut self) -> Result<Vec<Result<T, E>>, E> {
+        Ok(take_all(&mut self.outcomes))
+    }
 }
 
 /// Fulfils with every input's outcome (`Ok` value or `Err` reason), in input order,
@@ -548,15 +568,27 @@ where
         outcomes: (0..inputs.len()).map(|_| None).collect(),
         left: inputs.len(),
     };
-    Collect::start(policy, inputs, decide_all_settled::<T, E>)
+    Collect::start(policy, inputs)
 }
 
 // ---------------------------------------------------------------------------
 // race
 // ---------------------------------------------------------------------------
 
-fn decide_race<T, E>(_: &mut (), _: usize, outcome: Result<T, E>) -> Option<Result<T, E>> {
-    Some(outcome)
+/// The first outcome, which decides.
+struct First<T, E>(Option<Result<T, E>>);
+
+impl<T: Send + 'static, E: Send + 'static> Policy<T, E> for First<T, E> {
+    type Output = T;
+
+    fn record(&mut self, _: usize, outcome: Result<T, E>) -> bool {
+        self.0 = Some(outcome);
+        true
+    }
+
+    fn finish(self) -> Result<T, E> {
+        self.0.expect("decided by an outcome")
+    }
 }
 
 /// Settles as the first input to settle, fulfilled or rejected (JavaScript's
@@ -593,38 +625,49 @@ where
     if inputs.is_empty() {
         return never();
     }
-    Collect::start((), inputs, decide_race::<T, E>)
+    Collect::start(First(None), inputs)
 }
 
 // ---------------------------------------------------------------------------
 // any
 // ---------------------------------------------------------------------------
 
-struct AnyOf<E, C> {
+struct AnyOf<T, E, C> {
+    /// The first value, which decides.
+    fulfilled: Option<T>,
     reasons: Vec<Option<E>>,
     left: usize,
-    combine: Option<C>,
+    combine: C,
 }
 
-fn decide_any<T, E: From<Error>, C: FnOnce(Vec<E>) -> E>(
-    state: &mut AnyOf<E, C>,
-    index: usize,
-    outcome: Result<T, E>,
-) -> Option<Result<T, E>> {
-    match outcome {
-        Ok(value) => Some(Ok(value)),
-        Err(reason) => {
-            state.reasons[index] = Some(reason);
-            state.left -= 1;
-            if state.left > 0 {
-                return None;
+impl<T, E, C> Policy<T, E> for AnyOf<T, E, C>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    C: FnOnce(Vec<E>) -> E + Send + 'static,
+{
+    type Output = T;
+
+    fn record(&mut self, index: usize, outcome: Result<T, E>) -> bool {
+        match outcome {
+            Ok(value) => {
+                self.fulfilled = Some(value);
+                true
             }
-            let combine = state.combine.take().expect("the last reason arrives once");
-            let reasons = take_all(&mut state.reasons);
-            // A panic in the user's `combine` rejects the output, as in any handler.
-            let combined = catch_unwind(AssertUnwindSafe(|| combine(reasons)))
-                .unwrap_or_else(|payload| E::from(Error::panic(payload)));
-            Some(Err(combined))
+            Err(reason) => {
+                self.reasons[index] = Some(reason);
+                self.left -= 1;
+                self.left == 0
+            }
+        }
+    }
+
+    /// A panic in the user's `combine` rejects the output, as in any handler (the
+    /// job that calls this catches it).
+    fn finish(mut self) -> Result<T, E> {
+        match self.fulfilled {
+            Some(value) => Ok(value),
+            None => Err((self.combine)(take_all(&mut self.reasons))),
         }
     }
 }
@@ -701,11 +744,12 @@ where
         return Promise::rejected(combine(Vec::new()));
     }
     let policy = AnyOf {
+        fulfilled: None,
         reasons: (0..inputs.len()).map(|_| None).collect(),
         left: inputs.len(),
-        combine: Some(combine),
+        combine,
     };
-    Collect::start(policy, inputs, decide_any::<T, E, C>)
+    Collect::start(policy, inputs)
 }
 
 // ---------------------------------------------------------------------------

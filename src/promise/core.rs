@@ -94,10 +94,10 @@ pub(crate) trait Reaction<T, E>: Send + Sync {
 /// (`all`, `race`, ... over an iterator): the input's waiter is the collector
 /// itself plus the index, so a combinator input costs no allocation.
 pub(crate) trait Collector<T, E>: Send + Sync {
-    /// Input `index` settled: stores its input and returns the job that will
-    /// process it (one job per input, so that each is processed at the tick a
-    /// JavaScript reaction would run).
-    fn collect(self: Arc<Self>, index: u32, input: Input<T, E>) -> Arc<dyn Runnable>;
+    /// Input `index` settled: records its input, and returns the job that settles
+    /// the output if that decided it. (It runs where the input settled, under the
+    /// input's lock: it must run no user code.)
+    fn collect(self: Arc<Self>, index: u32, input: Input<T, E>) -> Option<Arc<dyn Runnable>>;
     /// Identity of the collector, for [`Core::withdraw`].
     fn collector_key(&self) -> usize;
 }
@@ -254,12 +254,12 @@ impl<T, E> Waiter<T, E> {
         }
     }
 
-    /// Hands `input` to a consumer; returns the job to queue.
-    fn deliver(self, input: Input<T, E>) -> Arc<dyn Runnable> {
+    /// Hands `input` to a consumer; returns the job to queue, if any.
+    fn deliver(self, input: Input<T, E>) -> Option<Arc<dyn Runnable>> {
         match self {
-            Waiter::Reaction(reaction) => reaction.deliver(input),
+            Waiter::Reaction(reaction) => Some(reaction.deliver(input)),
             Waiter::Collector(collector, index) => collector.collect(index, input),
-            Waiter::Follower(follower) => follower.forward(input),
+            Waiter::Follower(follower) => Some(follower.forward(input)),
             Waiter::Task(_) | Waiter::Waker(_) => unreachable!("wakers are woken"),
         }
     }
@@ -356,6 +356,8 @@ pub(crate) type Cloner<T, E> = fn(&Result<T, E>) -> Result<T, E>;
 enum Serve<T, E> {
     Run(Arc<dyn Runnable>),
     Wake(Waiter<T, E>),
+    /// A collector that took the outcome and has nothing to run yet.
+    Nothing,
 }
 
 impl<T, E> Serve<T, E> {
@@ -363,6 +365,7 @@ impl<T, E> Serve<T, E> {
         match self {
             Serve::Run(job) => context::schedule(job, home),
             Serve::Wake(waiter) => waiter.wake(),
+            Serve::Nothing => {}
         }
     }
 }
@@ -503,7 +506,10 @@ impl<T, E> Core<T, E> {
             } else {
                 Input::Outcome(share(slot, last && !keep, cloner, self.from_error))
             };
-            Serve::Run(waiter.deliver(input))
+            match waiter.deliver(input) {
+                Some(job) => Serve::Run(job),
+                None => Serve::Nothing,
+            }
         };
         match waiters {
             Waiters::None => inner.state = State::Settled(slot),
@@ -530,6 +536,7 @@ impl<T, E> Core<T, E> {
                     match (serve(waiter, reactions_left == 0, &mut slot), &queue) {
                         (Serve::Run(job), Some(queue)) => queue.push(Job::Run(job)),
                         (Serve::Wake(Waiter::Task(task)), Some(_)) => task.wake(),
+                        (Serve::Nothing, _) => {}
                         (served, _) => later.push(served),
                     }
                 }
@@ -584,12 +591,12 @@ impl<T, E> Core<T, E> {
             }
             State::Settled(_) if cancelled => {
                 drop(inner);
-                Some(consumer.deliver(Input::Cancelled))
+                consumer.deliver(Input::Cancelled)
             }
             State::Settled(slot) => {
                 let outcome = share(slot, last, cloner, self.from_error);
                 drop(inner);
-                Some(consumer.deliver(Input::Outcome(outcome)))
+                consumer.deliver(Input::Outcome(outcome))
             }
         }
     }
@@ -694,7 +701,9 @@ impl<T, E> Drop for Core<T, E> {
             for waiter in waiters.into_vec() {
                 if waiter.consumes() {
                     let broken = Input::Outcome(Err(self.fail(Error::broken())));
-                    context::schedule(waiter.deliver(broken), None)
+                    if let Some(job) = waiter.deliver(broken) {
+                        context::schedule(job, None);
+                    }
                 } else {
                     waiter.wake();
                 }
