@@ -154,6 +154,9 @@ pub(crate) struct Timers {
     lanes: Vec<Lane>,
     free_lanes: Vec<u32>,
     lane_of: HashMap<Duration, u32, BuildDelayHasher>,
+    /// The last entry of `lane_of` looked up or made: timers come in runs of one
+    /// delay (a loop of `sleep(1 ms)`), and then the map is not consulted.
+    last_lane: Option<(Duration, u32)>,
     heads: BinaryHeap<Reverse<Head>>,
     slots: Vec<Slot>,
     /// The first free slot, or [`NO_SLOT`].
@@ -170,6 +173,7 @@ impl Timers {
             lanes: Vec::new(),
             free_lanes: Vec::new(),
             lane_of: HashMap::default(),
+            last_lane: None,
             heads: BinaryHeap::new(),
             slots: Vec::new(),
             free: NO_SLOT,
@@ -225,7 +229,12 @@ impl Timers {
             key: id.key,
             generation: id.generation,
         };
-        if let Some(&lane) = self.lane_of.get(&delay) {
+        let lane = match self.last_lane {
+            Some((last, lane)) if last == delay => Some(lane),
+            _ => self.lane_of.get(&delay).copied(),
+        };
+        if let Some(lane) = lane {
+            self.last_lane = Some((delay, lane));
             let entries = &mut self.lanes[lane as usize].entries;
             // `Instant::now()` never goes back, so appending keeps the lane sorted;
             // an earlier `now` passed in (a caller's stale reading) must not break it.
@@ -265,6 +274,7 @@ impl Timers {
         self.heads.push(Reverse(head(lane)));
         self.lanes[lane as usize].entries.push_back(entry);
         self.lane_of.insert(delay, lane);
+        self.last_lane = Some((delay, lane));
     }
 
     fn slot_of(&mut self, id: TimerId) -> Option<&mut Slot> {
@@ -328,6 +338,9 @@ impl Timers {
                 if self.lane_of.get(&delay) == Some(&lane) {
                     self.lane_of.remove(&delay);
                 }
+                if self.last_lane == Some((delay, lane)) {
+                    self.last_lane = None;
+                }
                 // The empty lane keeps its buffer for the next delay: freeing a large
                 // block makes glibc consolidate every small free chunk at once.
                 self.free_lanes.push(lane);
@@ -387,6 +400,7 @@ impl Timers {
         self.lanes.clear();
         self.free_lanes.clear();
         self.lane_of.clear();
+        self.last_lane = None;
         self.free = NO_SLOT;
         self.live = 0;
         self.slots
@@ -646,6 +660,23 @@ mod tests {
         let next = timers.insert(t0, period, once());
         assert_ne!(next, id);
         assert!(timers.clear(id).is_none());
+    }
+
+    #[test]
+    fn a_freed_lane_reused_for_another_delay_is_not_taken_for_the_old_one() {
+        let mut timers = Timers::new(1);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        timers.insert(t0, ms(10), logging(&log, 1));
+        fire_due(&mut timers, t0 + ms(10)); // the 10 ms lane empties and is freed
+        timers.insert(t0 + ms(10), ms(50), logging(&log, 3)); // reuses it: 50 ms
+        timers.insert(t0 + ms(10), ms(10), logging(&log, 2)); // a new 10 ms lane
+        timers.insert(t0 + ms(11), ms(50), logging(&log, 4));
+        fire_due(&mut timers, t0 + ms(30));
+        assert_eq!(*log.borrow(), [1, 2]);
+        fire_due(&mut timers, t0 + ms(100));
+        assert_eq!(*log.borrow(), [1, 2, 3, 4]);
     }
 
     #[test]
