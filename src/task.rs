@@ -11,14 +11,14 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake};
 
 use pin_project_lite::pin_project;
 
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
-use crate::promise::core::{Graph, Link, Node, Status};
+use crate::promise::core::{Graph, Link, Lock, Node, Status};
 use crate::promise::Settler;
 
 /// The waker of one task.
@@ -262,24 +262,28 @@ where
 /// is spawned from another thread).
 #[derive(Default)]
 pub(crate) struct TaskLink {
-    task: OnceLock<Weak<TaskWaker>>,
+    /// Taken by the cancellation.
+    task: Lock<Option<Weak<TaskWaker>>>,
 }
 
 impl TaskLink {
     /// Names the task of `node`'s promise; cancels it at once if the promise was
     /// cancelled before the task existed.
     pub(crate) fn attach<T, E>(node: &Node<T, E, TaskLink>, task: &Arc<TaskWaker>) {
-        let task = Arc::downgrade(task);
-        if node.link.task.set(task.clone()).is_ok() && node.core.status() == Status::Cancelled {
-            context::cancel_task(&task);
+        *node.link.task.lock() = Some(Arc::downgrade(task));
+        if node.core.status() == Status::Cancelled {
+            if let Some(task) = node.link.task.lock().take() {
+                context::cancel_task(&task);
+            }
         }
     }
 }
 
 impl<T: Send + 'static, E: Send + 'static> Link<T, E> for TaskLink {
     fn on_cancel(node: &Arc<Node<T, E, Self>>) {
-        if let Some(task) = node.link.task.get() {
-            context::cancel_task(task);
+        let task = node.link.task.lock().take();
+        if let Some(task) = task {
+            context::cancel_task(&task);
         }
     }
 }

@@ -214,11 +214,13 @@ impl Local {
         self.immediates.borrow_mut().push_back(f);
     }
 
-    /// Adds a task; it is polled from the microtask queue.
+    /// Adds a task; it is polled from the microtask queue. `make` builds its
+    /// future once the task exists (its promise's link names the task), with no
+    /// borrow of the table held: it may cancel the task at once.
     pub(crate) fn spawn(
         &self,
-        future: Pin<Box<dyn Future<Output = ()>>>,
         output: Option<Weak<dyn Graph>>,
+        make: impl FnOnce(&Arc<TaskWaker>) -> Pin<Box<dyn Future<Output = ()>>>,
     ) -> Arc<TaskWaker> {
         let mut tasks = self.tasks.borrow_mut();
         let key = match self.free_task.get() {
@@ -226,8 +228,9 @@ impl Local {
             free => free,
         };
         let task = Arc::new(TaskWaker::new(self.shared.clone(), key, output));
+        // Taken before `make` runs, with no future yet: polling it does nothing.
         let entry = TaskSlot::Taken(TaskEntry {
-            future: Some(future),
+            future: None,
             task: task.clone(),
         });
         if key == tasks.len() {
@@ -240,6 +243,15 @@ impl Local {
         }
         self.live_tasks.set(self.live_tasks.get() + 1);
         drop(tasks);
+        let future = make(&task);
+        match entry_of(&mut self.tasks.borrow_mut(), &task) {
+            Some(entry) => entry.future = Some(future),
+            // Its promise was cancelled before the task existed (see `TaskLink`).
+            None => {
+                core::run_cancellation(|| drop(future));
+                return task;
+            }
+        }
         self.push(Job::Poll(task.clone()));
         task
     }

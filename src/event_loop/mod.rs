@@ -257,11 +257,9 @@ impl LoopHandle {
         E: From<Error> + Send + 'static,
     {
         let (promise, settler) = task_promise::<T, E>();
-        let (node, graph) = (settler.node_ref(), settler.graph());
-        let task = output_future(future, settler);
+        let graph = settler.graph();
         self.shared.inject(SendJob::Call(Box::new(move || {
-            let task = context::with_current(|local| local.spawn(Box::pin(task), Some(graph)));
-            TaskLink::attach(&node, &task);
+            context::with_current(|local| local.spawn(Some(graph), start_task(future, settler)));
         })));
         promise
     }
@@ -297,6 +295,23 @@ impl std::fmt::Debug for LoopHandle {
             .field("id", &self.shared.id)
             .field("closed", &self.is_closed())
             .finish()
+    }
+}
+
+/// What a task starts from, once it exists: its promise's link names it, and its
+/// future is the user's future settling that promise.
+fn start_task<F, T, E>(
+    future: F,
+    settler: promise::Settler<T, E, TaskLink>,
+) -> impl FnOnce(&Arc<TaskWaker>) -> std::pin::Pin<Box<dyn Future<Output = ()>>>
+where
+    F: Future<Output = Result<T, E>> + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    move |task| {
+        TaskLink::attach(settler.node(), task);
+        Box::pin(output_future(future, settler))
     }
 }
 
@@ -369,10 +384,8 @@ where
     E: From<Error> + Send + 'static,
 {
     let (promise, settler) = task_promise::<T, E>();
-    let (node, graph) = (settler.node_ref(), settler.graph());
-    let task = output_future(future, settler);
-    let task = context::with_current(|local| local.spawn(Box::pin(task), Some(graph)));
-    TaskLink::attach(&node, &task);
+    let graph = settler.graph();
+    context::with_current(|local| local.spawn(Some(graph), start_task(future, settler)));
     promise
 }
 

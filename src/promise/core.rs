@@ -4,10 +4,10 @@
 //! A [`Core`] owns the outcome and decides who receives it: consumers (`then`
 //! children, children following the promise their handler returned, adoption
 //! forwarders, combinators' collectors) get it moved or cloned and are handed to
-//! the scheduler; wakers are woken and take it when polled. It also counts consumers, so
-//! that cancellation travels upstream only when nobody else wants the value. It never
-//! runs a handler itself and never calls a reaction inline, so depth never turns into
-//! stack.
+//! the scheduler; wakers are woken and take it when polled. It also counts
+//! consumers, so that cancellation travels upstream only when nobody else wants the
+//! value. It never runs a handler itself and never calls a reaction inline, so
+//! depth never turns into stack.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -46,8 +46,8 @@ pub(crate) trait Graph: Send + Sync {
     fn downstream(&self, out: &mut Vec<Arc<dyn Graph>>);
     /// The rejection reason, if this promise was rejected and nobody ever consumed it.
     fn unhandled(&self) -> Option<Error>;
-    /// The consumer `consumer` (a reaction or collector of this node) was
-    /// cancelled. Returns true when that left this promise pending with no consumer
+    /// The consumer `consumer` (a reaction, follower or collector of this node)
+    /// was cancelled. Returns true when that left this promise pending with no consumer
     /// at all: then the caller cancels it in turn (see [`withdraw`], which keeps
     /// this iterative).
     fn withdraw_consumer(&self, consumer: Consumer) -> bool;
@@ -72,7 +72,7 @@ pub(crate) enum Input<T, E> {
 }
 
 /// Who consumes a promise, for [`withdraw`]: a reaction's key with [`REACTION`],
-/// or a collector's key with the input's index.
+/// a follower's with [`FOLLOWER`], or a collector's with the input's index.
 pub(crate) type Consumer = (usize, u32);
 
 /// The index part of a reaction's [`Consumer`].
@@ -236,8 +236,8 @@ pub(crate) enum Waiter<T, E> {
 }
 
 impl<T, E> Waiter<T, E> {
-    /// Takes the outcome (reactions and collectors) rather than being woken to
-    /// poll for it.
+    /// Takes the outcome (reactions, collectors, followers) rather than being
+    /// woken to poll for it.
     fn consumes(&self) -> bool {
         matches!(
             self,

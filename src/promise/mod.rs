@@ -780,13 +780,9 @@ pub(crate) struct Settler<T, E, L = Hooks> {
 }
 
 impl<T: Send + 'static, E: Send + 'static, L: core::Link<T, E>> Settler<T, E, L> {
-    fn node(&self) -> &Arc<Node<T, E, L>> {
+    /// The node this settles (for its link to be told what to release).
+    pub(crate) fn node(&self) -> &Arc<Node<T, E, L>> {
         self.node.as_ref().expect("settler used after settling")
-    }
-
-    /// The node this settles, for its link to be told what to release.
-    pub(crate) fn node_ref(&self) -> Arc<Node<T, E, L>> {
-        self.node().clone()
     }
 
     pub(crate) fn error_converter(&self) -> fn(Error) -> E {
@@ -794,8 +790,8 @@ impl<T: Send + 'static, E: Send + 'static, L: core::Link<T, E>> Settler<T, E, L>
     }
 
     pub(crate) fn graph(&self) -> std::sync::Weak<dyn Graph> {
-        let node: Arc<dyn Graph> = self.node().clone();
-        Arc::downgrade(&node)
+        let node: std::sync::Weak<Node<T, E, L>> = Arc::downgrade(self.node());
+        node
     }
 
     pub(crate) fn settle(&mut self, outcome: Result<T, E>) {
