@@ -15,13 +15,13 @@
 //! `outcome` and `Links` are shared with `as_completed` and `shield`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::promise::core::{self, Collector, Graph, Input, Runnable, FOLLOWER};
-use crate::promise::{internal, never, Observation, Promise, Settled, Settler};
+use crate::promise::core::{self, Collector, Graph, Input, Link, Node, Runnable, FOLLOWER};
+use crate::promise::{internal, internal_with, never, Observation, Promise, Settled, Settler};
 
 // ---------------------------------------------------------------------------
 // Links: one `watch` per input
@@ -188,6 +188,23 @@ where
 // Collect: many inputs of one type, reporting straight to the call's state
 // ---------------------------------------------------------------------------
 
+/// A call whose output was cancelled: it stops waiting on its inputs.
+trait Abort: Send + Sync {
+    fn abort(&self);
+}
+
+/// The link of a [`Collect`] call's output: cancelling the output aborts the call.
+/// Weak: the output must not keep the call (and so its inputs) alive.
+struct AbortLink(Weak<dyn Abort>);
+
+impl<T, E> Link<T, E> for AbortLink {
+    fn on_cancel(node: &Arc<Node<T, E, Self>>) {
+        if let Some(call) = node.link.0.upgrade() {
+            call.abort();
+        }
+    }
+}
+
 /// What an `all`/`all_settled`/`race`/`any` call over an iterator keeps, and how
 /// it decides.
 trait Policy<T, E>: Send + 'static {
@@ -216,7 +233,7 @@ struct CollectState<P: Policy<T, E>, T, E: Send + 'static> {
     /// Set by the delivery that decided the output: later ones are ignored.
     decided: bool,
     /// `None` once the output is settled or cancelled.
-    output: Option<Settler<P::Output, E>>,
+    output: Option<Settler<P::Output, E, AbortLink>>,
     /// Input `i` while it may still report: what to withdraw from when the output
     /// is decided early or cancelled.
     inputs: Vec<Option<Arc<dyn Graph>>>,
@@ -234,26 +251,27 @@ where
             inputs.len() < FOLLOWER as usize,
             "thenable: a combinator takes fewer than 4 billion inputs"
         );
-        let (output, settler) = internal::<P::Output, E>();
-        let collect = Arc::new(Collect {
-            state: Mutex::new(CollectState {
-                policy: Some(policy),
-                decided: false,
-                output: None,
-                inputs: Vec::new(),
-            }),
-        });
-        // Weak: the output must not keep the state (and so its inputs) alive.
-        let weak = Arc::downgrade(&collect);
-        settler.on_cancel(move || {
-            if let Some(collect) = weak.upgrade() {
-                collect.abort();
+        let mut output = None;
+        let collect = Arc::new_cyclic(|call: &Weak<Self>| {
+            let call: Weak<dyn Abort> = call.clone();
+            let (promise, settler) = internal_with::<P::Output, E, _>(AbortLink(call));
+            output = Some(promise);
+            Collect {
+                state: Mutex::new(CollectState {
+                    policy: Some(policy),
+                    decided: false,
+                    output: Some(settler),
+                    inputs: Vec::new(),
+                }),
             }
         });
-        collect.state.lock().output = Some(settler);
-        let attached: Vec<_> = (0..)
-            .zip(inputs)
-            .map(|(index, input)| Some(input.report_to(collect.clone(), index)))
+        let output = output.expect("made with the call");
+        // In place: the promises' array becomes the inputs' (same size and
+        // alignment), so attaching allocates nothing.
+        let attached: Vec<Option<Arc<dyn Graph>>> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(index, input)| Some(input.report_to(collect.clone(), index as u32)))
             .collect();
         let mut state = collect.state.lock();
         if state.output.is_some() {
@@ -279,8 +297,14 @@ where
             }
         }
     }
+}
 
-    /// The output was cancelled: stop waiting on the inputs.
+impl<P, T, E> Abort for Collect<P, T, E>
+where
+    P: Policy<T, E>,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
     fn abort(&self) {
         let (output, inputs, policy) = {
             let mut state = self.state.lock();
