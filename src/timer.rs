@@ -184,6 +184,18 @@ impl Timers {
 
     /// Sets a timer due `delay` after `now` (`delay` clamped to [`LONGEST_DELAY`]).
     pub(crate) fn insert(&mut self, now: Instant, delay: Duration, callback: Callback) -> TimerId {
+        self.insert_with(now, delay, |_| callback)
+    }
+
+    /// [`insert`](Self::insert), with the callback made knowing the timer's id (a
+    /// sleep's node keeps it, to clear it if cancelled). `make` must not touch the
+    /// timers.
+    pub(crate) fn insert_with(
+        &mut self,
+        now: Instant,
+        delay: Duration,
+        make: impl FnOnce(TimerId) -> Callback,
+    ) -> TimerId {
         let key = match self.free {
             NO_SLOT => {
                 self.slots.push(Slot {
@@ -201,13 +213,13 @@ impl Timers {
         if let SlotState::Free { next } = slot.state {
             self.free = next;
         }
-        slot.state = SlotState::Armed(callback);
-        self.live += 1;
         let id = TimerId {
             loop_id: self.loop_id,
             key,
             generation: slot.generation,
         };
+        slot.state = SlotState::Armed(make(id));
+        self.live += 1;
         self.push_entry(now, delay, id);
         id
     }

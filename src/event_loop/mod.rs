@@ -543,17 +543,18 @@ pub fn reset_unhandled_rejection_hook() {
 /// ```
 pub fn sleep(duration: Duration) -> Promise<()> {
     context::with_current(|local| {
-        let (promise, node) = promise::with_link(SleepLink {
-            home: local.shared.clone(),
-            timer: AtomicU64::new(NO_TIMER),
+        let mut promise = None;
+        let now = Instant::now();
+        local.timers.borrow_mut().insert_with(now, duration, |id| {
+            // The node knows its timer from the start, and the timer holds it.
+            let (sleeping, node) = promise::with_link(SleepLink {
+                home: local.shared.clone(),
+                timer: AtomicU64::new(id.slot_bits()),
+            });
+            promise = Some(sleeping);
+            Callback::Fire(node)
         });
-        let timer = Callback::Fire(node.clone());
-        let id = local
-            .timers
-            .borrow_mut()
-            .insert(Instant::now(), duration, timer);
-        node.link.timer.store(id.slot_bits(), Ordering::Release);
-        promise
+        promise.expect("made with the timer")
     })
 }
 
