@@ -20,7 +20,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::promise::core::{self, Collector, Graph, Input, Link, Node, Runnable, FOLLOWER};
+use crate::promise::core::{self, Collector, Graph, Input, Link, Lock, Node, Runnable, FOLLOWER};
 use crate::promise::{internal, internal_with, never, Observation, Promise, Settled, Settler};
 
 // ---------------------------------------------------------------------------
@@ -224,7 +224,10 @@ trait Policy<T, E>: Send + 'static {
 /// job, which settles the output: the tick a JavaScript combinator settles at (its
 /// per-input reactions that decide nothing have no effect anyone can see).
 struct Collect<P: Policy<T, E>, T, E: Send + 'static> {
-    state: Mutex<CollectState<P, T, E>>,
+    /// A spin lock, as a node's: it is held for a few instructions of ours (the
+    /// policy's `finish`, which may run user code, and the inputs' cancellation
+    /// run once it is released), and taken once per input.
+    state: Lock<CollectState<P, T, E>>,
 }
 
 struct CollectState<P: Policy<T, E>, T, E: Send + 'static> {
@@ -257,7 +260,7 @@ where
             let (promise, settler) = internal_with::<P::Output, E, _>(AbortLink(call));
             output = Some(promise);
             Collect {
-                state: Mutex::new(CollectState {
+                state: Lock::new(CollectState {
                     policy: Some(policy),
                     decided: false,
                     output: Some(settler),
