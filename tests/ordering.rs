@@ -694,6 +694,48 @@ fn queue_microtask_interleaves_with_promise_reactions() {
     );
 }
 
+// A promise's handlers run in turn, before anything they queue, and after what
+// was queued before the promise settled.
+//
+// const log = [];
+// let r;
+// const p = new Promise((res) => (r = res));
+// p.then(() => {
+//   log.push('a');
+//   queueMicrotask(() => log.push('a.micro'));
+//   Promise.resolve().then(() => log.push('a.then'));
+// });
+// p.then(() => log.push('b'));
+// p.then(() => log.push('c'));
+// queueMicrotask(() => log.push('before'));
+// r();
+// queueMicrotask(() => log.push('after'));
+//
+// node: ["before","a","b","c","after","a.micro","a.then"]
+#[test]
+fn handlers_of_one_promise_run_in_turn_before_what_they_queue() {
+    let event_loop = EventLoop::new();
+    let log = Log::default();
+    let (p, resolve) = Promise::<()>::pending();
+    let l = log.clone();
+    let _a = p.clone().then(move |()| {
+        l.push("a");
+        queue_microtask(l.call("a.micro"));
+        let _then = Promise::<()>::resolved(()).then(l.step("a.then"));
+        Ok(())
+    });
+    let _b = p.clone().then(log.step("b"));
+    let _c = p.then(log.step("c"));
+    queue_microtask(log.call("before"));
+    resolve.resolve(());
+    queue_microtask(log.call("after"));
+    event_loop.run().unwrap();
+    assert_eq!(
+        log.entries(),
+        ["before", "a", "b", "c", "after", "a.micro", "a.then"]
+    );
+}
+
 // The combinators settle their output at the tick the native ones do: each input
 // is a reaction of its own (run in turn with the input's other reactions), and
 // the output's handlers run one tick after the deciding input's.

@@ -26,6 +26,10 @@ use crate::timer::{Callback, Due, Timers};
 /// Work on the microtask queue.
 pub(crate) enum Job {
     Run(Arc<dyn Runnable>),
+    /// The reactions of one promise with many, run in turn as one entry (they
+    /// were all queued at once, so nothing queued meanwhile could come between
+    /// them): a fan-out of a million takes one place in the queue, not a million.
+    Batch(Vec<Arc<dyn Runnable>>),
     Poll(Arc<TaskWaker>),
     Call(Box<dyn FnOnce()>),
 }
@@ -52,6 +56,7 @@ impl Job {
     fn abandon(self) {
         match self {
             Job::Run(job) => job.abandon(),
+            Job::Batch(jobs) => jobs.into_iter().for_each(|job| job.abandon()),
             Job::Poll(_) => {} // the task itself is dropped with the task table
             Job::Call(f) => drop(f),
         }
@@ -316,6 +321,7 @@ impl Local {
     fn run_job(&self, job: Job) {
         match job {
             Job::Run(job) => job.run(),
+            Job::Batch(jobs) => jobs.into_iter().for_each(|job| job.run()),
             Job::Poll(task) => self.poll_task(task),
             Job::Call(f) => {
                 if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {

@@ -511,6 +511,10 @@ impl<T, E> Core<T, E> {
                 None => Serve::Nothing,
             }
         };
+        let local = match &waiters {
+            Waiters::Many(_) => context::local_queue(home),
+            Waiters::None | Waiters::One(_) => None,
+        };
         match waiters {
             Waiters::None => inner.state = State::Settled(slot),
             // The usual case (one `then` or one `await`), without the lists.
@@ -520,6 +524,27 @@ impl<T, E> Core<T, E> {
                 drop(inner);
                 served.run(home);
             }
+            // Consumers only, for this thread's queue (a fan-out): each waiter
+            // becomes its job in the list's own memory, and the list is queued as
+            // one entry.
+            Waiters::Many(all) if all.iter().all(Waiter::consumes) && local.is_some() => {
+                let mut left = all.len();
+                let jobs: Vec<Arc<dyn Runnable>> = all
+                    .into_iter()
+                    .filter_map(|waiter| {
+                        left -= 1;
+                        match serve(waiter, left == 0, &mut slot) {
+                            Serve::Run(job) => Some(job),
+                            Serve::Wake(_) | Serve::Nothing => None,
+                        }
+                    })
+                    .collect();
+                inner.state = State::Settled(slot);
+                drop(inner);
+                if let (Some(queue), false) = (local, jobs.is_empty()) {
+                    queue.push(Job::Batch(jobs));
+                }
+            }
             Waiters::Many(all) => {
                 let mut reactions_left = all.iter().filter(|w| w.consumes()).count();
                 // Reactions and wakers are served in the order they were attached (an
@@ -527,7 +552,7 @@ impl<T, E> Core<T, E> {
                 // of this thread they are queued right here, under the lock, which
                 // runs no code but ours: a fan-out of a million needs no second list.
                 // Other executors' wakers are woken once the lock is released.
-                let queue = context::local_queue(home);
+                let queue = local;
                 let mut later = Vec::new();
                 for waiter in *all {
                     if waiter.consumes() {
