@@ -57,6 +57,29 @@ fn cancelling_the_only_consumer_of_a_sleep_removes_its_timer() {
 }
 
 #[test]
+fn a_sleep_cancelled_from_another_thread_removes_its_timer_on_its_loop() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let long = sleep(HOUR);
+        let (sent, arrived) = std::sync::mpsc::channel();
+        let canceller = std::thread::spawn(move || {
+            let long: Promise<()> = arrived.recv().unwrap();
+            long.cancel();
+            assert!(long.is_cancelled());
+        });
+        sent.send(long).unwrap();
+        canceller.join().unwrap();
+        // The loop was asked to clear the timer: it runs that and goes idle, where
+        // an hour-long timer left behind would keep it waiting.
+        event_loop.run().unwrap();
+        // And once the loop is gone, cancelling another of its sleeps is a no-op.
+        let orphan = sleep(HOUR);
+        drop(event_loop);
+        orphan.cancel();
+    });
+}
+
+#[test]
 fn cancellation_travels_upstream_only_when_every_consumer_cancelled() {
     within(|| {
         let event_loop = EventLoop::new();

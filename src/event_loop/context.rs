@@ -239,15 +239,6 @@ pub(crate) fn schedule_task(task: Arc<TaskWaker>) {
     }
 }
 
-/// Runs `f` on the loop `home`, as a microtask: queued directly when that loop
-/// belongs to this thread, through its injector otherwise.
-pub(crate) fn run_on(home: &LoopRef, f: Box<dyn FnOnce() + Send>) {
-    match local_loop(home) {
-        Some(local) => local.push(Job::Call(f)),
-        None => home.inject(SendJob::Call(f)),
-    }
-}
-
 /// Drops a task's future because its promise was cancelled, on the task's loop.
 ///
 /// On the loop's own thread this happens before `cancel` returns, so a task that
@@ -276,6 +267,20 @@ pub(crate) fn cancel_task(task: &std::sync::Weak<TaskWaker>) {
 /// This thread's loop whose shared part is `home`, running or not.
 pub(crate) fn local_loop(home: &LoopRef) -> Option<Rc<Local>> {
     CONTEXT.try_with(|cx| created_loop(cx, home)).ok().flatten()
+}
+
+/// The live loop of this thread whose id is `id`.
+pub(crate) fn local_loop_by_id(id: u64) -> Option<Rc<Local>> {
+    CONTEXT
+        .try_with(|cx| {
+            cx.created
+                .borrow()
+                .iter()
+                .filter_map(Weak::upgrade)
+                .find(|local| local.shared.id == id)
+        })
+        .ok()
+        .flatten()
 }
 
 /// The live loop of this thread whose shared part is `home` (every loop, running

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-pub(crate) use self::context::LoopRef;
 use self::local::Stop;
 pub(crate) use self::local::{report_panic, Job, Local, SendJob, Shared};
 use crate::error::Error;
@@ -548,7 +547,7 @@ pub fn sleep(duration: Duration) -> Promise<()> {
         local.timers.borrow_mut().insert_with(now, duration, |id| {
             // The node knows its timer from the start, and the timer holds it.
             let (sleeping, node) = promise::with_link(SleepLink {
-                home: local.shared.clone(),
+                loop_id: local.shared.id,
                 timer: AtomicU64::new(id.slot_bits()),
             });
             promise = Some(sleeping);
@@ -563,8 +562,10 @@ const NO_TIMER: u64 = u64::MAX;
 /// The link of a [`sleep`]'s promise: the timer that settles it, which a
 /// cancellation clears (so that it no longer keeps the loop alive).
 struct SleepLink {
-    home: LoopRef,
-    /// [`TimerId::slot_bits`], or [`NO_TIMER`] before it is set or once cleared.
+    /// The loop whose timer it is: an id, not a reference, since a sleep is made
+    /// far more often than cancelled (cancelling looks the loop up).
+    loop_id: u64,
+    /// [`TimerId::slot_bits`], or [`NO_TIMER`] once cleared.
     timer: AtomicU64,
 }
 
@@ -577,18 +578,17 @@ impl Link<(), Error> for SleepLink {
         if bits == NO_TIMER {
             return;
         }
-        let id = TimerId::from_slot_bits(node.link.home.id, bits);
+        let id = TimerId::from_slot_bits(node.link.loop_id, bits);
         // The timer table is the home loop's: cleared at once on its thread (the
         // callback, which holds this node, is dropped outside the borrow), or by
-        // the loop, asked from another thread.
-        match context::local_loop(&node.link.home) {
-            Some(local) => drop(local.timers.borrow_mut().clear(id)),
-            None => context::run_on(
-                &node.link.home,
-                Box::new(move || {
-                    clear_timer(id);
-                }),
-            ),
+        // the loop, asked from another thread. A loop that is gone took its
+        // timers with it.
+        if let Some(local) = context::local_loop_by_id(node.link.loop_id) {
+            drop(local.timers.borrow_mut().clear(id));
+        } else if let Some(home) = orphans::find(node.link.loop_id) {
+            home.inject(SendJob::Call(Box::new(move || {
+                clear_timer(id);
+            })));
         }
     }
 }

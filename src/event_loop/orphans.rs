@@ -39,6 +39,15 @@ pub(crate) fn register(shared: &Arc<Shared>) {
     loops.push(Arc::downgrade(shared));
 }
 
+/// The live loop whose id is `id`, on whatever thread.
+pub(crate) fn find(id: u64) -> Option<Arc<Shared>> {
+    LOOPS
+        .lock()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|shared| shared.id == id)
+}
+
 /// Wakes every loop that is being driven, so that a `block_on` re-checks whether
 /// its future can still complete.
 pub(crate) fn notify_driven_loops() {
