@@ -25,7 +25,7 @@
 //! `docs/design.md` in the repository explains how they fit.
 
 #![deny(missing_docs)]
-#![deny(unsafe_code)] // one exception, in `reactor`, with its SAFETY argument
+#![deny(unsafe_code)] // two exceptions, `reactor` and `timer::OnceFn`, each with its SAFETY argument
 
 mod blocking;
 mod combinators;

@@ -11,12 +11,15 @@
 //! sit in. Cancelling is O(1): the slab slot is freed and its generation bumped; the
 //! stale lane entry is skipped when it reaches the front. This module never runs a
 //! callback itself: the loop takes due callbacks out and runs them with no borrow
-//! held.
+//! held. A small callback is stored in its timer's place ([`OnceFn`], the module's
+//! one `unsafe`: a closure of at most two words moved into and out of raw storage).
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of, ManuallyDrop, MaybeUninit};
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::task::Waker;
@@ -76,10 +79,103 @@ pub(crate) trait Fire {
 }
 
 pub(crate) enum Callback {
-    Once(Box<dyn FnOnce()>),
+    Once(OnceFn),
     /// Boxed: intervals are rare, and inline they would make every slot bigger.
     Repeat(Box<Interval>),
     Fire(Arc<dyn Fire>),
+}
+
+/// A timer's `FnOnce()`, stored in the timer's own place when it fits in two
+/// words (a callback capturing an `Rc` or two), boxed otherwise.
+///
+/// Timers fire in deadline order, not in the order they were set, so a boxed
+/// callback is a cache miss of its own each time one runs, after the miss on the
+/// timer's place; inline, the second miss is gone, and so is an allocation per
+/// timer.
+pub(crate) struct OnceFn {
+    storage: MaybeUninit<[usize; 2]>,
+    vtable: &'static OnceVTable,
+    /// The callback may be neither `Send` nor `Sync`.
+    _local: PhantomData<*const ()>,
+}
+
+struct OnceVTable {
+    /// Moves the callback out of the storage and calls it.
+    call: unsafe fn(*mut [usize; 2]),
+    /// Drops the callback in the storage.
+    drop: unsafe fn(*mut [usize; 2]),
+}
+
+struct VTableOf<F>(PhantomData<F>);
+
+#[allow(unsafe_code)]
+impl<F: FnOnce()> VTableOf<F> {
+    const VTABLE: OnceVTable = OnceVTable {
+        call: Self::call,
+        drop: Self::drop,
+    };
+
+    /// # Safety
+    /// `storage` holds a valid `F`, written by `OnceFn::inline`, never read since.
+    unsafe fn call(storage: *mut [usize; 2]) {
+        // SAFETY: see above; the caller forgets the `OnceFn`, so this is the one read.
+        let f = unsafe { storage.cast::<F>().read() };
+        f();
+    }
+
+    /// # Safety
+    /// As for `call`.
+    unsafe fn drop(storage: *mut [usize; 2]) {
+        // SAFETY: see `call`; `OnceFn::drop` runs at most once, and never after `call`.
+        unsafe { storage.cast::<F>().drop_in_place() }
+    }
+}
+
+#[allow(unsafe_code)]
+impl OnceFn {
+    pub(crate) fn new<F: FnOnce() + 'static>(f: F) -> OnceFn {
+        if Self::fits::<F>() {
+            Self::inline(f)
+        } else {
+            // A box is two words: it fits.
+            let boxed: Box<dyn FnOnce()> = Box::new(f);
+            Self::inline(boxed)
+        }
+    }
+
+    /// Whether an `F` is stored inline (else it is boxed, and the box inline).
+    const fn fits<F>() -> bool {
+        size_of::<F>() <= size_of::<[usize; 2]>() && align_of::<F>() <= align_of::<usize>()
+    }
+
+    fn inline<F: FnOnce() + 'static>(f: F) -> OnceFn {
+        assert!(Self::fits::<F>(), "checked by the caller");
+        let mut storage = MaybeUninit::<[usize; 2]>::uninit();
+        // SAFETY: `F` fits the storage in size and alignment (asserted just above),
+        // and the storage is uninitialised: nothing is overwritten.
+        unsafe { storage.as_mut_ptr().cast::<F>().write(f) };
+        OnceFn {
+            storage,
+            vtable: &VTableOf::<F>::VTABLE,
+            _local: PhantomData,
+        }
+    }
+
+    /// Runs the callback (once: it is consumed).
+    pub(crate) fn call(self) {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: the storage holds the callback `new` wrote (of the type the
+        // vtable was made for); `this` is never dropped, so it is read once.
+        unsafe { (this.vtable.call)(this.storage.as_mut_ptr()) }
+    }
+}
+
+#[allow(unsafe_code)]
+impl Drop for OnceFn {
+    fn drop(&mut self) {
+        // SAFETY: as in `call`, which forgets the value instead of dropping it.
+        unsafe { (self.vtable.drop)(self.storage.as_mut_ptr()) }
+    }
 }
 
 /// What an interval runs, and how often.
@@ -90,7 +186,7 @@ pub(crate) struct Interval {
 
 /// A due timer taken out of the set, to be run by the loop.
 pub(crate) enum Due {
-    Once(Box<dyn FnOnce()>),
+    Once(OnceFn),
     Fire(Arc<dyn Fire>),
     Repeat {
         id: TimerId,
@@ -552,9 +648,10 @@ impl WakeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
 
     fn once() -> Callback {
-        Callback::Once(Box::new(|| {}))
+        Callback::Once(OnceFn::new(|| {}))
     }
 
     #[test]
@@ -589,7 +686,7 @@ mod tests {
     fn fire_due(timers: &mut Timers, now: Instant) {
         while let Some(due) = timers.pop_due(now) {
             match due {
-                Due::Once(f) => f(),
+                Due::Once(f) => f.call(),
                 Due::Repeat { .. } | Due::Fire(_) => unreachable!(),
             }
         }
@@ -597,7 +694,7 @@ mod tests {
 
     fn logging(log: &Rc<RefCell<Vec<u32>>>, name: u32) -> Callback {
         let log = log.clone();
-        Callback::Once(Box::new(move || log.borrow_mut().push(name)))
+        Callback::Once(OnceFn::new(move || log.borrow_mut().push(name)))
     }
 
     #[test]
@@ -641,9 +738,74 @@ mod tests {
 
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn a_timer_costs_a_32_byte_place_and_a_24_byte_lane_entry() {
-        assert_eq!(std::mem::size_of::<Slot>(), 32);
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
+    fn a_timer_costs_a_40_byte_place_and_a_24_byte_lane_entry() {
+        // The place holds a small callback itself: no box of its own.
+        assert_eq!(size_of::<OnceFn>(), 3 * size_of::<usize>());
+        assert_eq!(size_of::<Slot>(), 40);
+        assert_eq!(size_of::<Entry>(), 24);
+    }
+
+    /// Counts its drops: a callback's captures must be dropped exactly once,
+    /// whether it is called, dropped uncalled, or panics.
+    struct Dropped(Rc<Cell<u32>>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+
+    #[test]
+    fn a_callback_inline_or_boxed_is_called_once_and_dropped_once() {
+        let drops = Rc::new(Cell::new(0));
+        let calls = Rc::new(Cell::new(0));
+        // Inline (two words), boxed (too big), boxed (over-aligned), and empty.
+        #[repr(align(16))]
+        struct Aligned(u8);
+        let (small, big, aligned) = (Dropped(drops.clone()), Dropped(drops.clone()), Aligned(7));
+        let (c1, c2, c3, c4) = (calls.clone(), calls.clone(), calls.clone(), calls.clone());
+        let padding = [3u64; 4];
+        let callbacks = [
+            OnceFn::new(move || {
+                let _keep = small;
+                c1.set(c1.get() + 1);
+            }),
+            OnceFn::new(move || {
+                let _keep = big;
+                c2.set(c2.get() + padding.iter().sum::<u64>() as u32 - 11);
+            }),
+            OnceFn::new(move || c3.set(c3.get() + u32::from(aligned.0) - 6)),
+            OnceFn::new(|| {}),
+        ];
+        assert!(OnceFn::fits::<Rc<u8>>() && !OnceFn::fits::<[u64; 4]>());
+        assert!(!OnceFn::fits::<Aligned>());
+        for callback in callbacks {
+            callback.call();
+        }
+        assert_eq!((calls.get(), drops.get()), (3, 2));
+        // Dropped without being called: the captures go, once.
+        let uncalled = OnceFn::new({
+            let (keep, c4) = (Dropped(drops.clone()), c4);
+            move || {
+                let _keep = keep;
+                c4.set(c4.get() + 100);
+            }
+        });
+        drop(uncalled);
+        assert_eq!((calls.get(), drops.get()), (3, 3));
+    }
+
+    #[test]
+    fn a_callback_that_panics_drops_its_captures_once() {
+        let drops = Rc::new(Cell::new(0));
+        let keep = Dropped(drops.clone());
+        let callback = OnceFn::new(move || {
+            let _keep = keep;
+            panic!("a timer callback failed");
+        });
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback.call()));
+        assert!(caught.is_err());
+        assert_eq!(drops.get(), 1);
     }
 
     #[test]

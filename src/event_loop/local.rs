@@ -386,7 +386,7 @@ impl Local {
             match due {
                 None => break,
                 Some(Due::Once(f)) => {
-                    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f.call())) {
                         report_panic("a timer callback", &*payload);
                     }
                 }

@@ -442,7 +442,7 @@ pub fn set_timeout(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
         local
             .timers
             .borrow_mut()
-            .insert(now, delay, Callback::Once(Box::new(f)))
+            .insert(now, delay, Callback::Once(crate::timer::OnceFn::new(f)))
     })
 }
 
