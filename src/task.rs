@@ -242,9 +242,9 @@ where
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(outcome)) => outcome,
             Err(payload) => {
-                let from_error = this.settler.as_ref().map(Settler::error_converter);
-                let from_error = from_error.expect("the settler stays until the future is done");
-                Err(from_error(Error::panic(payload)))
+                let settler = this.settler.as_ref();
+                let settler = settler.expect("the settler stays until the future is done");
+                Err(settler.fail(Error::panic(payload)))
             }
         };
         // The future is dropped before its promise settles, as an `async` block's

@@ -349,8 +349,32 @@ impl<T, E> Waiters<T, E> {
     }
 }
 
-/// Copies an outcome for one more consumer (set by `Promise::clone`).
-pub(crate) type Cloner<T, E> = fn(&Result<T, E>) -> Result<T, E>;
+/// What a promise needs of its types, as one function (one word, where two
+/// function pointers took two): turning one of the library's failures into an
+/// `E`, and, once `Promise::clone` asked for it, copying an outcome for one more
+/// consumer. Made where the bounds are known (`E: From<Error>`, `T: Clone`).
+pub(crate) type Ops<T, E> = fn(Op<'_, T, E>) -> OpDone<T, E>;
+
+/// A question to a promise's [`Ops`].
+pub(crate) enum Op<'a, T, E> {
+    Fail(Error),
+    Copy(&'a Result<T, E>),
+}
+
+/// The answer of a promise's [`Ops`].
+pub(crate) enum OpDone<T, E> {
+    Failed(E),
+    Copied(Result<T, E>),
+}
+
+/// `error` as the promise's error type.
+fn fail_with<T, E>(ops: Ops<T, E>, error: Error) -> E {
+    match ops(Op::Fail(error)) {
+        OpDone::Failed(error) => error,
+        // Not an answer to `Fail`; an `Ops` of ours never gives it.
+        OpDone::Copied(_) => unreachable!("ops answer Fail with Failed"),
+    }
+}
 
 /// What settling does for one waiter, once the lock is released.
 enum Serve<T, E> {
@@ -385,8 +409,9 @@ struct Inner<T, E> {
     /// Someone attached a handler or awaited: a rejection is not "unhandled".
     handled: bool,
     cancelled: bool,
-    /// Set by `Promise::clone`: how to give each consumer its own copy.
-    cloner: Option<Cloner<T, E>>,
+    /// Set by `Promise::clone`: `ops` can copy, and each consumer gets its own copy.
+    copies: bool,
+    ops: Ops<T, E>,
 }
 
 /// How a promise was settled, for `Promise::is_*`.
@@ -412,34 +437,30 @@ pub(crate) enum Settle {
 
 pub(crate) struct Core<T, E> {
     inner: Lock<Inner<T, E>>,
-    /// How the library's own failures become an `E` (`E: From<Error>`, captured
-    /// where the promise was created).
-    from_error: fn(Error) -> E,
 }
 
 /// What a settled core hands to one consumer.
 fn share<T, E>(
     slot: &mut Option<Result<T, E>>,
     last: bool,
-    cloner: Option<Cloner<T, E>>,
-    from_error: fn(Error) -> E,
+    copies: bool,
+    ops: Ops<T, E>,
 ) -> Result<T, E> {
-    match (last, cloner, slot.as_ref()) {
-        (false, Some(clone), Some(outcome)) => clone(outcome),
+    match (last, copies, slot.as_ref()) {
+        (false, true, Some(outcome)) => match ops(Op::Copy(outcome)) {
+            OpDone::Copied(copy) => copy,
+            OpDone::Failed(error) => Err(error),
+        },
         // A value already moved out can only be asked for again through a handle
         // that should not exist; answer with a broken promise rather than panic.
         _ => slot
             .take()
-            .unwrap_or_else(|| Err(from_error(Error::broken()))),
+            .unwrap_or_else(|| Err(fail_with(ops, Error::broken()))),
     }
 }
 
 impl<T, E> Core<T, E> {
-    pub(crate) fn new(
-        state: Option<Result<T, E>>,
-        has_resolver: bool,
-        from_error: fn(Error) -> E,
-    ) -> Self {
+    pub(crate) fn new(state: Option<Result<T, E>>, has_resolver: bool, ops: Ops<T, E>) -> Self {
         let state = match state {
             Some(outcome) => State::Settled(Some(outcome)),
             None => State::Pending(Waiters::None),
@@ -451,19 +472,17 @@ impl<T, E> Core<T, E> {
                 has_resolver,
                 handled: false,
                 cancelled: false,
-                cloner: None,
+                copies: false,
+                ops,
             }),
-            from_error,
         }
     }
 
-    pub(crate) fn error_converter(&self) -> fn(Error) -> E {
-        self.from_error
-    }
-
-    /// One of the library's failures as this promise's error type.
+    /// One of the library's failures as this promise's error type. (Takes the
+    /// lock: never call it with the lock held.)
     pub(crate) fn fail(&self, error: Error) -> E {
-        (self.from_error)(error)
+        let ops = self.inner.lock().ops;
+        fail_with(ops, error)
     }
 
     /// Settles the promise. Reactions go to the loop chosen by `context::schedule`
@@ -494,9 +513,10 @@ impl<T, E> Core<T, E> {
         inner.cancelled = cancelled;
         let rejected = matches!(outcome, Some(Err(_)));
         let watched = !waiters.is_empty();
-        let mut slot = outcome.or_else(|| Some(Err(self.fail(Error::cancelled()))));
+        let ops = inner.ops;
+        let mut slot = outcome.or_else(|| Some(Err(fail_with(ops, Error::cancelled()))));
         let keep = inner.handles > 0;
-        let cloner = inner.cloner;
+        let copies = inner.copies;
         let serve = |waiter: Waiter<T, E>, last: bool, slot: &mut Option<Result<T, E>>| {
             if !waiter.consumes() {
                 return Serve::Wake(waiter);
@@ -504,7 +524,7 @@ impl<T, E> Core<T, E> {
             let input = if cancelled {
                 Input::Cancelled
             } else {
-                Input::Outcome(share(slot, last && !keep, cloner, self.from_error))
+                Input::Outcome(share(slot, last && !keep, copies, ops))
             };
             match waiter.deliver(input) {
                 Some(job) => Serve::Run(job),
@@ -607,7 +627,7 @@ impl<T, E> Core<T, E> {
         inner.handles -= 1;
         inner.handled = true;
         let last = inner.handles == 0;
-        let cloner = inner.cloner;
+        let (copies, ops) = (inner.copies, inner.ops);
         let cancelled = inner.cancelled;
         match &mut inner.state {
             State::Pending(waiters) => {
@@ -619,7 +639,7 @@ impl<T, E> Core<T, E> {
                 consumer.deliver(Input::Cancelled)
             }
             State::Settled(slot) => {
-                let outcome = share(slot, last, cloner, self.from_error);
+                let outcome = share(slot, last, copies, ops);
                 drop(inner);
                 consumer.deliver(Input::Outcome(outcome))
             }
@@ -657,11 +677,11 @@ impl<T, E> Core<T, E> {
             State::Settled(_) => {
                 inner.handles -= 1;
                 let last = inner.handles == 0;
-                let cloner = inner.cloner;
+                let (copies, ops) = (inner.copies, inner.ops);
                 let State::Settled(slot) = &mut inner.state else {
                     unreachable!()
                 };
-                Some(share(slot, last, cloner, self.from_error))
+                Some(share(slot, last, copies, ops))
             }
         }
     }
@@ -694,10 +714,13 @@ impl<T, E> Core<T, E> {
         removed && handles == 0 && !waiters.iter().any(Waiter::consumes)
     }
 
-    pub(crate) fn add_handle(&self, cloner: Cloner<T, E>) {
+    /// One more `Promise` handle, each consumer getting its own copy through
+    /// `copying` (the promise's `Ops`, able to copy).
+    pub(crate) fn add_handle(&self, copying: Ops<T, E>) {
         let mut inner = self.inner.lock();
         inner.handles += 1;
-        inner.cloner = Some(cloner);
+        inner.ops = copying;
+        inner.copies = true;
     }
 
     /// The resolver stopped being a way to settle this promise (it adopted another).
@@ -723,9 +746,10 @@ impl<T, E> Drop for Core<T, E> {
         // tell them, through the queue, so that a long chain does not recurse here.
         if let State::Pending(waiters) = &mut self.inner.get_mut().state {
             let waiters = std::mem::take(waiters);
+            let ops = self.inner.get_mut().ops;
             for waiter in waiters.into_vec() {
                 if waiter.consumes() {
-                    let broken = Input::Outcome(Err(self.fail(Error::broken())));
+                    let broken = Input::Outcome(Err(fail_with(ops, Error::broken())));
                     if let Some(job) = waiter.deliver(broken) {
                         context::schedule(job, None);
                     }

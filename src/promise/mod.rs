@@ -104,8 +104,21 @@ pub(crate) enum Settled<T, E> {
     Cancelled,
 }
 
-fn from_error<E: From<Error>>(error: Error) -> E {
-    E::from(error)
+/// The [`core::Ops`] of a promise: the library's failures as `E`; no copies.
+fn plain_ops<T, E: From<Error>>(op: core::Op<'_, T, E>) -> core::OpDone<T, E> {
+    match op {
+        core::Op::Fail(error) => core::OpDone::Failed(E::from(error)),
+        // Asked only once `Promise::clone` switched to `copying_ops`.
+        core::Op::Copy(_) => core::OpDone::Failed(E::from(Error::broken())),
+    }
+}
+
+/// The [`core::Ops`] of a cloned promise: each consumer gets its own copy.
+fn copying_ops<T: Clone, E: Clone + From<Error>>(op: core::Op<'_, T, E>) -> core::OpDone<T, E> {
+    match op {
+        core::Op::Fail(error) => core::OpDone::Failed(E::from(error)),
+        core::Op::Copy(outcome) => core::OpDone::Copied(outcome.clone()),
+    }
 }
 
 /// Runs a handler; a panic becomes a rejection.
@@ -118,10 +131,6 @@ fn broken<U, E: From<Error>>() -> Next<U, E> {
     Next::Settled(Err(E::from(Error::broken())))
 }
 
-fn clone_outcome<T: Clone, E: Clone>(outcome: &Result<T, E>) -> Result<T, E> {
-    outcome.clone()
-}
-
 impl<T, E> Promise<T, E>
 where
     T: Send + 'static,
@@ -130,7 +139,7 @@ where
     fn settled(outcome: Result<T, E>) -> Promise<T, E> {
         let rejected = outcome.is_err();
         let node: NodeRef<T, E> = Arc::new(Node {
-            core: Core::new(Some(outcome), false, from_error::<E>),
+            core: Core::new(Some(outcome), false, plain_ops::<T, E>),
             link: (),
         });
         if rejected {
@@ -144,7 +153,7 @@ where
     fn rooted(home: Option<LoopRef>) -> Arc<Node<T, E, Hooks>> {
         let has_resolver = home.is_some();
         Arc::new(Node {
-            core: Core::new(None, has_resolver, from_error::<E>),
+            core: Core::new(None, has_resolver, plain_ops::<T, E>),
             link: Hooks::new(home),
         })
     }
@@ -223,7 +232,7 @@ where
         let parent = self.take_node();
         let upstream: Arc<dyn Graph> = parent.clone();
         let child = Arc::new(Node {
-            core: Core::new(None, false, from_error::<E2>),
+            core: Core::new(None, false, plain_ops::<U, E2>),
             link: ThenLink::new(f, upstream),
         });
         if let Some(job) = parent.core().attach(child.clone()) {
@@ -519,13 +528,13 @@ impl<T, E> Promise<T, E> {
 /// assert_eq!(thenable::block_on(a).unwrap(), 4);
 /// assert_eq!(thenable::block_on(b).unwrap(), 6);
 /// ```
-impl<T: Clone + Send, E: Clone + Send> Clone for Promise<T, E> {
+impl<T: Clone + Send, E: Clone + Send + From<Error>> Clone for Promise<T, E> {
     fn clone(&self) -> Self {
         let node = self
             .node
             .as_ref()
             .expect("thenable: promise cloned after it was awaited to completion");
-        node.core().add_handle(clone_outcome::<T, E>);
+        node.core().add_handle(copying_ops::<T, E>);
         Promise {
             node: Some(node.clone()),
         }
@@ -785,8 +794,9 @@ impl<T: Send + 'static, E: Send + 'static, L: core::Link<T, E>> Settler<T, E, L>
         self.node.as_ref().expect("settler used after settling")
     }
 
-    pub(crate) fn error_converter(&self) -> fn(Error) -> E {
-        self.node().core.error_converter()
+    /// One of the library's failures as the promise's error type.
+    pub(crate) fn fail(&self, error: Error) -> E {
+        self.node().core.fail(error)
     }
 
     pub(crate) fn graph(&self) -> std::sync::Weak<dyn Graph> {
@@ -845,7 +855,7 @@ where
     L: core::Link<T, E>,
 {
     let node = Arc::new(Node {
-        core: Core::new(None, false, from_error::<E>),
+        core: Core::new(None, false, plain_ops::<T, E>),
         link,
     });
     let promise = Promise {
