@@ -332,6 +332,10 @@ where
         // dropping it here frees nothing: the memory goes back as inputs report.
         drop(state.inputs.get_mut(index as usize).and_then(Option::take));
         if state.decided {
+            // The value is not wanted: dropped with our lock released (its drop is
+            // the user's code).
+            drop(state);
+            drop(input);
             return None;
         }
         let outcome = match input {
