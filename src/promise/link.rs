@@ -159,6 +159,15 @@ impl<T0, E0, F, T, E> ThenLink<T0, E0, F, T, E> {
     }
 }
 
+/// Lets go of a promise a cancelled link was about to follow, as a cancelled
+/// consumer would: it is cancelled in turn if nothing else consumes it.
+fn let_go<T: Send + 'static, E: Send + 'static>(mut promise: Promise<T, E>) {
+    let source = promise.take_node();
+    if source.core().release_handle() {
+        source.cancel_node();
+    }
+}
+
 /// The error a promise adopting one that waits on it is rejected with.
 fn chaining_cycle() -> Error {
     Error::deadlock("chaining cycle: a promise was resolved with a promise that waits on it")
@@ -205,8 +214,14 @@ where
         }
         // Following before attaching: an outcome delivered at once finds it so.
         *self.link.slot.lock() = Slot::Following(source.clone());
-        if let Some(job) = source.core().attach_follower(self) {
+        if let Some(job) = source.core().attach_follower(self.clone()) {
             context::schedule(job, None);
+        }
+        // Cancelled from another thread while the handler ran, or before the
+        // attachment: that cancellation found nothing to withdraw, so withdraw now
+        // (twice is harmless).
+        if self.core.status() == core::Status::Cancelled {
+            core::withdraw(source, (self.key(), FOLLOWER));
         }
     }
 
@@ -242,13 +257,7 @@ where
                 context::schedule(node.clone(), None);
                 core::withdraw(parent, (node.key(), REACTION));
             }
-            // Not attached yet: let the handle go as a cancelled consumer would.
-            AfterCancel::Release(mut promise) => {
-                let source = promise.take_node();
-                if source.core().release_handle() {
-                    source.cancel_node();
-                }
-            }
+            AfterCancel::Release(promise) => let_go(promise),
             AfterCancel::Unfollow(source) => core::withdraw(source, (node.key(), FOLLOWER)),
             AfterCancel::Nothing => {}
         }
