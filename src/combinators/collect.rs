@@ -242,6 +242,13 @@ struct CollectState<P: Policy<T, E>, T, E: Send + 'static> {
     inputs: Vec<Option<Arc<dyn Graph>>>,
 }
 
+/// What a [`Collect`] call held, once it ended.
+struct Ended<P: Policy<T, E>, T, E: Send + 'static> {
+    policy: Option<P>,
+    output: Option<Settler<P::Output, E, AbortLink>>,
+    inputs: Vec<Option<Arc<dyn Graph>>>,
+}
+
 impl<P, T, E> Collect<P, T, E>
 where
     P: Policy<T, E>,
@@ -289,6 +296,18 @@ where
         output
     }
 
+    /// Ends the call: later deliveries are ignored, and what it held is handed back
+    /// to be used or dropped once the lock is released (dropping runs user code).
+    fn end(&self) -> Ended<P, T, E> {
+        let mut state = self.state.lock();
+        state.decided = true;
+        Ended {
+            policy: state.policy.take(),
+            output: state.output.take(),
+            inputs: std::mem::take(&mut state.inputs),
+        }
+    }
+
     /// Withdraws from the inputs that have not reported; those left with no other
     /// consumer are cancelled in turn. Never under our lock: cancelling runs other
     /// promises' `on_cancel` hooks.
@@ -309,14 +328,8 @@ where
     E: From<Error> + Send + 'static,
 {
     fn abort(&self) {
-        let (output, inputs, policy) = {
-            let mut state = self.state.lock();
-            state.decided = true;
-            let inputs = std::mem::take(&mut state.inputs);
-            (state.output.take(), inputs, state.policy.take())
-        };
-        self.withdraw_from(inputs);
-        drop((output, policy));
+        let ended = self.end();
+        self.withdraw_from(ended.inputs);
     }
 }
 
@@ -366,28 +379,19 @@ where
 {
     /// Settles the output, as decided.
     fn run(self: Arc<Self>) {
-        let (policy, output, inputs) = {
-            let mut state = self.state.lock();
-            let inputs = std::mem::take(&mut state.inputs);
-            (state.policy.take(), state.output.take(), inputs)
-        };
-        if let (Some(policy), Some(mut output)) = (policy, output) {
+        let ended = self.end();
+        if let (Some(policy), Some(mut output)) = (ended.policy, ended.output) {
             let outcome = catch_unwind(AssertUnwindSafe(|| policy.finish()))
                 .unwrap_or_else(|payload| Err(E::from(Error::panic(payload))));
             output.settle(outcome);
         }
-        self.withdraw_from(inputs);
+        self.withdraw_from(ended.inputs);
     }
 
     /// The loop is gone: no user code may run (an `any`'s `combine`), so the
     /// output is left to break.
     fn abandon(self: Arc<Self>) {
-        let taken = {
-            let mut state = self.state.lock();
-            let inputs = std::mem::take(&mut state.inputs);
-            (state.output.take(), inputs, state.policy.take())
-        };
-        drop(taken);
+        drop(self.end());
     }
 }
 

@@ -80,7 +80,7 @@ fn target(cx: &Context, home: Option<&LoopRef>) -> Target {
         return match home {
             None => Target::Local(running),
             Some(home)
-                if Arc::ptr_eq(home, &running.shared) || created_loop(cx, home).is_some() =>
+                if Arc::ptr_eq(home, &running.shared) || created_loop(cx, home.id).is_some() =>
             {
                 Target::Local(running)
             }
@@ -88,7 +88,7 @@ fn target(cx: &Context, home: Option<&LoopRef>) -> Target {
         };
     }
     let local = match home {
-        Some(home) => match created_loop(cx, home) {
+        Some(home) => match created_loop(cx, home.id) {
             Some(local) => local,
             None => return Target::Elsewhere,
         },
@@ -249,7 +249,7 @@ pub(crate) fn schedule_task(task: Arc<TaskWaker>) {
 /// no stack. From another thread, the loop is asked to do it.
 pub(crate) fn cancel_task(task: &std::sync::Weak<TaskWaker>) {
     let Some(task) = task.upgrade() else { return };
-    let Some(local) = local_loop(&task.home) else {
+    let Some(local) = local_loop(task.home.id) else {
         let home = task.home.clone();
         home.inject(SendJob::Call(Box::new(move || {
             with_current(|local| local.cancel_task(&task));
@@ -264,33 +264,19 @@ pub(crate) fn cancel_task(task: &std::sync::Weak<TaskWaker>) {
     });
 }
 
-/// This thread's loop whose shared part is `home`, running or not.
-pub(crate) fn local_loop(home: &LoopRef) -> Option<Rc<Local>> {
-    CONTEXT.try_with(|cx| created_loop(cx, home)).ok().flatten()
+/// This thread's loop whose id is `id`, running or not.
+pub(crate) fn local_loop(id: u64) -> Option<Rc<Local>> {
+    CONTEXT.try_with(|cx| created_loop(cx, id)).ok().flatten()
 }
 
-/// The live loop of this thread whose id is `id`.
-pub(crate) fn local_loop_by_id(id: u64) -> Option<Rc<Local>> {
-    CONTEXT
-        .try_with(|cx| {
-            cx.created
-                .borrow()
-                .iter()
-                .filter_map(Weak::upgrade)
-                .find(|local| local.shared.id == id)
-        })
-        .ok()
-        .flatten()
-}
-
-/// The live loop of this thread whose shared part is `home` (every loop, running
-/// or not, is in `created` from the moment it is made).
-fn created_loop(cx: &Context, home: &LoopRef) -> Option<Rc<Local>> {
+/// The live loop of this thread whose id is `id` (loop ids are never reused, and
+/// every loop, running or not, is in `created` from the moment it is made).
+fn created_loop(cx: &Context, id: u64) -> Option<Rc<Local>> {
     cx.created
         .borrow()
         .iter()
         .filter_map(Weak::upgrade)
-        .find(|local| Arc::ptr_eq(home, &local.shared))
+        .find(|local| local.shared.id == id)
 }
 
 /// Runs `f` with the loop running on this thread, if any.

@@ -583,7 +583,7 @@ impl Link<(), Error> for SleepLink {
         // callback, which holds this node, is dropped outside the borrow), or by
         // the loop, asked from another thread. A loop that is gone took its
         // timers with it.
-        if let Some(local) = context::local_loop_by_id(node.link.loop_id) {
+        if let Some(local) = context::local_loop(node.link.loop_id) {
             drop(local.timers.borrow_mut().clear(id));
         } else if let Some(home) = orphans::find(node.link.loop_id) {
             home.inject(SendJob::Call(Box::new(move || {

@@ -535,10 +535,10 @@ impl<T, E> Core<T, E> {
             Waiters::Many(_) => context::local_queue(home),
             Waiters::None | Waiters::One(_) => None,
         };
-        match waiters {
-            Waiters::None => inner.state = State::Settled(slot),
+        match (waiters, local) {
+            (Waiters::None, _) => inner.state = State::Settled(slot),
             // The usual case (one `then` or one `await`), without the lists.
-            Waiters::One(waiter) => {
+            (Waiters::One(waiter), _) => {
                 let served = serve(waiter, true, &mut slot);
                 inner.state = State::Settled(slot);
                 drop(inner);
@@ -547,7 +547,7 @@ impl<T, E> Core<T, E> {
             // Consumers only, for this thread's queue (a fan-out): each waiter
             // becomes its job in the list's own memory, and the list is queued as
             // one entry.
-            Waiters::Many(all) if all.iter().all(Waiter::consumes) && local.is_some() => {
+            (Waiters::Many(all), Some(queue)) if all.iter().all(Waiter::consumes) => {
                 let mut left = all.len();
                 let jobs: Vec<Arc<dyn Runnable>> = all
                     .into_iter()
@@ -561,18 +561,17 @@ impl<T, E> Core<T, E> {
                     .collect();
                 inner.state = State::Settled(slot);
                 drop(inner);
-                if let (Some(queue), false) = (local, jobs.is_empty()) {
+                if !jobs.is_empty() {
                     queue.push(Job::Batch(jobs));
                 }
             }
-            Waiters::Many(all) => {
+            (Waiters::Many(all), queue) => {
                 let mut reactions_left = all.iter().filter(|w| w.consumes()).count();
                 // Reactions and wakers are served in the order they were attached (an
                 // `await` is a `then` too, as in JavaScript). When they go to a queue
                 // of this thread they are queued right here, under the lock, which
                 // runs no code but ours: a fan-out of a million needs no second list.
                 // Other executors' wakers are woken once the lock is released.
-                let queue = local;
                 let mut later = Vec::new();
                 for waiter in *all {
                     if waiter.consumes() {
