@@ -202,6 +202,10 @@ struct Slot {
     /// Bumped each time the place is freed, so that an old id (or lane entry) no
     /// longer matches.
     generation: u32,
+    /// When the timer was set, among all the set's timers (see [`Head`]). It sits
+    /// in what would be padding: kept here rather than in the lane entry, it
+    /// costs no byte.
+    order: Order,
     state: SlotState,
 }
 
@@ -220,11 +224,11 @@ enum SlotState {
 
 const NO_SLOT: u32 = u32::MAX;
 
-/// One timer in its lane (24 bytes: deadlines are nanoseconds from the set's
-/// creation, not 16-byte `Instant`s).
+/// One timer in its lane (16 bytes: deadlines are nanoseconds from the set's
+/// creation, not 16-byte `Instant`s, and the order it was set in is in its
+/// place).
 struct Entry {
     deadline: u64,
-    seq: u64,
     key: u32,
     generation: u32,
 }
@@ -235,12 +239,38 @@ struct Lane {
     entries: VecDeque<Entry>,
 }
 
-/// A non-empty lane, keyed by its first entry.
+/// A non-empty lane, keyed by its first entry: lanes whose first timers are due
+/// at the same nanosecond fire them in the order they were set.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Head {
     deadline: u64,
-    seq: u64,
+    order: Order,
     lane: u32,
+}
+
+/// The order in which timers were set, counted in a `u32` that wraps: two
+/// timers compare by how far apart they were set, so the order holds between
+/// any two set less than 2^31 timers apart. (It only decides between timers due
+/// at the same nanosecond.)
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+struct Order(u32);
+
+impl Order {
+    fn next(self) -> Order {
+        Order(self.0.wrapping_add(1))
+    }
+}
+
+impl Ord for Order {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0.wrapping_sub(other.0) as i32).cmp(&0)
+    }
+}
+
+impl PartialOrd for Order {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 pub(crate) struct Timers {
@@ -257,7 +287,8 @@ pub(crate) struct Timers {
     slots: Vec<Slot>,
     /// The first free slot, or [`NO_SLOT`].
     free: u32,
-    seq: u64,
+    /// The last timer set.
+    order: Order,
     live: usize,
 }
 
@@ -273,7 +304,7 @@ impl Timers {
             heads: BinaryHeap::new(),
             slots: Vec::new(),
             free: NO_SLOT,
-            seq: 0,
+            order: Order::default(),
             live: 0,
         }
     }
@@ -296,6 +327,7 @@ impl Timers {
             NO_SLOT => {
                 self.slots.push(Slot {
                     generation: 0,
+                    order: Order::default(),
                     state: SlotState::Running, // armed just below
                 });
                 u32::try_from(self.slots.len() - 1)
@@ -330,10 +362,10 @@ impl Timers {
 
     fn push_entry(&mut self, now: Instant, delay: Duration, id: TimerId) {
         let delay = delay.min(LONGEST_DELAY);
-        self.seq += 1;
+        self.order = self.order.next();
+        self.slots[id.key as usize].order = self.order;
         let entry = Entry {
             deadline: self.nanos(now).saturating_add(delay.as_nanos() as u64),
-            seq: self.seq,
             key: id.key,
             generation: id.generation,
         };
@@ -360,9 +392,11 @@ impl Timers {
     /// Starts a lane with `entry` (or, if a lane for `delay` exists but `entry`
     /// cannot be appended to it, an extra lane for the same delay).
     fn open_lane(&mut self, delay: Duration, entry: Entry) {
+        // `entry` is the timer just set.
+        let order = self.order;
         let head = |lane| Head {
             deadline: entry.deadline,
-            seq: entry.seq,
+            order,
             lane,
         };
         let lane = match self.free_lanes.pop() {
@@ -438,7 +472,9 @@ impl Timers {
         match entries.front() {
             Some(next) => {
                 top.0.deadline = next.deadline;
-                top.0.seq = next.seq;
+                // A stale entry reads the order of its place's newer timer; it
+                // is skipped when it comes first, so that is harmless.
+                top.0.order = self.slots[next.key as usize].order;
             }
             None => {
                 std::collections::binary_heap::PeekMut::pop(top);
@@ -723,6 +759,22 @@ mod tests {
     }
 
     #[test]
+    fn ties_keep_the_order_set_when_the_count_wraps() {
+        let mut timers = Timers::new(1);
+        timers.order = Order(u32::MAX - 1);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Set as u32::MAX, 0 and 1: all due at t0 + 30 ms, from three lanes.
+        timers.insert(t0, ms(30), logging(&log, 1));
+        timers.insert(t0 + ms(10), ms(20), logging(&log, 2));
+        timers.insert(t0 + ms(20), ms(10), logging(&log, 3));
+        fire_due(&mut timers, t0 + ms(30));
+        assert_eq!(*log.borrow(), [1, 2, 3]);
+        assert!(Order(u32::MAX) < Order(0) && Order(0) < Order(1));
+    }
+
+    #[test]
     fn a_stale_now_opens_a_second_lane_without_breaking_the_order() {
         let mut timers = Timers::new(1);
         let log = Rc::new(RefCell::new(Vec::new()));
@@ -738,11 +790,11 @@ mod tests {
 
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn a_timer_costs_a_40_byte_place_and_a_24_byte_lane_entry() {
+    fn a_timer_costs_a_40_byte_place_and_a_16_byte_lane_entry() {
         // The place holds a small callback itself: no box of its own.
         assert_eq!(size_of::<OnceFn>(), 3 * size_of::<usize>());
         assert_eq!(size_of::<Slot>(), 40);
-        assert_eq!(size_of::<Entry>(), 24);
+        assert_eq!(size_of::<Entry>(), 16);
     }
 
     /// Counts its drops: a callback's captures must be dropped exactly once,
