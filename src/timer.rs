@@ -4,11 +4,11 @@
 //! Timers set with the same delay are due in the order they were set (time only
 //! moves forward), so each lane is sorted by construction and setting a timer is an
 //! append, O(1) for a delay in use already. The heap holds one entry per non-empty
-//! lane, keyed by the lane's first (deadline, order set), so taking the next due
+//! lane, keyed by the lane's first (deadline, instant set), so taking the next due
 //! timer costs O(log lanes), not O(log timers): a million timers over a hundred
 //! distinct delays sift through a heap of a hundred. Deadlines still fire in exact
 //! deadline order, equal deadlines in the order they were set, whichever lanes they
-//! sit in. Cancelling is O(1): the slab slot is freed and its generation bumped; the
+//! sit in (the one set at the earlier instant first). Cancelling is O(1): the slab slot is freed and its generation bumped; the
 //! stale lane entry is skipped when it reaches the front. This module never runs a
 //! callback itself: the loop takes due callbacks out and runs them with no borrow
 //! held. A small callback is stored in its timer's place ([`OnceFn`], the module's
@@ -196,37 +196,43 @@ pub(crate) enum Due {
 
 /// A place of the timer table, named by a [`TimerId`]'s key. Timers fire in
 /// deadline order, not in the order their places were taken, so a million timers
-/// touch their places at random: 32 bytes each, not 48, is a third less memory
-/// to miss in the cache.
-struct Slot {
-    /// Bumped each time the place is freed, so that an old id (or lane entry) no
-    /// longer matches.
-    generation: u32,
-    /// When the timer was set, among all the set's timers (see [`Head`]). It sits
-    /// in what would be padding: kept here rather than in the lane entry, it
-    /// costs no byte.
-    order: Order,
-    state: SlotState,
-}
-
-enum SlotState {
+/// touch their places at random: 32 bytes each, not 40, is a fifth less memory to
+/// miss in the cache. Every state carries the place's generation, which then
+/// shares the word of the enum's tag.
+///
+/// The generation is bumped each time the place is freed, so that an old id (or
+/// lane entry) no longer matches.
+enum Slot {
     /// Free, linked to the next free place (or [`NO_SLOT`]). The free places link
     /// through the table itself: a separate list would grow by reallocation as
     /// timers fire, and each large reallocation makes glibc consolidate every
     /// small free chunk.
     Free {
+        generation: u32,
         next: u32,
     },
-    Armed(Callback),
+    Once {
+        generation: u32,
+        f: OnceFn,
+    },
+    Repeat {
+        generation: u32,
+        interval: Box<Interval>,
+    },
+    Fire {
+        generation: u32,
+        target: Arc<dyn Fire>,
+    },
     /// An interval whose callback is running.
-    Running,
+    Running {
+        generation: u32,
+    },
 }
 
 const NO_SLOT: u32 = u32::MAX;
 
 /// One timer in its lane (16 bytes: deadlines are nanoseconds from the set's
-/// creation, not 16-byte `Instant`s, and the order it was set in is in its
-/// place).
+/// creation, not 16-byte `Instant`s).
 struct Entry {
     deadline: u64,
     key: u32,
@@ -239,38 +245,17 @@ struct Lane {
     entries: VecDeque<Entry>,
 }
 
-/// A non-empty lane, keyed by its first entry: lanes whose first timers are due
-/// at the same nanosecond fire them in the order they were set.
+/// A non-empty lane, keyed by its first entry: when the first timers of two
+/// lanes are due at the same nanosecond, the one set at the earlier instant (the
+/// one with the longer delay) fires first. Two set at the same instant with the
+/// same delay share a lane, in the order they were set, unless a caller's stale
+/// `now` opened a second lane for that delay: those two fire in lane order.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Head {
     deadline: u64,
-    order: Order,
+    /// When its first entry was set: the deadline less the lane's delay.
+    set: u64,
     lane: u32,
-}
-
-/// The order in which timers were set, counted in a `u32` that wraps: two
-/// timers compare by how far apart they were set, so the order holds between
-/// any two set less than 2^31 timers apart. (It only decides between timers due
-/// at the same nanosecond.)
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
-struct Order(u32);
-
-impl Order {
-    fn next(self) -> Order {
-        Order(self.0.wrapping_add(1))
-    }
-}
-
-impl Ord for Order {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.0.wrapping_sub(other.0) as i32).cmp(&0)
-    }
-}
-
-impl PartialOrd for Order {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
 }
 
 pub(crate) struct Timers {
@@ -287,8 +272,6 @@ pub(crate) struct Timers {
     slots: Vec<Slot>,
     /// The first free slot, or [`NO_SLOT`].
     free: u32,
-    /// The last timer set.
-    order: Order,
     live: usize,
 }
 
@@ -304,7 +287,6 @@ impl Timers {
             heads: BinaryHeap::new(),
             slots: Vec::new(),
             free: NO_SLOT,
-            order: Order::default(),
             live: 0,
         }
     }
@@ -325,11 +307,7 @@ impl Timers {
     ) -> TimerId {
         let key = match self.free {
             NO_SLOT => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    order: Order::default(),
-                    state: SlotState::Running, // armed just below
-                });
+                self.slots.push(Slot::Running { generation: 0 }); // armed just below
                 u32::try_from(self.slots.len() - 1)
                     .ok()
                     .filter(|&key| key != NO_SLOT)
@@ -338,15 +316,15 @@ impl Timers {
             key => key,
         };
         let slot = &mut self.slots[key as usize];
-        if let SlotState::Free { next } = slot.state {
+        if let Slot::Free { next, .. } = *slot {
             self.free = next;
         }
         let id = TimerId {
             loop_id: self.loop_id,
             key,
-            generation: slot.generation,
+            generation: slot.generation(),
         };
-        slot.state = SlotState::Armed(make(id));
+        *slot = Slot::armed(id.generation, make(id));
         self.live += 1;
         self.push_entry(now, delay, id);
         id
@@ -362,8 +340,6 @@ impl Timers {
 
     fn push_entry(&mut self, now: Instant, delay: Duration, id: TimerId) {
         let delay = delay.min(LONGEST_DELAY);
-        self.order = self.order.next();
-        self.slots[id.key as usize].order = self.order;
         let entry = Entry {
             deadline: self.nanos(now).saturating_add(delay.as_nanos() as u64),
             key: id.key,
@@ -392,11 +368,9 @@ impl Timers {
     /// Starts a lane with `entry` (or, if a lane for `delay` exists but `entry`
     /// cannot be appended to it, an extra lane for the same delay).
     fn open_lane(&mut self, delay: Duration, entry: Entry) {
-        // `entry` is the timer just set.
-        let order = self.order;
         let head = |lane| Head {
             deadline: entry.deadline,
-            order,
+            set: entry.deadline.saturating_sub(delay.as_nanos() as u64),
             lane,
         };
         let lane = match self.free_lanes.pop() {
@@ -430,14 +404,13 @@ impl Timers {
 
     fn release(&mut self, key: u32) -> Option<Callback> {
         let slot = &mut self.slots[key as usize];
-        slot.generation = slot.generation.wrapping_add(1);
-        let next = self.free;
+        let freed = Slot::Free {
+            generation: slot.generation().wrapping_add(1),
+            next: self.free,
+        };
         self.free = key;
         self.live -= 1;
-        match std::mem::replace(&mut slot.state, SlotState::Free { next }) {
-            SlotState::Armed(callback) => Some(callback),
-            SlotState::Free { .. } | SlotState::Running => None,
-        }
+        std::mem::replace(slot, freed).into_callback()
     }
 
     /// Cancels a timer; false if it already fired or was cleared. The callback is
@@ -467,14 +440,12 @@ impl Timers {
     fn pop_first(&mut self) -> Option<Entry> {
         let mut top = self.heads.peek_mut()?;
         let lane = top.0.lane;
-        let entries = &mut self.lanes[lane as usize].entries;
+        let Lane { delay, entries } = &mut self.lanes[lane as usize];
         let entry = entries.pop_front();
         match entries.front() {
             Some(next) => {
                 top.0.deadline = next.deadline;
-                // A stale entry reads the order of its place's newer timer; it
-                // is skipped when it comes first, so that is harmless.
-                top.0.order = self.slots[next.key as usize].order;
+                top.0.set = next.deadline.saturating_sub(delay.as_nanos() as u64);
             }
             None => {
                 std::collections::binary_heap::PeekMut::pop(top);
@@ -512,18 +483,21 @@ impl Timers {
             generation: entry.generation,
         };
         let slot = &mut self.slots[entry.key as usize];
-        match std::mem::replace(&mut slot.state, SlotState::Running) {
-            SlotState::Armed(Callback::Repeat(interval)) => Some(Due::Repeat { id, interval }),
-            SlotState::Armed(Callback::Once(f)) => {
+        let running = Slot::Running {
+            generation: entry.generation,
+        };
+        match std::mem::replace(slot, running) {
+            Slot::Repeat { interval, .. } => Some(Due::Repeat { id, interval }),
+            Slot::Once { f, .. } => {
                 self.release(entry.key);
                 Some(Due::Once(f))
             }
-            SlotState::Armed(Callback::Fire(target)) => {
+            Slot::Fire { target, .. } => {
                 self.release(entry.key);
                 Some(Due::Fire(target))
             }
             unarmed => {
-                slot.state = unarmed; // `first` returns live entries only
+                *slot = unarmed; // `first` returns live entries only
                 None
             }
         }
@@ -533,7 +507,10 @@ impl Timers {
     pub(crate) fn rearm(&mut self, id: TimerId, interval: Box<Interval>, now: Instant) {
         if let Some(slot) = self.slot_of(id) {
             let period = interval.period;
-            slot.state = SlotState::Armed(Callback::Repeat(interval));
+            *slot = Slot::Repeat {
+                generation: id.generation,
+                interval,
+            };
             self.push_entry(now, period, id);
         }
     }
@@ -549,18 +526,46 @@ impl Timers {
         self.live = 0;
         self.slots
             .drain(..)
-            .filter_map(|slot| match slot.state {
-                SlotState::Armed(callback) => Some(callback),
-                SlotState::Free { .. } | SlotState::Running => None,
-            })
+            .filter_map(Slot::into_callback)
             .collect()
     }
 }
 
 impl Slot {
+    fn armed(generation: u32, callback: Callback) -> Slot {
+        match callback {
+            Callback::Once(f) => Slot::Once { generation, f },
+            Callback::Repeat(interval) => Slot::Repeat {
+                generation,
+                interval,
+            },
+            Callback::Fire(target) => Slot::Fire { generation, target },
+        }
+    }
+
+    fn generation(&self) -> u32 {
+        match *self {
+            Slot::Free { generation, .. }
+            | Slot::Once { generation, .. }
+            | Slot::Repeat { generation, .. }
+            | Slot::Fire { generation, .. }
+            | Slot::Running { generation } => generation,
+        }
+    }
+
+    /// The callback it holds, if it is armed.
+    fn into_callback(self) -> Option<Callback> {
+        match self {
+            Slot::Once { f, .. } => Some(Callback::Once(f)),
+            Slot::Repeat { interval, .. } => Some(Callback::Repeat(interval)),
+            Slot::Fire { target, .. } => Some(Callback::Fire(target)),
+            Slot::Free { .. } | Slot::Running { .. } => None,
+        }
+    }
+
     /// Holds the timer of `generation` (armed, or an interval that is running).
     fn is_live(&self, generation: u32) -> bool {
-        self.generation == generation && !matches!(self.state, SlotState::Free { .. })
+        self.generation() == generation && !matches!(self, Slot::Free { .. })
     }
 }
 
@@ -759,22 +764,6 @@ mod tests {
     }
 
     #[test]
-    fn ties_keep_the_order_set_when_the_count_wraps() {
-        let mut timers = Timers::new(1);
-        timers.order = Order(u32::MAX - 1);
-        let log = Rc::new(RefCell::new(Vec::new()));
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        // Set as u32::MAX, 0 and 1: all due at t0 + 30 ms, from three lanes.
-        timers.insert(t0, ms(30), logging(&log, 1));
-        timers.insert(t0 + ms(10), ms(20), logging(&log, 2));
-        timers.insert(t0 + ms(20), ms(10), logging(&log, 3));
-        fire_due(&mut timers, t0 + ms(30));
-        assert_eq!(*log.borrow(), [1, 2, 3]);
-        assert!(Order(u32::MAX) < Order(0) && Order(0) < Order(1));
-    }
-
-    #[test]
     fn a_stale_now_opens_a_second_lane_without_breaking_the_order() {
         let mut timers = Timers::new(1);
         let log = Rc::new(RefCell::new(Vec::new()));
@@ -790,10 +779,10 @@ mod tests {
 
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn a_timer_costs_a_40_byte_place_and_a_16_byte_lane_entry() {
+    fn a_timer_costs_a_32_byte_place_and_a_16_byte_lane_entry() {
         // The place holds a small callback itself: no box of its own.
         assert_eq!(size_of::<OnceFn>(), 3 * size_of::<usize>());
-        assert_eq!(size_of::<Slot>(), 40);
+        assert_eq!(size_of::<Slot>(), 32);
         assert_eq!(size_of::<Entry>(), 16);
     }
 
