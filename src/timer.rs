@@ -12,7 +12,8 @@
 //! stale lane entry is skipped when it reaches the front. This module never runs a
 //! callback itself: the loop takes due callbacks out and runs them with no borrow
 //! held. A small callback is stored in its timer's place ([`OnceFn`], the module's
-//! one `unsafe`: a closure of at most two words moved into and out of raw storage).
+//! `unsafe`: a closure of at most two words moved into and out of raw storage;
+//! the other is a cache prefetch).
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -446,6 +447,7 @@ impl Timers {
             Some(next) => {
                 top.0.deadline = next.deadline;
                 top.0.set = next.deadline.saturating_sub(delay.as_nanos() as u64);
+                prefetch(&self.slots[next.key as usize]);
             }
             None => {
                 std::collections::binary_heap::PeekMut::pop(top);
@@ -529,6 +531,27 @@ impl Timers {
             .filter_map(Slot::into_callback)
             .collect()
     }
+}
+
+/// Asks the cache for `slot`, which will be read when its lane's next timer is
+/// taken: timers fire in deadline order, so their places are read at random,
+/// and each is a cache miss unless it was asked for ahead (measured: `timers`
+/// 194 -> 173 ms over 9 alternating runs, where touching the place with a load
+/// instead gained nothing).
+#[inline(always)]
+fn prefetch(slot: &Slot) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: a prefetch is a hint: it changes nothing a program can observe,
+    // and never faults, whatever the address (here a live reference). SSE, which
+    // it needs, is part of every x86_64 target. No test can see it, by design;
+    // the timer tests check that firing is unchanged.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((slot as *const Slot).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = slot;
 }
 
 impl Slot {
