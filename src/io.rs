@@ -206,7 +206,7 @@ impl<T: AsFd> Async<T> {
         let fd = self.get_ref().as_fd();
         self.home
             .reactor()
-            .poll_ready(&self.source, fd, direction, None, cx)
+            .poll_ready(&self.source, fd, direction, None, false, cx)
     }
 
     /// Waiting from another loop than the one the object is registered with would
@@ -230,25 +230,31 @@ impl<T: AsFd> Async<T> {
         ticket: &mut Ticket,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        self.check_home()?;
-        let fd = self.get_ref().as_fd();
-        let direction = ticket.direction();
-        self.home
-            .reactor()
-            .poll_ready(&self.source, fd, direction, Some(ticket), cx)
+        self.poll_ticket(ticket, false, cx)
     }
 
     /// Like [`poll_ready_with`](Self::poll_ready_with), right after the operation
-    /// returned `WouldBlock` (see [`Reactor::forget_readiness`]).
+    /// returned `WouldBlock` (see [`Reactor::poll_ready`]).
     pub(crate) fn poll_ready_after_would_block(
         &self,
         ticket: &mut Ticket,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        self.poll_ticket(ticket, true, cx)
+    }
+
+    fn poll_ticket(
+        &self,
+        ticket: &mut Ticket,
+        would_block: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check_home()?;
+        let fd = self.get_ref().as_fd();
+        let direction = ticket.direction();
         self.home
             .reactor()
-            .forget_readiness(&self.source, ticket.direction());
-        self.poll_ready_with(ticket, cx)
+            .poll_ready(&self.source, fd, direction, Some(ticket), would_block, cx)
     }
 
     /// Takes back the wait registered under `ticket`, if any.

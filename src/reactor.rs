@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use polling::{Event, Events, Poller};
+use smallvec::SmallVec;
 
 pub(crate) struct Reactor {
     poller: Poller,
@@ -144,7 +145,8 @@ impl Reactor {
     }
 
     fn fire(&self, source: &Source, readable: bool, writable: bool) {
-        let mut wake = Vec::new();
+        // Almost always one waiter per direction: no allocation per event.
+        let mut wake: SmallVec<[Waker; 2]> = SmallVec::new();
         {
             let mut waiters = source.waiters.lock();
             let was_waiting = waiters.is_waiting();
@@ -215,6 +217,14 @@ impl Reactor {
     /// or deregistration, however soon the caller loses interest. With one, the
     /// caller updates its own registration on every poll and withdraws it with
     /// [`withdraw`](Self::withdraw) when it stops waiting.
+    ///
+    /// `would_block` says the caller's operation has just returned `WouldBlock`:
+    /// readiness recorded in `direction` is then stale (left by a wake-up whose
+    /// waiter went on to read or write), and is forgotten rather than answered
+    /// with, which would retry the operation once more for nothing: a wasted
+    /// system call per read or write. Nothing is lost: interest is
+    /// level-triggered, so re-arming a source that became ready meanwhile
+    /// reports it at once.
     #[cfg(unix)]
     pub(crate) fn poll_ready(
         &self,
@@ -222,6 +232,7 @@ impl Reactor {
         fd: std::os::fd::BorrowedFd<'_>,
         direction: Direction,
         ticket: Option<&mut Ticket>,
+        would_block: bool,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         let mut guard = source.waiters.lock();
@@ -231,7 +242,7 @@ impl Reactor {
             Direction::Read => (&mut waiters.readable, &mut waiters.readers),
             Direction::Write => (&mut waiters.writable, &mut waiters.writers),
         };
-        if std::mem::take(seen) {
+        if std::mem::take(seen) && !would_block {
             // Readiness drained every waiter of this direction, this one included.
             if let Some(ticket) = ticket {
                 ticket.registered = None;
@@ -272,20 +283,6 @@ impl Reactor {
         drop(guard);
         self.poller.modify(fd, interest)?;
         Poll::Pending
-    }
-
-    /// Forgets readiness recorded in `direction`: the caller's operation has just
-    /// returned `WouldBlock`, so the record is stale (left by a wake-up whose waiter
-    /// went on to read or write). Waiting on it would retry the operation once more
-    /// for nothing: a wasted syscall per read or write. Nothing is lost: interest is
-    /// level-triggered, so re-arming a source that became ready meanwhile reports
-    /// it at once.
-    pub(crate) fn forget_readiness(&self, source: &Source, direction: Direction) {
-        let mut waiters = source.waiters.lock();
-        match direction {
-            Direction::Read => waiters.readable = false,
-            Direction::Write => waiters.writable = false,
-        }
     }
 
     /// Takes back the registration of `ticket`, if it has one: a source left with
