@@ -8,12 +8,14 @@
 //! timer costs O(log lanes), not O(log timers): a million timers over a hundred
 //! distinct delays sift through a heap of a hundred. Deadlines still fire in exact
 //! deadline order, equal deadlines in the order they were set, whichever lanes they
-//! sit in (the one set at the earlier instant first). Cancelling is O(1): the slab slot is freed and its generation bumped; the
-//! stale lane entry is skipped when it reaches the front. This module never runs a
-//! callback itself: the loop takes due callbacks out and runs them with no borrow
-//! held. A small callback is stored in its timer's place ([`OnceFn`], the module's
-//! `unsafe`: a closure of at most two words moved into and out of raw storage;
-//! the other is a cache prefetch).
+//! sit in (the one set at the earlier instant first). Cancelling is O(1): the slab
+//! slot is freed and its generation bumped; the stale lane entry is skipped when it
+//! reaches the front. This module never runs a callback itself: the loop takes due
+//! callbacks out and runs them with no borrow held.
+//!
+//! The module's `unsafe` is in two places: a small callback is stored in its
+//! timer's place ([`OnceFn`]: a closure of at most two words moved into and out of
+//! raw storage), and the place of a lane's next timer is prefetched.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;

@@ -21,12 +21,12 @@ use crate::event_loop::context::{self, LoopRef};
 use crate::event_loop::Job;
 use crate::task::TaskRef;
 
-/// The lock around a node's state (and a link's slot). Its critical sections are a
-/// few instructions of the library's own code (the only user code they run is a
-/// value's `Clone`, for a cloned promise), and it is almost never contended (a
-/// settle from another thread), so it spins: unlocking is a plain store where
-/// `parking_lot` needs a compare-exchange. A thread that does meet contention
-/// yields its time slice while it waits.
+/// The lock around a link's slot, a combinator's state and a task's link (a
+/// node's own state has the same kind of lock, built into [`Core`]). Its critical
+/// sections are a few instructions of the library's own code, and it is almost
+/// never contended (a settle from another thread), so it spins: unlocking is a
+/// plain store where `parking_lot` needs a compare-exchange. A thread that does
+/// meet contention yields its time slice while it waits.
 pub(crate) type Lock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
 
 /// Something queued on a loop's microtask queue.
@@ -476,7 +476,8 @@ pub(crate) enum Settle {
 /// to 112).
 ///
 /// The lock spins as [`Lock`] does: its critical sections are a few
-/// instructions of the library's own code, almost never contended.
+/// instructions of the library's own code (the only user code they run is a
+/// value's `Clone`, for a cloned promise), almost never contended.
 pub(crate) struct Core<T, E> {
     word: AtomicU64,
     state: UnsafeCell<State<T, E>>,
