@@ -21,8 +21,9 @@ use crate::event_loop::context::{self, LoopRef};
 use crate::event_loop::Job;
 use crate::task::TaskRef;
 
-/// The lock around a link's slot, a combinator's state and a task's link (a
-/// node's own state has the same kind of lock, built into [`Core`]). Its critical
+/// The lock around the state of links (a `then` link's slot, a root's
+/// cancellation hooks, a task's link) and of combinators (a node's own state has
+/// the same kind of lock, built into [`Core`]). Its critical
 /// sections are a few instructions of the library's own code, and it is almost
 /// never contended (a settle from another thread), so it spins: unlocking is a
 /// plain store where `parking_lot` needs a compare-exchange. A thread that does
