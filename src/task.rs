@@ -65,14 +65,16 @@ impl TaskWaker {
         self.awaiting.store(key, Ordering::Relaxed);
     }
 
-    /// Polls the task's future with `poll`, granting the yield an `await` of an
-    /// already settled promise asked for in the previous poll.
-    pub(crate) fn poll_granting_yields<R>(&self, poll: impl FnOnce() -> R) -> R {
+    /// A poll of the task's future begins: it is granted the yield an `await` of
+    /// an already settled promise asked for in the previous poll.
+    pub(crate) fn begin_poll(&self) {
         let granted = self.yield_requested.swap(false, Ordering::Relaxed);
         self.yield_granted.store(granted, Ordering::Relaxed);
-        let result = poll();
+    }
+
+    /// The poll [`begin_poll`](Self::begin_poll) began is over.
+    pub(crate) fn end_poll(&self) {
         self.yield_granted.store(false, Ordering::Relaxed);
-        result
     }
 
     /// Whether this task, awaiting the settled promise whose node has `key`, may

@@ -368,18 +368,32 @@ pub(crate) fn with_graveyard(f: impl FnOnce()) {
     CONTEXT.with(|cx| cx.graveyard.borrow_mut().take());
 }
 
-/// Sets the task being polled for the duration of `f`.
-pub(crate) fn polling_task<R>(task: Arc<TaskWaker>, f: impl FnOnce() -> R) -> R {
+/// Sets `task` as the task being polled for the duration of `f`, and hands it
+/// back: moved in and out, it costs no reference count.
+pub(crate) fn polling_task<R>(task: Arc<TaskWaker>, f: impl FnOnce() -> R) -> (R, Arc<TaskWaker>) {
     let previous = CONTEXT.with(|cx| cx.task.borrow_mut().replace(task));
+    /// Puts the previous task back, even if `f` unwinds.
     struct Restore(Option<Option<Arc<TaskWaker>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take().flatten();
-            let _ = CONTEXT.try_with(|cx| *cx.task.borrow_mut() = previous);
+    impl Restore {
+        fn restore(&mut self) -> Option<Arc<TaskWaker>> {
+            let previous = self.0.take()?;
+            CONTEXT
+                .try_with(|cx| std::mem::replace(&mut *cx.task.borrow_mut(), previous))
+                .ok()
+                .flatten()
         }
     }
-    let _restore = Restore(Some(previous));
-    f()
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            self.restore();
+        }
+    }
+    let mut restore = Restore(Some(previous));
+    let result = f();
+    let task = restore
+        .restore()
+        .expect("the task stays current until restored");
+    (result, task)
 }
 
 /// The task being polled, if its waker is `waker`.

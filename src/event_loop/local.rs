@@ -269,11 +269,11 @@ impl Local {
         task.scheduled.store(false, Ordering::Release);
         let waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&waker);
-        let poll = context::polling_task(task.clone(), || {
-            task.poll_granting_yields(|| {
-                catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
-            })
+        task.begin_poll();
+        let (poll, task) = context::polling_task(task, || {
+            catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
         });
+        task.end_poll();
         match poll {
             Ok(Poll::Pending) => {
                 let mut tasks = self.tasks.borrow_mut();

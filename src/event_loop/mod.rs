@@ -124,7 +124,7 @@ impl EventLoop {
                     // reference is a waker held outside thenable.
                     let waker = Waker::from(task.clone());
                     let mut cx = Context::from_waker(&waker);
-                    let polled =
+                    let (polled, _) =
                         context::polling_task(task.clone(), || future.as_mut().poll(&mut cx));
                     if let Poll::Ready(output) = polled {
                         return output;
