@@ -126,7 +126,8 @@ impl Wake for TaskWaker {
 
 /// A task's waker stored by one of our promises.
 pub(crate) struct TaskRef {
-    task: Arc<TaskWaker>,
+    /// Taken only by [`wake`](Self::wake), which consumes the `TaskRef`.
+    task: Option<Arc<TaskWaker>>,
     internal: bool,
 }
 
@@ -137,27 +138,46 @@ impl TaskRef {
         if internal {
             task.internal.fetch_add(1, Ordering::AcqRel);
         }
-        TaskRef { task, internal }
+        TaskRef {
+            task: Some(task),
+            internal,
+        }
+    }
+
+    fn task(&self) -> &Arc<TaskWaker> {
+        self.task.as_ref().expect("only `wake` takes the task")
     }
 
     pub(crate) fn same_task(&self, other: &TaskRef) -> bool {
-        Arc::ptr_eq(&self.task, &other.task)
+        Arc::ptr_eq(self.task(), other.task())
     }
 
     pub(crate) fn output(&self) -> Option<Arc<dyn Graph>> {
-        self.task.output.as_ref()?.upgrade()
+        self.task().output.as_ref()?.upgrade()
     }
 
-    pub(crate) fn wake(self) {
-        self.task.wake_by_ref();
+    /// Wakes the task, handing it this reference (no count is taken or dropped
+    /// for the queue).
+    pub(crate) fn wake(mut self) {
+        let task = self.release().expect("only `wake` takes the task");
+        if !task.scheduled.swap(true, Ordering::AcqRel) {
+            context::schedule_task(task);
+        }
+    }
+
+    /// Stops counting as an internal waker, and gives the task back.
+    fn release(&mut self) -> Option<Arc<TaskWaker>> {
+        let task = self.task.take()?;
+        if self.internal {
+            task.internal.fetch_sub(1, Ordering::AcqRel);
+        }
+        Some(task)
     }
 }
 
 impl Drop for TaskRef {
     fn drop(&mut self) {
-        if self.internal {
-            self.task.internal.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.release();
     }
 }
 
