@@ -226,7 +226,7 @@ impl Local {
         &self,
         output: Option<Weak<dyn Graph>>,
         make: impl FnOnce(&Arc<TaskWaker>) -> Pin<Box<dyn Future<Output = ()>>>,
-    ) -> Arc<TaskWaker> {
+    ) {
         let mut tasks = self.tasks.borrow_mut();
         let key = match self.free_task.get() {
             NO_SLOT => tasks.len(),
@@ -254,11 +254,10 @@ impl Local {
             // Its promise was cancelled before the task existed (see `TaskLink`).
             None => {
                 core::run_cancellation(|| drop(future));
-                return task;
+                return;
             }
         }
-        self.push(Job::Poll(task.clone()));
-        task
+        self.push(Job::Poll(task));
     }
 
     fn poll_task(&self, task: Arc<TaskWaker>) {
