@@ -20,7 +20,6 @@ pub(crate) type UnhandledHook = Rc<dyn Fn(&crate::Error)>;
 /// A loop as seen from any thread.
 pub(crate) type LoopRef = Arc<Shared>;
 
-#[derive(Default)]
 struct Context {
     /// The loop running on this thread (inside `run`, `block_on`, or a `Promise`
     /// poll that drives it).
@@ -37,13 +36,27 @@ struct Context {
     unhandled_hook: RefCell<Option<UnhandledHook>>,
 }
 
+impl Context {
+    /// Const, so that each access to [`CONTEXT`] skips the lazy-initialization
+    /// check: `schedule` reaches it for every reaction.
+    const fn new() -> Context {
+        Context {
+            running: RefCell::new(None),
+            created: RefCell::new(Vec::new()),
+            graveyard: RefCell::new(None),
+            task: RefCell::new(None),
+            unhandled_hook: RefCell::new(None),
+        }
+    }
+}
+
 /// A task to drop, with the loop it belongs to.
 type CancelledTask = (Rc<Local>, Arc<TaskWaker>);
 
 thread_local! {
     /// Tasks to drop, found while dropping a cancelled task (see [`cancel_task`]).
     static CANCELLED_TASKS: RefCell<Option<Vec<CancelledTask>>> = const { RefCell::new(None) };
-    static CONTEXT: Context = Context::default();
+    static CONTEXT: Context = const { Context::new() };
     /// This thread's default loop, created the first time nothing else is there.
     /// Kept apart from `CONTEXT` and first touched after it, so that at thread exit
     /// it is destroyed while `CONTEXT` (which its teardown uses) still exists.
@@ -138,6 +151,9 @@ fn is_default(local: &Rc<Local>) -> bool {
 /// drives it. Other reactions go to the loop running on this thread, or else to
 /// this thread's newest loop.
 pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
+    let Some(job) = push_on_running(job, home) else {
+        return;
+    };
     let mut job = Some(job);
     let decided = CONTEXT.try_with(|cx| {
         let target = target(cx, home);
@@ -160,6 +176,25 @@ pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
         // The thread is exiting: nothing will ever run this; settle it as broken.
         Err(_) => job.abandon(),
     }
+}
+
+/// Queues `job` on the loop running on this thread if that is where [`target`]
+/// sends it at once (no loop is being torn down, and `home` is none or that
+/// loop): the usual case, here without `target`'s reference count. Gives the job
+/// back otherwise.
+fn push_on_running(job: Arc<dyn Runnable>, home: Option<&LoopRef>) -> Option<Arc<dyn Runnable>> {
+    let mut job = Some(job);
+    let _ = CONTEXT.try_with(|cx| {
+        if cx.graveyard.borrow().is_some() {
+            return;
+        }
+        if let Some(running) = cx.running.borrow().as_ref() {
+            if home.is_none_or(|home| Arc::ptr_eq(home, &running.shared)) {
+                running.push(Job::Run(job.take().expect("taken once")));
+            }
+        }
+    });
+    job
 }
 
 /// The queue of this thread that [`schedule`] would put reactions homed on `home`
