@@ -13,6 +13,11 @@ use thenable::{all, race, EventLoop, Promise, Resolver};
 
 const ROUNDS: u64 = 40;
 
+/// `n` pending promises and their resolvers.
+fn pending(n: usize) -> (Vec<Promise<u64>>, Vec<Resolver<u64>>) {
+    (0..n).map(|_| Promise::<u64>::pending()).unzip()
+}
+
 /// Resolves `resolvers[i]` with `first + i`, on a thread of its own.
 fn resolve_elsewhere(resolvers: Vec<Resolver<u64>>, first: u64) -> thread::JoinHandle<()> {
     thread::spawn(move || {
@@ -27,11 +32,9 @@ fn all_and_race_collect_inputs_settled_on_other_threads() {
     within(|| {
         for round in 0..ROUNDS {
             let event_loop = EventLoop::new();
-            let (promises, resolvers): (Vec<_>, Vec<_>) =
-                (0..200).map(|_| Promise::<u64>::pending()).unzip();
+            let (promises, resolvers) = pending(200);
             let everything = all(promises);
-            let (racing, racers): (Vec<_>, Vec<_>) =
-                (0..8).map(|_| Promise::<u64>::pending()).unzip();
+            let (racing, racers) = pending(8);
             let first = race(racing);
             let mut threads: Vec<_> = (0..4)
                 .map(|t| resolve_elsewhere(resolvers[t * 50..(t + 1) * 50].to_vec(), t as u64 * 50))
@@ -52,17 +55,17 @@ fn a_race_cancelled_while_its_inputs_settle_elsewhere_leaves_nothing_behind() {
     within(|| {
         for _ in 0..ROUNDS {
             let event_loop = EventLoop::new();
-            let (promises, resolvers): (Vec<_>, Vec<_>) =
-                (0..50).map(|_| Promise::<u64>::pending()).unzip();
+            let (promises, resolvers) = pending(50);
             let raced = race(promises);
             let settling = resolve_elsewhere(resolvers, 0);
             raced.cancel();
             settling.join().unwrap();
-            event_loop.run().unwrap(); // returns: nothing is left waiting
-                                       // Cancelled, or decided first: an input's outcome delivered while this
-                                       // loop was not running may be run by another thread's idle loop (see
-                                       // "Not done yet" in docs/design.md), which can settle the race before
-                                       // the cancel. Either way it is settled, and the loop finished.
+            // Returns: nothing is left waiting.
+            event_loop.run().unwrap();
+            // Cancelled, or decided first: an input's outcome delivered while this
+            // loop was not running may be run by another thread's idle loop (see
+            // "Not done yet" in docs/design.md), which can settle the race before
+            // the cancel. Either way it is settled, and the loop finished.
             assert!(raced.is_cancelled() || raced.is_fulfilled());
         }
     });
@@ -74,8 +77,7 @@ fn a_fan_out_of_adoptions_follows_promises_settled_on_another_thread() {
         for round in 0..ROUNDS {
             let event_loop = EventLoop::new();
             let (root, resolve_root) = Promise::<u64>::pending();
-            let (inner, inner_resolvers): (Vec<_>, Vec<_>) =
-                (0..300).map(|_| Promise::<u64>::pending()).unzip();
+            let (inner, inner_resolvers) = pending(300);
             let tails: Vec<_> = (0..)
                 .zip(inner)
                 .map(|(i, inner)| root.clone().then(move |v| inner.map(move |x| x + v + i)))
