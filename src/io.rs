@@ -35,7 +35,7 @@ pub(crate) use crate::reactor::{Direction, Ticket};
 /// it has already buffered are not readiness: its own read methods see them.
 ///
 /// The wait watches a duplicate of the descriptor, registered with the calling
-/// thread's loop and armed once (oneshot). The duplicate keeps the open file alive
+/// thread's loop and woken once. The duplicate keeps the open file alive
 /// while the promise waits (so the reader of a pipe whose writing end is waited on
 /// sees the end only once the wait is over). While it waits, the promise keeps the
 /// loop alive; cancel it ([`Promise::cancel`]) to stop waiting, which deregisters

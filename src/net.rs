@@ -361,9 +361,9 @@ impl StreamBuffers {
 /// Reads from the socket, but answers `WouldBlock` without a system call when the
 /// last read returned fewer bytes than it asked for: the kernel had no more then,
 /// so asking again at once would only fail. The read after that one is real, once
-/// the caller has armed its wait. Nothing is missed: re-arming interest
-/// (level-triggered) reports a socket that became readable meanwhile, an end of
-/// stream included, at once. (The echo server of `cargo bench --bench compare`
+/// the caller has armed its wait. Nothing is missed: interest is
+/// level-triggered, so the next poll reports a socket that became readable
+/// meanwhile, an end of stream included. (The echo server of `cargo bench --bench compare`
 /// makes one system call fewer per message.)
 struct SocketReader<'a> {
     socket: &'a std_net::TcpStream,

@@ -4,11 +4,19 @@
 //! The loop sleeps in [`Reactor::wait`] when it has nothing to run, for as long as
 //! its next timer allows; another thread wakes it with [`Reactor::notify`]. A source
 //! (a socket, a pipe) is registered once, with no interest; interest is armed
-//! oneshot when a task waits for readiness and re-armed on demand. Readiness wakes
-//! the waiting tasks, which then retry their non-blocking operation. A wait that
-//! holds a [`Ticket`] is withdrawn when its future is dropped, so a source nobody
-//! waits on any more is disarmed and stops keeping the loop alive. The reactor
-//! never runs callbacks and never decides whether the loop is alive.
+//! when a task waits for readiness. Readiness wakes the waiting tasks, which then
+//! retry their non-blocking operation; each wait is woken once, and waits again on
+//! demand. A wait that holds a [`Ticket`] is withdrawn when its future is dropped,
+//! so a source nobody waits on any more is disarmed and stops keeping the loop
+//! alive. The reactor never runs callbacks and never decides whether the loop is
+//! alive.
+//!
+//! The kernel's interest is level-triggered and outlives the wait that armed it:
+//! a task that reads, gets `WouldBlock` and waits again (every request/response
+//! protocol) finds its interest still armed, and costs no system call. Readiness
+//! that arrives when nobody waits disarms that direction, so an unread socket
+//! wakes the poller once, not in a loop. Where the poller has no level mode,
+//! interest is oneshot and re-armed by each wait.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use polling::{Event, Events, Poller};
+use polling::{Event, Events, PollMode, Poller};
 use smallvec::SmallVec;
 
 pub(crate) struct Reactor {
@@ -26,6 +34,9 @@ pub(crate) struct Reactor {
     sources: Mutex<Sources>,
     /// Sources with a task waiting on them: each keeps the loop alive.
     armed: AtomicUsize,
+    /// How interest is registered: `Level`, or `Oneshot` where the OS has no level
+    /// mode.
+    mode: PollMode,
 }
 
 #[derive(Default)]
@@ -37,6 +48,10 @@ struct Sources {
 /// One registered I/O source.
 pub(crate) struct Source {
     pub(crate) key: usize,
+    /// The registered descriptor, open while `waiters.registered` is true (see
+    /// [`Reactor::fire`]).
+    #[cfg(unix)]
+    fd: std::os::fd::RawFd,
     waiters: Mutex<Waiters>,
 }
 
@@ -52,6 +67,13 @@ struct Waiters {
     writable: bool,
     /// The last ticket number handed out for this source.
     last_ticket: u64,
+    /// The interest the poller holds for this source (read, write). Changed only
+    /// under this lock, together with the system call, so it never disagrees with
+    /// the kernel.
+    kernel: (bool, bool),
+    /// Cleared by [`Reactor::deregister`], before the owner may close the
+    /// descriptor.
+    registered: bool,
 }
 
 impl Waiters {
@@ -59,8 +81,8 @@ impl Waiters {
         !self.readers.is_empty() || !self.writers.is_empty()
     }
 
-    fn interest(&self, key: usize) -> Event {
-        Event::new(key, !self.readers.is_empty(), !self.writers.is_empty())
+    fn wanted(&self) -> (bool, bool) {
+        (!self.readers.is_empty(), !self.writers.is_empty())
     }
 }
 
@@ -103,7 +125,30 @@ impl Reactor {
             events: Mutex::new(Events::new()),
             sources: Mutex::new(Sources::default()),
             armed: AtomicUsize::new(0),
+            mode: PollMode::Oneshot,
         })
+        .map(|mut reactor| {
+            if reactor.poller.supports_level() {
+                reactor.mode = PollMode::Level;
+            }
+            reactor
+        })
+    }
+
+    /// Sets the poller's interest in `source` to `interest` (read, write), and
+    /// records it. The caller holds `waiters`, the source's lock.
+    #[cfg(unix)]
+    fn set_interest(
+        &self,
+        key: usize,
+        waiters: &mut Waiters,
+        fd: std::os::fd::BorrowedFd<'_>,
+        interest: (bool, bool),
+    ) -> io::Result<()> {
+        let event = Event::new(key, interest.0, interest.1);
+        self.poller.modify_with_mode(fd, event, self.mode)?;
+        waiters.kernel = interest;
+        Ok(())
     }
 
     /// Wakes the loop thread if it is blocked in [`wait`](Self::wait); if it is not,
@@ -144,22 +189,44 @@ impl Reactor {
         }
     }
 
+    /// Wakes the waiters of the reported directions. The poller keeps the
+    /// interest of a direction whose waiters it wakes (they usually wait again
+    /// soon), and drops the interest of a direction nobody waited on.
     fn fire(&self, source: &Source, readable: bool, writable: bool) {
         // Almost always one waiter per direction: no allocation per event.
         let mut wake: SmallVec<[Waker; 2]> = SmallVec::new();
         {
             let mut waiters = source.waiters.lock();
             let was_waiting = waiters.is_waiting();
+            let mut kernel = waiters.kernel;
             if readable {
                 waiters.readable = true;
+                kernel.0 &= !waiters.readers.is_empty();
                 wake.extend(waiters.readers.drain(..).map(|(_, waker)| waker));
             }
             if writable {
                 waiters.writable = true;
+                kernel.1 &= !waiters.writers.is_empty();
                 wake.extend(waiters.writers.drain(..).map(|(_, waker)| waker));
             }
             if was_waiting && !waiters.is_waiting() {
                 self.armed.fetch_sub(1, Ordering::AcqRel);
+            }
+            if self.mode == PollMode::Oneshot {
+                waiters.kernel = (false, false); // the event disarmed it
+            } else if kernel != waiters.kernel && waiters.registered {
+                #[cfg(unix)]
+                {
+                    #[allow(unsafe_code)]
+                    // SAFETY: `registered` is true, so `deregister` has not run,
+                    // and the owner closes the descriptor only after it has;
+                    // `deregister` clears the flag under this lock, which we
+                    // hold until the call returns.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(source.fd) };
+                    // Failure leaves the interest armed: the next event tries
+                    // again.
+                    let _ = self.set_interest(source.key, &mut waiters, fd, kernel);
+                }
             }
         }
         for waker in wake {
@@ -179,7 +246,11 @@ impl Reactor {
         let key = sources.free.pop().unwrap_or(sources.slots.len());
         let source = Arc::new(Source {
             key,
-            waiters: Mutex::new(Waiters::default()),
+            fd: fd.as_raw_fd(),
+            waiters: Mutex::new(Waiters {
+                registered: true,
+                ..Waiters::default()
+            }),
         });
         #[allow(unsafe_code)]
         // SAFETY: `polling` requires the source to be deleted from the poller before
@@ -188,7 +259,8 @@ impl Reactor {
         // dropped (tested by `registrations_are_not_leaked_nor_reused_stale` in
         // `tests/io_issue4.rs`).
         unsafe {
-            self.poller.add(fd.as_raw_fd(), Event::none(key))?
+            self.poller
+                .add_with_mode(fd.as_raw_fd(), Event::none(key), self.mode)?
         };
         if key == sources.slots.len() {
             sources.slots.push(Some(source.clone()));
@@ -202,7 +274,12 @@ impl Reactor {
     /// sees the closed source).
     #[cfg(unix)]
     pub(crate) fn deregister(&self, source: &Source, fd: std::os::fd::BorrowedFd<'_>) {
-        let _ = self.poller.delete(fd);
+        {
+            let mut waiters = source.waiters.lock();
+            waiters.registered = false;
+            waiters.kernel = (false, false);
+            let _ = self.poller.delete(fd);
+        }
         {
             let mut sources = self.sources.lock();
             sources.slots[source.key] = None;
@@ -211,7 +288,8 @@ impl Reactor {
         self.fire(source, true, true);
     }
 
-    /// Ready, or registers the waker and arms interest (oneshot) in `direction`.
+    /// Ready, or registers the waker and arms interest in `direction` (unless the
+    /// poller still holds it from an earlier wait).
     ///
     /// Without a ticket the registration is anonymous: it stays until readiness
     /// or deregistration, however soon the caller loses interest. With one, the
@@ -223,8 +301,8 @@ impl Reactor {
     /// waiter went on to read or write), and is forgotten rather than answered
     /// with, which would retry the operation once more for nothing: a wasted
     /// system call per read or write. Nothing is lost: interest is
-    /// level-triggered, so re-arming a source that became ready meanwhile
-    /// reports it at once.
+    /// level-triggered, so a source that became ready meanwhile is reported by
+    /// the next poll, whether its interest was still armed or is armed now.
     #[cfg(unix)]
     pub(crate) fn poll_ready(
         &self,
@@ -279,9 +357,11 @@ impl Reactor {
         if !was_waiting {
             self.armed.fetch_add(1, Ordering::AcqRel);
         }
-        let interest = waiters.interest(source.key);
-        drop(guard);
-        self.poller.modify(fd, interest)?;
+        let wanted = waiters.wanted();
+        let kernel = waiters.kernel;
+        if (wanted.0 && !kernel.0) || (wanted.1 && !kernel.1) {
+            self.set_interest(source.key, waiters, fd, wanted)?;
+        }
         Poll::Pending
     }
 
@@ -308,13 +388,138 @@ impl Reactor {
         if list.len() == before {
             return; // readiness had already drained it
         }
-        let interest = waiters.interest(source.key);
         if was_waiting && !waiters.is_waiting() {
             self.armed.fetch_sub(1, Ordering::AcqRel);
         }
-        drop(waiters);
-        // Best effort: an interest left armed fires once, finds nobody, and only
-        // records the readiness for the next wait.
-        let _ = self.poller.modify(fd, interest);
+        let wanted = waiters.wanted();
+        if wanted != waiters.kernel {
+            // Best effort: an interest left armed fires once, finds nobody, and
+            // only records the readiness for the next wait.
+            let _ = self.set_interest(source.key, &mut waiters, fd, wanted);
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::AtomicBool;
+    use std::task::Wake;
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> (Arc<Flag>, Waker) {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        (flag.clone(), Waker::from(flag))
+    }
+
+    /// Events the poller reports right now, without waking anybody.
+    fn pending_events(reactor: &Reactor) -> usize {
+        let mut events = Events::new();
+        reactor
+            .poller
+            .wait(&mut events, Some(Duration::ZERO))
+            .unwrap();
+        events.len()
+    }
+
+    fn kernel(source: &Source) -> (bool, bool) {
+        source.waiters.lock().kernel
+    }
+
+    fn wait_to_read(reactor: &Reactor, source: &Source, io: &UnixStream, waker: &Waker) -> bool {
+        let mut cx = Context::from_waker(waker);
+        let poll = reactor.poll_ready(source, io.as_fd(), Direction::Read, None, true, &mut cx);
+        poll.is_pending()
+    }
+
+    #[test]
+    fn interest_outlives_the_wait_that_armed_it_and_goes_when_nobody_waits() {
+        let reactor = Reactor::new().unwrap();
+        if reactor.mode != PollMode::Level {
+            return; // oneshot platforms re-arm on each wait
+        }
+        let (mine, mut peer) = UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let source = reactor.register(mine.as_fd()).unwrap();
+        assert_eq!(kernel(&source), (false, false));
+
+        let (woken, first) = waker();
+        assert!(wait_to_read(&reactor, &source, &mine, &first));
+        assert_eq!(kernel(&source), (true, false));
+        peer.write_all(b"x").unwrap();
+        reactor.wait(Some(Duration::ZERO));
+        assert!(woken.0.load(Ordering::SeqCst));
+        // The woken reader is expected to wait again: its interest stays.
+        assert_eq!(kernel(&source), (true, false));
+
+        // It did not read: the still-readable socket is reported once more, finds
+        // nobody, and is disarmed, so it cannot keep the poller spinning.
+        reactor.wait(Some(Duration::ZERO));
+        assert_eq!(kernel(&source), (false, false));
+        assert_eq!(pending_events(&reactor), 0);
+        assert!(!reactor.has_armed_sources());
+
+        // A new wait arms it again, and the data still there is reported at once.
+        let (woken, second) = waker();
+        assert!(wait_to_read(&reactor, &source, &mine, &second));
+        assert_eq!(kernel(&source), (true, false));
+        reactor.wait(Some(Duration::ZERO));
+        assert!(woken.0.load(Ordering::SeqCst));
+        reactor.deregister(&source, mine.as_fd());
+    }
+
+    #[test]
+    fn a_withdrawn_wait_disarms_at_once() {
+        let reactor = Reactor::new().unwrap();
+        let (mine, mut peer) = UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let source = reactor.register(mine.as_fd()).unwrap();
+        let (woken, waker) = waker();
+        let mut ticket = Ticket::new(Direction::Read);
+        let mut cx = Context::from_waker(&waker);
+        let poll = reactor.poll_ready(
+            &source,
+            mine.as_fd(),
+            Direction::Read,
+            Some(&mut ticket),
+            true,
+            &mut cx,
+        );
+        assert!(poll.is_pending());
+        assert!(reactor.has_armed_sources());
+        reactor.withdraw(&source, mine.as_fd(), &mut ticket);
+        assert!(!reactor.has_armed_sources());
+        assert_eq!(kernel(&source), (false, false));
+        peer.write_all(b"x").unwrap();
+        assert_eq!(pending_events(&reactor), 0);
+        reactor.wait(Some(Duration::ZERO));
+        assert!(!woken.0.load(Ordering::SeqCst));
+        reactor.deregister(&source, mine.as_fd());
+    }
+
+    #[test]
+    fn deregistering_wakes_waiters_and_touches_the_poller_no_more() {
+        let reactor = Reactor::new().unwrap();
+        let (mine, _peer) = UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let source = reactor.register(mine.as_fd()).unwrap();
+        let (woken, waker) = waker();
+        assert!(wait_to_read(&reactor, &source, &mine, &waker));
+        reactor.deregister(&source, mine.as_fd());
+        assert!(woken.0.load(Ordering::SeqCst));
+        assert!(!reactor.has_armed_sources());
+        let waiters = source.waiters.lock();
+        assert!(!waiters.registered);
+        assert_eq!(waiters.kernel, (false, false));
     }
 }
