@@ -261,6 +261,10 @@ struct Head {
     lane: u32,
 }
 
+/// An instant read on one [`Timers`]' clock: nanoseconds from its epoch.
+#[derive(Clone, Copy)]
+pub(crate) struct Reading(u64);
+
 pub(crate) struct Timers {
     loop_id: u64,
     /// What deadlines count their nanoseconds from.
@@ -474,10 +478,22 @@ impl Timers {
         Some(self.epoch + Duration::from_nanos(nanos))
     }
 
+    /// `now` as this set's clock reads it, for [`pop_due_at`](Self::pop_due_at):
+    /// converting an `Instant` costs more than taking a timer, and the loop takes
+    /// every timer due at one `now` in turn.
+    pub(crate) fn reading(&self, now: Instant) -> Reading {
+        Reading(self.nanos(now))
+    }
+
     /// Takes the next timer due at `now`, if any.
+    #[cfg(test)]
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Due> {
-        let now = self.nanos(now);
-        if self.first()?.deadline > now {
+        self.pop_due_at(self.reading(now))
+    }
+
+    /// Takes the next timer due at `now` (a [`reading`](Self::reading)), if any.
+    pub(crate) fn pop_due_at(&mut self, now: Reading) -> Option<Due> {
+        if self.first()?.deadline > now.0 {
             return None;
         }
         let entry = self.pop_first()?;

@@ -379,9 +379,9 @@ impl Local {
     }
 
     fn run_due_timers(&self, done: &dyn Fn() -> bool) {
-        let now = Instant::now();
+        let now = self.timers.borrow().reading(Instant::now());
         loop {
-            let due = self.timers.borrow_mut().pop_due(now);
+            let due = self.timers.borrow_mut().pop_due_at(now);
             match due {
                 None => break,
                 Some(Due::Once(f)) => {
