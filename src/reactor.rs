@@ -137,6 +137,10 @@ impl Reactor {
 
     /// Sets the poller's interest in `source` to `interest` (read, write), and
     /// records it. The caller holds `waiters`, the source's lock.
+    ///
+    /// No interest is registered oneshot: the kernel reports a hang-up or an
+    /// error whatever the interest, and level-triggered it would report it at
+    /// every poll; oneshot, at most once.
     #[cfg(unix)]
     fn set_interest(
         &self,
@@ -146,7 +150,12 @@ impl Reactor {
         interest: (bool, bool),
     ) -> io::Result<()> {
         let event = Event::new(key, interest.0, interest.1);
-        self.poller.modify_with_mode(fd, event, self.mode)?;
+        let mode = if interest == (false, false) {
+            PollMode::Oneshot
+        } else {
+            self.mode
+        };
+        self.poller.modify_with_mode(fd, event, mode)?;
         waiters.kernel = interest;
         Ok(())
     }
@@ -260,7 +269,7 @@ impl Reactor {
         // `tests/io_issue4.rs`).
         unsafe {
             self.poller
-                .add_with_mode(fd.as_raw_fd(), Event::none(key), self.mode)?
+                .add_with_mode(fd.as_raw_fd(), Event::none(key), PollMode::Oneshot)?
         };
         if key == sources.slots.len() {
             sources.slots.push(Some(source.clone()));
@@ -475,6 +484,29 @@ mod tests {
         assert_eq!(kernel(&source), (true, false));
         reactor.wait(Some(Duration::ZERO));
         assert!(woken.0.load(Ordering::SeqCst));
+        reactor.deregister(&source, mine.as_fd());
+    }
+
+    #[test]
+    fn a_hung_up_source_nobody_waits_on_is_reported_once_at_most() {
+        // The kernel reports a hang-up whatever the interest: with level-triggered
+        // interest left at "none", it would be reported by every poll, for ever.
+        let reactor = Reactor::new().unwrap();
+        let (mine, peer) = UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let source = reactor.register(mine.as_fd()).unwrap();
+        drop(peer);
+        reactor.wait(Some(Duration::ZERO));
+        assert_eq!(pending_events(&reactor), 0);
+
+        // Once a reader woken by the hang-up has gone, the same holds.
+        let (woken, waker) = waker();
+        assert!(wait_to_read(&reactor, &source, &mine, &waker));
+        reactor.wait(Some(Duration::ZERO));
+        assert!(woken.0.load(Ordering::SeqCst));
+        reactor.wait(Some(Duration::ZERO)); // nobody waits: disarmed
+        assert!(pending_events(&reactor) <= 1);
+        assert_eq!(pending_events(&reactor), 0);
         reactor.deregister(&source, mine.as_fd());
     }
 
