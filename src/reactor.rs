@@ -15,8 +15,10 @@
 //! a task that reads, gets `WouldBlock` and waits again (every request/response
 //! protocol) finds its interest still armed, and costs no system call. Readiness
 //! that arrives when nobody waits disarms that direction, so an unread socket
-//! wakes the poller once, not in a loop. Where the poller has no level mode,
-//! interest is oneshot and re-armed by each wait.
+//! wakes the poller once, not in a loop; "no interest" is registered oneshot, so
+//! that a hang-up (which the kernel reports whatever the interest) does not
+//! either. Where the poller has no level mode, interest is oneshot and re-armed
+//! by each wait.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
