@@ -122,18 +122,18 @@ impl Ticket {
 
 impl Reactor {
     pub(crate) fn new() -> io::Result<Self> {
+        let poller = Poller::new()?;
+        let mode = if poller.supports_level() {
+            PollMode::Level
+        } else {
+            PollMode::Oneshot
+        };
         Ok(Reactor {
-            poller: Poller::new()?,
+            poller,
             events: Mutex::new(Events::new()),
             sources: Mutex::new(Sources::default()),
             armed: AtomicUsize::new(0),
-            mode: PollMode::Oneshot,
-        })
-        .map(|mut reactor| {
-            if reactor.poller.supports_level() {
-                reactor.mode = PollMode::Level;
-            }
-            reactor
+            mode,
         })
     }
 
