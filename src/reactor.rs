@@ -224,8 +224,12 @@ impl Reactor {
                 self.armed.fetch_sub(1, Ordering::AcqRel);
             }
             if self.mode == PollMode::Oneshot {
-                waiters.kernel = (false, false); // the event disarmed it
-            } else if kernel != waiters.kernel && waiters.registered {
+                // The event disarmed every direction: the waiters it did not wake
+                // need theirs again.
+                waiters.kernel = (false, false);
+                kernel = waiters.wanted();
+            }
+            if kernel != waiters.kernel && waiters.registered {
                 #[cfg(unix)]
                 {
                     #[allow(unsafe_code)]
@@ -234,8 +238,8 @@ impl Reactor {
                     // `deregister` clears the flag under this lock, which we
                     // hold until the call returns.
                     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(source.fd) };
-                    // Failure leaves the interest armed: the next event tries
-                    // again.
+                    // The descriptor is open and registered: only a kernel out
+                    // of memory could refuse this.
                     let _ = self.set_interest(source.key, &mut waiters, fd, kernel);
                 }
             }
@@ -510,6 +514,56 @@ mod tests {
         assert!(pending_events(&reactor) <= 1);
         assert_eq!(pending_events(&reactor), 0);
         reactor.deregister(&source, mine.as_fd());
+    }
+
+    /// A reader and a writer wait on one socket; readiness for the reader must
+    /// leave the writer's wait armed, in either mode.
+    fn a_wake_in_one_direction_keeps_the_other_armed(mode: PollMode) {
+        let mut reactor = Reactor::new().unwrap();
+        reactor.mode = mode;
+        let (mine, mut peer) = UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let source = reactor.register(mine.as_fd()).unwrap();
+        let mut filled = 0;
+        loop {
+            match (&mine).write(&[0; 4096]) {
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let (reader_woken, reader) = waker();
+        let (writer_woken, writer) = waker();
+        assert!(wait_to_read(&reactor, &source, &mine, &reader));
+        let mut cx = Context::from_waker(&writer);
+        let poll = reactor.poll_ready(&source, mine.as_fd(), Direction::Write, None, true, &mut cx);
+        assert!(poll.is_pending());
+
+        peer.write_all(b"x").unwrap();
+        reactor.wait(Some(Duration::ZERO));
+        assert!(reader_woken.0.load(Ordering::SeqCst));
+        assert!(!writer_woken.0.load(Ordering::SeqCst));
+
+        // The peer reads everything: the socket is writable again.
+        let mut drained = 0;
+        let mut buf = [0; 4096];
+        while drained < filled {
+            drained += std::io::Read::read(&mut peer, &mut buf).unwrap();
+        }
+        reactor.wait(Some(Duration::ZERO));
+        assert!(writer_woken.0.load(Ordering::SeqCst));
+        reactor.deregister(&source, mine.as_fd());
+    }
+
+    #[test]
+    fn a_wake_in_one_direction_keeps_the_other_armed_level_triggered() {
+        a_wake_in_one_direction_keeps_the_other_armed(PollMode::Level);
+    }
+
+    #[test]
+    fn a_wake_in_one_direction_keeps_the_other_armed_oneshot() {
+        a_wake_in_one_direction_keeps_the_other_armed(PollMode::Oneshot);
     }
 
     #[test]
