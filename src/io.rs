@@ -165,7 +165,24 @@ impl<T: AsFd> Async<T> {
     /// let socket = thenable::io::Async::new(socket).unwrap();
     /// assert!(socket.get_ref().local_addr().is_ok());
     /// ```
-    pub fn new(io: T) -> io::Result<Async<T>> {
+    ///
+    /// `io` is owned (`T: 'static`: a socket, an `Arc` of one, not a borrow of
+    /// one). The loop keeps the descriptor's number until the `Async` is dropped;
+    /// an `Async` that is forgotten instead keeps `io`, and so its descriptor, open
+    /// for ever, so that number can never come to name another file. To wait on a
+    /// borrowed object, use [`readable`](crate::io::readable) and
+    /// [`writable`](crate::io::writable).
+    ///
+    /// ```compile_fail
+    /// let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    /// let borrowing = thenable::io::Async::new(&socket); // `&socket` is not 'static
+    /// std::mem::forget(borrowing);
+    /// drop(socket);
+    /// ```
+    pub fn new(io: T) -> io::Result<Async<T>>
+    where
+        T: 'static,
+    {
         let home = context::with_current(|local| local.shared.clone());
         let source = home.reactor().register(io.as_fd())?;
         Ok(Async {

@@ -234,7 +234,9 @@ impl Reactor {
                 {
                     #[allow(unsafe_code)]
                     // SAFETY: `registered` is true, so `deregister` has not run,
-                    // and the owner closes the descriptor only after it has;
+                    // and nothing closes a registered descriptor (see
+                    // `register`: an `Async` deregisters before it drops its
+                    // object, and one forgotten keeps it open for ever);
                     // `deregister` clears the flag under this lock, which we
                     // hold until the call returns.
                     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(source.fd) };
@@ -272,7 +274,9 @@ impl Reactor {
         // it is closed. Every registration is owned by an `Async<T>` that holds the
         // descriptor and calls `deregister` in its `Drop` before the descriptor is
         // dropped (tested by `registrations_are_not_leaked_nor_reused_stale` in
-        // `tests/io_issue4.rs`).
+        // `tests/io_issue4.rs`). `T: 'static` and no `&mut T` from `Async` mean
+        // that an `Async` forgotten instead of dropped keeps its descriptor open
+        // for ever: nothing closes a registered descriptor.
         unsafe {
             self.poller
                 .add_with_mode(fd.as_raw_fd(), Event::none(key), PollMode::Oneshot)?
