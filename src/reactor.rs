@@ -277,10 +277,16 @@ impl Reactor {
         // `tests/io_issue4.rs`). `T: 'static` and no `&mut T` from `Async` mean
         // that an `Async` forgotten instead of dropped keeps its descriptor open
         // for ever: nothing closes a registered descriptor.
-        unsafe {
+        let added = unsafe {
             self.poller
-                .add_with_mode(fd.as_raw_fd(), Event::none(key), PollMode::Oneshot)?
+                .add_with_mode(fd.as_raw_fd(), Event::none(key), PollMode::Oneshot)
         };
+        if let Err(error) = added {
+            if key < sources.slots.len() {
+                sources.free.push(key); // not taken after all
+            }
+            return Err(error);
+        }
         if key == sources.slots.len() {
             sources.slots.push(Some(source.clone()));
         } else {
@@ -568,6 +574,21 @@ mod tests {
     #[test]
     fn a_wake_in_one_direction_keeps_the_other_armed_oneshot() {
         a_wake_in_one_direction_keeps_the_other_armed(PollMode::Oneshot);
+    }
+
+    #[test]
+    fn a_registration_the_poller_refuses_gives_its_key_back() {
+        let reactor = Reactor::new().unwrap();
+        let (mine, _peer) = UnixStream::pair().unwrap();
+        let first = reactor.register(mine.as_fd()).unwrap();
+        reactor.deregister(&first, mine.as_fd());
+        // epoll refuses regular files.
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        assert!(reactor.register(file.as_fd()).is_err());
+        let again = reactor.register(mine.as_fd()).unwrap();
+        assert_eq!(again.key, first.key);
+        assert_eq!(reactor.sources.lock().slots.len(), 1);
+        reactor.deregister(&again, mine.as_fd());
     }
 
     #[test]
