@@ -85,10 +85,14 @@ enum Queued<T0, E0, F, T, E> {
 
 /// The transitions of a slot, shared by `then` links and observers.
 impl<T0, E0, F, T, E> Slot<T0, E0, F, T, E> {
-    /// The parent's outcome arrived: ready to run.
+    /// The parent's outcome arrived: ready to run, unless the link was cancelled
+    /// while the parent settled (on another thread, between `cancel` queuing the
+    /// function with `Input::Cancelled` and withdrawing it from the parent): then
+    /// the function keeps that input, and the outcome is not wanted.
     fn deliver(&mut self, input: Input<T0, E0>) {
-        if let Slot::Waiting { f, .. } = std::mem::replace(self, Slot::Done) {
-            *self = Slot::Ready { f, input };
+        match std::mem::replace(self, Slot::Done) {
+            Slot::Waiting { f, .. } => *self = Slot::Ready { f, input },
+            other => *self = other,
         }
     }
 
@@ -722,5 +726,39 @@ where
             context::schedule(self, None);
             core::withdraw(parent, (key, REACTION));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_delivered_after_a_cancellation_leaves_the_handler_its_cancellation() {
+        // `on_cancel` on one thread (the slot cancelled, not yet withdrawn from the
+        // parent), interleaved with the parent's settlement on another.
+        let parent: Arc<dyn Graph> = Arc::new(Node {
+            core: core::Core::<u32, Error>::new(None, false, |op| match op {
+                core::Op::Fail(error) => core::OpDone::Failed(error),
+                core::Op::Copy(outcome) => core::OpDone::Copied(outcome.clone()),
+            }),
+            link: (),
+        });
+        let ran = Arc::new(AtomicU32::new(0));
+        let counted = ran.clone();
+        let mut slot: Slot<u32, Error, _> = Slot::Waiting {
+            f: move |input: Input<u32, Error>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                matches!(input, Input::Cancelled)
+            },
+            parent,
+        };
+        assert!(matches!(slot.cancel(), AfterCancel::Withdraw(_)));
+        slot.deliver(Input::Outcome(Ok(1)));
+        let (f, input) = slot
+            .take_ready()
+            .expect("the handler is still there to run");
+        assert!(f(input), "it sees the cancellation");
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 }
