@@ -584,7 +584,8 @@ impl Link<(), Error> for SleepLink {
         // the loop, asked from another thread. A loop that is gone took its
         // timers with it.
         if let Some(local) = context::local_loop(node.link.loop_id) {
-            drop(local.timers.borrow_mut().clear(id));
+            let cleared = local.timers.borrow_mut().clear(id);
+            drop(cleared);
         } else if let Some(home) = orphans::find(node.link.loop_id) {
             home.inject(SendJob::Call(Box::new(move || {
                 clear_timer(id);
