@@ -113,11 +113,17 @@ fn plain_ops<T, E: From<Error>>(op: core::Op<'_, T, E>) -> core::OpDone<T, E> {
     }
 }
 
-/// The [`core::Ops`] of a cloned promise: each consumer gets its own copy.
+/// The [`core::Ops`] of a cloned promise: each consumer gets its own copy. A
+/// `clone` that panics (it runs under the promise's lock, while it settles or is
+/// awaited) is that consumer's rejection, as a panicking handler is: the others
+/// still get theirs, and the handles are counted once.
 fn copying_ops<T: Clone, E: Clone + From<Error>>(op: core::Op<'_, T, E>) -> core::OpDone<T, E> {
     match op {
         core::Op::Fail(error) => core::OpDone::Failed(E::from(error)),
-        core::Op::Copy(outcome) => core::OpDone::Copied(outcome.clone()),
+        core::Op::Copy(outcome) => match catch_unwind(AssertUnwindSafe(|| outcome.clone())) {
+            Ok(copy) => core::OpDone::Copied(copy),
+            Err(payload) => core::OpDone::Failed(E::from(Error::panic(payload))),
+        },
     }
 }
 
