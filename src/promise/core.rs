@@ -477,8 +477,12 @@ pub(crate) enum Settle {
 /// to 112).
 ///
 /// The lock spins as [`Lock`] does: its critical sections are a few
-/// instructions of the library's own code (the only user code they run is a
-/// value's `Clone`, for a cloned promise), almost never contended.
+/// instructions of the library's own code, almost never contended. The user code
+/// they may run: a value's `Clone` (for a cloned promise; a panic is caught and
+/// becomes that consumer's rejection), `E::from(Error)` (cancelled or broken
+/// outcomes), and, in a cancellation's race with a settlement, the drop of an
+/// outcome nobody wants. Such code must not touch the same promise again: the
+/// lock is not re-entrant, so it would spin for ever (it can never alias).
 pub(crate) struct Core<T, E> {
     word: AtomicU64,
     state: UnsafeCell<State<T, E>>,

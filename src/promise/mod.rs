@@ -525,6 +525,11 @@ impl<T, E> Promise<T, E> {
 /// Every clone receives the outcome (fan-out); handlers of all clones run in the
 /// order they were attached.
 ///
+/// Each consumer but the last gets `T::clone` (or `E::clone`) of the outcome,
+/// made under the promise's lock: a `clone` that panics is that consumer's
+/// rejection (a panic error), and a `clone` must not use the promise it is a
+/// value of (it would wait for its lock for ever).
+///
 /// ```
 /// use thenable::Promise;
 ///
