@@ -270,8 +270,12 @@ where
             }
         };
         // The future is dropped before its promise settles, as an `async` block's
-        // locals are before it returns.
-        this.stage.set(Stage::Done);
+        // locals are before it returns; a destructor that panics rejects it.
+        let dropped = catch_unwind(AssertUnwindSafe(|| this.stage.set(Stage::Done)));
+        let outcome = match (dropped, this.settler.as_ref()) {
+            (Err(payload), Some(settler)) => Err(settler.fail(Error::panic(payload))),
+            _ => outcome,
+        };
         if let Some(mut settler) = this.settler.take() {
             settler.settle(outcome);
         }

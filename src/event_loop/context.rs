@@ -389,10 +389,20 @@ pub(crate) fn with_graveyard(f: impl FnOnce()) {
             outermost
         })
         .unwrap_or(false);
-    f();
     if !outermost {
+        f();
         return;
     }
+    /// Leaves the graveyard even if something unwinds: left open, every later
+    /// reaction on this thread would be buried instead of run.
+    struct Close;
+    impl Drop for Close {
+        fn drop(&mut self) {
+            let _ = CONTEXT.try_with(|cx| cx.graveyard.borrow_mut().take());
+        }
+    }
+    let _close = Close;
+    f();
     loop {
         let next = CONTEXT.with(|cx| cx.graveyard.borrow_mut().as_mut().and_then(Vec::pop));
         match next {
@@ -400,7 +410,6 @@ pub(crate) fn with_graveyard(f: impl FnOnce()) {
             None => break,
         }
     }
-    CONTEXT.with(|cx| cx.graveyard.borrow_mut().take());
 }
 
 /// Sets `task` as the task being polled for the duration of `f`, and hands it

@@ -281,7 +281,7 @@ impl Local {
                     // Cancelled while it was being polled.
                     None => {
                         drop(tasks);
-                        core::run_cancellation(|| drop(future));
+                        drop_cancelled(future);
                     }
                 }
                 return;
@@ -313,7 +313,7 @@ impl Local {
     /// promises it was the only consumer of are cancelled in turn.
     pub(crate) fn cancel_task(&self, task: &Arc<TaskWaker>) {
         if let Some(entry) = self.remove_task(task) {
-            core::run_cancellation(|| drop(entry));
+            drop_cancelled(entry);
         }
     }
 
@@ -526,14 +526,28 @@ impl Drop for Local {
                     target.abandon();
                 }
             }
-            let tasks = std::mem::take(self.tasks.get_mut());
-            drop(tasks);
+            // One at a time: a destructor that panics must not unwind out of the
+            // loop's drop, nor skip the tasks after it.
+            for slot in std::mem::take(self.tasks.get_mut()) {
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(slot))) {
+                    report_panic("a task's destructor", &*payload);
+                }
+            }
         });
         let orphans_abandoned = self.orphans_taken.replace(0);
         if orphans_abandoned > 0 {
             orphans::finished(orphans_abandoned);
         }
         orphans::wake_foreign_pollers();
+    }
+}
+
+/// Drops what a cancelled task left, as a cancellation; a destructor that panics
+/// is reported, not unwound into the loop or the caller of `cancel`.
+fn drop_cancelled<T>(value: T) {
+    let dropped = catch_unwind(AssertUnwindSafe(|| core::run_cancellation(|| drop(value))));
+    if let Err(payload) = dropped {
+        report_panic("a cancelled task's destructor", &*payload);
     }
 }
 

@@ -912,9 +912,16 @@ pub(crate) fn run_flat<W: 'static>(
 /// awaiting are cancelled too when it was their only consumer.
 pub(crate) fn run_cancellation<R>(f: impl FnOnce() -> R) -> R {
     let previous = CANCELLING.with(|c| c.replace(true));
-    let result = f();
-    CANCELLING.with(|c| c.set(previous));
-    result
+    /// Restores the flag even if `f` unwinds: left set, every later dropped
+    /// handle on this thread would cancel its promise.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = CANCELLING.try_with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(previous);
+    f()
 }
 
 /// True while a cancelled task's future is being dropped on this thread.
