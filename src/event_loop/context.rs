@@ -356,6 +356,11 @@ pub(crate) fn enter<R>(local: &Rc<Local>, f: impl FnOnce() -> R) -> Result<R, ()
         local.shared.set_driven(true);
         Ok(())
     })?;
+    if local.shared.is_kept_alive() {
+        // Its resolvers no longer count as undriven for other loops' `block_on`:
+        // one that waits only for them must re-check.
+        orphans::notify_driven_loops();
+    }
     struct Exit;
     impl Drop for Exit {
         fn drop(&mut self) {
