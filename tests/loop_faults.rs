@@ -1,0 +1,370 @@
+//! Adversarial checks of tasks and the event loop: a missed deadlock across
+//! loops, panics in destructors the loop runs, wakes that come late or from other
+//! threads, and depth on a small stack. (False deadlocks across loops, where a
+//! `block_on` waits on a task or a chain another thread's running loop will
+//! settle, are a known limitation: see "Not done yet" in `docs/design.md`.)
+
+mod common;
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::thread;
+use std::time::Duration;
+
+use common::{within, within_for, Counter, DropCounter, HOUR, MARK};
+use thenable::{sleep, spawn, Error, EventLoop, Promise};
+
+/// Long enough for a test whose bug is a hang to show it, and far longer than any
+/// passing body takes.
+const HANG: Duration = Duration::from_secs(10);
+
+/// How long a helper thread lets the thread under test reach its wait before it
+/// settles what that thread waits for. Only an ordering aid: a correct library
+/// passes whatever the delay.
+const HEAD_START: Duration = Duration::from_millis(300);
+
+/// Panics when dropped, with [`MARK`] so the test output stays quiet.
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            panic!("{MARK} a destructor run by the loop");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Missed deadlocks: nothing can settle it any more, yet `block_on` waits
+// ---------------------------------------------------------------------------
+
+#[test]
+fn block_on_reports_a_deadlock_once_an_idle_loops_resolver_is_released_by_that_loop() {
+    within_for(HANG, || {
+        let (parked, park) = mpsc::channel::<()>();
+        // Another thread's loop, not driven yet, with an unsettled resolver: it
+        // might settle something this thread waits on, so `block_on` waits.
+        let other = thread::spawn(move || {
+            let event_loop = EventLoop::new();
+            let (_p, r) = Promise::<i32>::pending();
+            drop(parked);
+            thread::sleep(HEAD_START);
+            // Driven now, it releases the resolver: from then on nothing can ever
+            // wake the future below.
+            event_loop
+                .block_on(async move {
+                    sleep(Duration::from_millis(1)).await?;
+                    drop(r);
+                    Ok::<_, Error>(())
+                })
+                .unwrap();
+        });
+        assert!(park.recv().is_err(), "the other loop made its resolver");
+        let here = EventLoop::new();
+        let stuck = here.block_on(std::future::pending::<Result<(), Error>>());
+        other.join().unwrap();
+        assert!(stuck.unwrap_err().is_deadlock());
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Panics in destructors the loop runs (rule 6)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_task_that_cancels_itself_and_panics_in_its_drop_does_not_unwind_out_of_run() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let me: Arc<Mutex<Option<Promise<i32>>>> = Arc::default();
+        let slot = me.clone();
+        let dropped = Counter::default();
+        let guard = DropCounter(dropped.clone());
+        let task = spawn(async move {
+            let _guard = guard;
+            let _bomb = PanicOnDrop;
+            let me = slot
+                .lock()
+                .unwrap()
+                .take()
+                .expect("stored before the first poll");
+            assert!(me.cancel());
+            // Pending: the loop finds the task cancelled and drops its future.
+            sleep(HOUR).await?;
+            Ok::<_, Error>(1)
+        });
+        *me.lock().unwrap() = Some(task);
+        let later = spawn(async { Ok::<_, Error>(7) });
+        let run = catch_unwind(AssertUnwindSafe(|| event_loop.run()));
+        assert!(
+            matches!(run, Ok(Ok(()))),
+            "a destructor's panic unwound out of `run`"
+        );
+        assert_eq!(dropped.get(), 1);
+        assert_eq!(event_loop.block_on(later).unwrap(), 7);
+    });
+}
+
+/// Ready at once with `Ok(1)`, and panics when dropped.
+struct ReadyThenPanicOnDrop(PanicOnDrop);
+
+impl Future for ReadyThenPanicOnDrop {
+    type Output = Result<i32, Error>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(1))
+    }
+}
+
+#[test]
+fn a_task_future_that_panics_when_dropped_after_finishing_rejects_with_a_panic_error() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let task = spawn(ReadyThenPanicOnDrop(PanicOnDrop));
+        let err = event_loop.block_on(task).unwrap_err();
+        // Rule 6: the promise says it was a panic (a broken promise says nothing).
+        assert!(err.is_panic(), "{err:?}");
+    });
+}
+
+#[test]
+fn a_panicking_destructor_while_a_loop_is_dropped_leaves_the_thread_usable() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let bomb = PanicOnDrop;
+        let _task = spawn(async move {
+            let _bomb = bomb;
+            sleep(HOUR).await?;
+            Ok::<_, Error>(())
+        });
+        // Whether or not the panic is contained, the thread must go on working.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(event_loop)));
+        let next = EventLoop::new();
+        let outcome = next.block_on(Promise::<i32>::resolved(1).map(|v| v + 1));
+        assert_eq!(
+            outcome.unwrap(),
+            2,
+            "reactions on this thread are now abandoned"
+        );
+        let task = spawn(async { Ok::<_, Error>(3) });
+        assert_eq!(next.block_on(task).unwrap(), 3);
+    });
+}
+
+#[test]
+fn a_panicking_destructor_of_a_task_future_does_not_unwind_out_of_dropping_the_loop() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let bomb = PanicOnDrop;
+        let dropped = Counter::default();
+        let guard = DropCounter(dropped.clone());
+        let task = spawn(async move {
+            let _bomb = bomb;
+            sleep(HOUR).await?;
+            Ok::<_, Error>(())
+        });
+        let other = spawn(async move {
+            let _guard = guard;
+            sleep(HOUR).await?;
+            Ok::<_, Error>(())
+        });
+        let dropping = catch_unwind(AssertUnwindSafe(move || drop(event_loop)));
+        assert!(
+            dropping.is_ok(),
+            "a task's destructor panicked out of the loop's drop"
+        );
+        assert_eq!(dropped.get(), 1, "the other task's future was not dropped");
+        let next = EventLoop::new();
+        assert!(next.block_on(task).unwrap_err().is_broken());
+        assert!(next.block_on(other).unwrap_err().is_broken());
+    });
+}
+
+#[test]
+fn after_a_cancelled_tasks_destructor_panicked_dropping_a_handle_still_cancels_nothing() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let bomb = PanicOnDrop;
+        let doomed = spawn(async move {
+            let _bomb = bomb;
+            sleep(HOUR).await?;
+            Ok::<_, Error>(())
+        });
+        // Cancelled on its own thread: the future is dropped inside `cancel`,
+        // whose caller the panic must not reach.
+        assert!(doomed.cancel());
+        // A dropped `spawn` handle leaves the task running (design: Cancellation).
+        let finished = Counter::default();
+        let count = finished.clone();
+        drop(spawn(async move {
+            sleep(Duration::from_millis(1)).await?;
+            count.bump();
+            Ok::<_, Error>(())
+        }));
+        event_loop.run().unwrap();
+        assert_eq!(finished.get(), 1, "dropping the handle cancelled the task");
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Wakers held elsewhere, woken late
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_task_waker_woken_and_dropped_on_another_thread_after_its_loop_is_gone() {
+    within(|| {
+        let stash: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let event_loop = EventLoop::new();
+        let dropped = Counter::default();
+        let guard = DropCounter(dropped.clone());
+        let keep = stash.clone();
+        let task = spawn(async move {
+            let _guard = guard;
+            std::future::poll_fn(|cx| {
+                *keep.lock().unwrap() = Some(cx.waker().clone());
+                Poll::<()>::Pending
+            })
+            .await;
+            Ok::<_, Error>(())
+        });
+        // Run one turn: the task stores its waker and waits; `run` does not
+        // return while a waker held elsewhere is alive, so poll the promise
+        // from here instead, which drives the loop until nothing is ready.
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut task = task;
+        assert!(Future::poll(std::pin::Pin::new(&mut task), &mut cx).is_pending());
+        assert!(
+            stash.lock().unwrap().is_some(),
+            "the task ran and stored its waker"
+        );
+        drop(event_loop);
+        assert_eq!(dropped.get(), 1);
+        let late = thread::spawn(move || {
+            let waker = stash.lock().unwrap().take().unwrap();
+            waker.wake_by_ref();
+            waker.wake();
+        });
+        late.join().unwrap();
+        let next = EventLoop::new();
+        assert!(next.block_on(task).unwrap_err().is_broken());
+    });
+}
+
+#[test]
+fn a_promise_whose_tokio_waiter_is_gone_settles_from_another_thread_and_is_still_awaitable() {
+    within(|| {
+        let (p, r) = Promise::<i32>::pending();
+        let shared = Arc::new(Mutex::new(Some(p)));
+        let in_tokio = shared.clone();
+        // A tokio task polls the promise once (thenable keeps tokio's waker), then
+        // the runtime shuts down with the task still waiting.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let waiting = tokio::spawn(async move {
+                let mut p = in_tokio.lock().unwrap().take().unwrap();
+                std::future::poll_fn(|cx| {
+                    assert!(Future::poll(std::pin::Pin::new(&mut p), cx).is_pending());
+                    Poll::Ready(())
+                })
+                .await;
+                *in_tokio.lock().unwrap() = Some(p);
+                std::future::pending::<()>().await;
+            });
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            drop(waiting);
+        });
+        drop(runtime);
+        // The late settle wakes a waker whose runtime is gone.
+        thread::spawn(move || assert!(r.resolve(5))).join().unwrap();
+        let p = shared
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the tokio task put it back");
+        assert_eq!(EventLoop::new().block_on(p).unwrap(), 5);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Depth on a small stack (rule 4)
+// ---------------------------------------------------------------------------
+
+/// Runs `f` on a thread with a 256 KiB stack.
+fn on_small_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    within(|| {
+        thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    })
+}
+
+fn depth(n: u64) -> Promise<u64> {
+    spawn(async move {
+        if n == 0 {
+            Ok(0)
+        } else {
+            Ok(depth(n - 1).await? + 1)
+        }
+    })
+}
+
+#[test]
+fn async_recursion_100_000_deep_through_spawn_on_a_small_stack() {
+    assert_eq!(
+        on_small_stack(|| thenable::block_on(depth(100_000))).unwrap(),
+        100_000
+    );
+}
+
+#[test]
+fn a_loop_dropped_with_100_000_nested_waiting_tasks_on_a_small_stack() {
+    let dropped = on_small_stack(|| {
+        let event_loop = EventLoop::new();
+        let dropped = Counter::default();
+        fn chain(n: u64, dropped: Counter) -> Promise<u64> {
+            let guard = DropCounter(dropped.clone());
+            spawn(async move {
+                let _guard = guard;
+                if n == 0 {
+                    sleep(HOUR).await?;
+                    Ok(0)
+                } else {
+                    Ok(chain(n - 1, dropped).await? + 1)
+                }
+            })
+        }
+        let top = chain(100_000, dropped.clone());
+        // Drive every task to its wait without finishing: a foreign poll runs the
+        // loop until nothing is ready.
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut top = top;
+        assert!(Future::poll(std::pin::Pin::new(&mut top), &mut cx).is_pending());
+        drop(event_loop);
+        let next = EventLoop::new();
+        assert!(next.block_on(top).unwrap_err().is_broken());
+        dropped.get()
+    });
+    assert_eq!(dropped, 100_001);
+}
+
+#[test]
+fn a_million_then_links_on_a_small_stack() {
+    let total = on_small_stack(|| {
+        let mut p = Promise::<u64>::resolved(0);
+        for _ in 0..1_000_000 {
+            p = p.then(|v| Ok(v + 1));
+        }
+        thenable::block_on(p)
+    });
+    assert_eq!(total.unwrap(), 1_000_000);
+}
