@@ -81,11 +81,21 @@ pub(crate) struct Shared {
 impl Shared {
     /// Queues work from any thread and wakes the loop.
     pub(crate) fn inject(&self, job: SendJob) {
-        if self.closed.load(Ordering::Acquire) {
+        // Checked under the queue's lock, which the loop's drop holds to close it:
+        // a job is either in the queue the drop abandons, or refused here.
+        let refused = {
+            let mut injected = self.injected.lock();
+            if self.closed.load(Ordering::Acquire) {
+                Some(job)
+            } else {
+                injected.push(job);
+                None
+            }
+        };
+        if let Some(job) = refused {
             context::with_graveyard(|| Job::from(job).abandon());
             return;
         }
-        self.injected.lock().push(job);
         self.has_injected.store(true, Ordering::Release);
         self.reactor.notify();
         if !self.is_driven() {
@@ -510,13 +520,16 @@ impl Local {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
+        let injected = {
+            let mut queue = self.shared.injected.lock();
+            self.shared.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *queue)
+        };
         // Everything still queued is abandoned: promises waiting on it settle as
         // broken, handlers do not run, futures are dropped (running destructors).
         context::with_graveyard(|| {
             let micro = std::mem::take(self.micro.get_mut());
             micro.into_iter().for_each(Job::abandon);
-            let injected = std::mem::take(&mut *self.shared.injected.lock());
             injected
                 .into_iter()
                 .for_each(|job| Job::from(job).abandon());
