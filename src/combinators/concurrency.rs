@@ -172,6 +172,22 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let finished = std::mem::take(&mut *this.finished.lock());
+        if finished.is_empty() {
+            // A wake that brought no outcome: a watcher may have been cancelled
+            // (its item's promise was cancelled elsewhere), which runs neither of
+            // its handlers. That counts as a rejection, as an input cancelled
+            // elsewhere does for `all`.
+            let cancelled = this
+                .in_flight
+                .iter()
+                .find(|(_, watcher)| watcher.is_cancelled())
+                .map(|(index, _)| *index);
+            if let Some(index) = cancelled {
+                this.in_flight.remove(&index);
+                this.cancel_in_flight();
+                return Poll::Ready(Err(E::from(Error::cancelled())));
+            }
+        }
         for (index, outcome) in finished {
             this.in_flight.remove(&index);
             match outcome {
@@ -433,7 +449,9 @@ impl<T: Send + 'static, E: Send + 'static> Future for CancelOnDrop<T, E> {
 impl<T, E> Drop for CancelOnDrop<T, E> {
     fn drop(&mut self) {
         if let Some(promise) = self.promise.take() {
-            promise.cancel();
+            // Withdraws this consumer: the promise is cancelled only if nobody
+            // else consumes it (a clone the attempt also handed elsewhere).
+            crate::promise::core::run_cancellation(|| drop(promise));
         }
     }
 }
