@@ -15,6 +15,7 @@ use futures_core::Stream;
 use parking_lot::Mutex;
 
 use super::concurrency::cancelled;
+use crate::event_loop::clear_timer_on_its_loop;
 use crate::timer::LONGEST_DELAY;
 use crate::{clear_timer, set_interval, set_timeout, sleep, Error, Promise, TimerId};
 
@@ -94,12 +95,12 @@ where
         let watching = self
             .then_or_catch(
                 move |value| {
-                    clear_timer(timer);
+                    clear_timer_on_its_loop(timer);
                     on_value.resolve(value);
                     Ok(())
                 },
                 move |error| {
-                    clear_timer(timer);
+                    clear_timer_on_its_loop(timer);
                     on_error.reject(error);
                     Ok(())
                 },
@@ -108,7 +109,7 @@ where
             // is cancelled too, as a child of `self` would be.
             .finally(move || {
                 if !on_cancel.is_done() {
-                    clear_timer(timer);
+                    clear_timer_on_its_loop(timer);
                     on_cancel.resolve_with(cancelled());
                 }
             });
@@ -119,7 +120,7 @@ where
             if let Some(watcher) = watcher.upgrade() {
                 cancel_watcher(&watcher);
             }
-            clear_timer(timer);
+            clear_timer_on_its_loop(timer);
         });
         limited
     }

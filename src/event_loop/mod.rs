@@ -496,6 +496,23 @@ pub fn clear_timer(id: TimerId) -> bool {
     cleared.is_some()
 }
 
+/// Clears timer `id` wherever this runs: at once if its loop belongs to this
+/// thread, otherwise by asking that loop (a promise may be cancelled, and its
+/// handlers may run, on another thread). No effect if it fired or was cleared,
+/// or if its loop is gone (it took its timers with it).
+pub(crate) fn clear_timer_on_its_loop(id: TimerId) {
+    if let Some(local) = context::local_loop(id.loop_id) {
+        let cleared = local.timers.borrow_mut().clear(id);
+        // The callback (and whatever it holds: a sleep's node) is dropped outside
+        // the borrow.
+        drop(cleared);
+    } else if let Some(home) = orphans::find(id.loop_id) {
+        home.inject(SendJob::Call(Box::new(move || {
+            clear_timer(id);
+        })));
+    }
+}
+
 /// Sets what happens to rejections nobody handled by the end of the microtask
 /// drain in which they happened, on this thread (Node.js's `unhandledRejection`).
 /// The default writes one line to stderr. Cancellations are never reported.
@@ -578,19 +595,7 @@ impl Link<(), Error> for SleepLink {
         if bits == NO_TIMER {
             return;
         }
-        let id = TimerId::from_slot_bits(node.link.loop_id, bits);
-        // The timer table is the home loop's: cleared at once on its thread (the
-        // callback, which holds this node, is dropped outside the borrow), or by
-        // the loop, asked from another thread. A loop that is gone took its
-        // timers with it.
-        if let Some(local) = context::local_loop(node.link.loop_id) {
-            let cleared = local.timers.borrow_mut().clear(id);
-            drop(cleared);
-        } else if let Some(home) = orphans::find(node.link.loop_id) {
-            home.inject(SendJob::Call(Box::new(move || {
-                clear_timer(id);
-            })));
-        }
+        clear_timer_on_its_loop(TimerId::from_slot_bits(node.link.loop_id, bits));
     }
 }
 
