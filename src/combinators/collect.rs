@@ -78,7 +78,12 @@ impl Links {
     /// cancelled in turn if nobody else consumes them.
     pub(crate) fn cancel(self) {
         for link in self.0.into_iter().flatten() {
-            link.cancel();
+            // A link holding an outcome that arrived but was not delivered yet drops
+            // it (user code, which may panic): the links after it are still
+            // cancelled, or their inputs would run on unwanted.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| link.cancel())) {
+                crate::event_loop::report_panic("a value's drop", &*payload);
+            }
         }
     }
 }
@@ -348,7 +353,12 @@ where
             // The value is not wanted: dropped with our lock released (its drop is
             // the user's code).
             drop(state);
-            drop(input);
+            // It runs under the input's lock, in the middle of its settling: a
+            // panic must not leave the input half-settled (its other consumers
+            // unserved) nor escape into whoever settled it.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(input))) {
+                crate::event_loop::report_panic("a value's drop", &*payload);
+            }
             return None;
         }
         let outcome = match input {
@@ -434,8 +444,16 @@ impl<T: Send + 'static, E: Send + 'static> Policy<T, E> for AllValues<T, E> {
     }
 
     fn finish(mut self) -> Result<Vec<T>, E> {
-        match self.rejected {
-            Some(error) => Err(error),
+        match self.rejected.take() {
+            Some(error) => {
+                // The values that came before the rejection are not wanted; a drop
+                // that panics is the value's bug, and must not replace the reason.
+                let values = std::mem::take(&mut self.values);
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(values))) {
+                    crate::event_loop::report_panic("a value's drop", &*payload);
+                }
+                Err(error)
+            }
             None => Ok(take_all(&mut self.values)),
         }
     }
