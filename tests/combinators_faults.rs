@@ -1,4 +1,4 @@
-//! An adversarial review of the combinators: inputs cancelled by someone else,
+//! The combinators under stress: inputs cancelled by someone else,
 //! cancellation from other threads, inputs shared with other consumers, user code
 //! that panics, and huge inputs. Each test states the behaviour the documentation
 //! promises (docs/combinators.md, docs/design.md "Cancellation") and checks it with
