@@ -92,7 +92,16 @@ impl<T0, E0, F, T, E> Slot<T0, E0, F, T, E> {
     fn deliver(&mut self, input: Input<T0, E0>) {
         match std::mem::replace(self, Slot::Done) {
             Slot::Waiting { f, .. } => *self = Slot::Ready { f, input },
-            other => *self = other,
+            other => {
+                *self = other;
+                // Dropped in the middle of the parent's settling, under its lock:
+                // a drop that panics must not leave it half-settled.
+                let dropped =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(input)));
+                if let Err(payload) = dropped {
+                    crate::event_loop::report_panic("a value's drop", &*payload);
+                }
+            }
         }
     }
 
@@ -760,5 +769,34 @@ mod tests {
             .expect("the handler is still there to run");
         assert!(f(input), "it sees the cancellation");
         assert_eq!(ran.load(Ordering::SeqCst), 1);
+    }
+
+    struct PanicsWhenDropped;
+
+    impl Drop for PanicsWhenDropped {
+        fn drop(&mut self) {
+            panic!("a value's drop [expected test panic]");
+        }
+    }
+
+    #[test]
+    fn an_unwanted_late_outcome_whose_drop_panics_is_dropped_without_unwinding() {
+        let parent: Arc<dyn Graph> = Arc::new(Node {
+            core: core::Core::<u32, Error>::new(None, false, |op| match op {
+                core::Op::Fail(error) => core::OpDone::Failed(error),
+                core::Op::Copy(outcome) => core::OpDone::Copied(outcome.clone()),
+            }),
+            link: (),
+        });
+        let mut slot: Slot<PanicsWhenDropped, Error, _> = Slot::Waiting {
+            f: |input: Input<PanicsWhenDropped, Error>| matches!(input, Input::Cancelled),
+            parent,
+        };
+        assert!(matches!(slot.cancel(), AfterCancel::Withdraw(_)));
+        // Delivered inside the parent's settling: a panic here would leave it
+        // half-settled.
+        slot.deliver(Input::Outcome(Ok(PanicsWhenDropped)));
+        let (f, input) = slot.take_ready().expect("the handler is still there");
+        assert!(f(input));
     }
 }
