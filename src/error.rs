@@ -325,8 +325,11 @@ impl fmt::Display for StdView {
 }
 
 impl StdError for StdView {
+    /// A wrapped error's message is this one's Display already: the chain goes on
+    /// from the wrapped error's own source (as `#[error(transparent)]` does), or a
+    /// report walking it would say the same thing twice.
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.inner.source.as_deref().map(|e| e as _)
+        self.0.inner.source.as_deref()?.source()
     }
 }
 
