@@ -218,16 +218,16 @@ pub(crate) fn track_unhandled(node: Arc<dyn Graph>) {
         let created = cx.created.borrow();
         running.or_else(|| created.iter().rev().find_map(Weak::upgrade))
     });
-    let default = || {
-        DEFAULT
-            .try_with(|d| d.borrow().as_ref().map(|l| l.local.clone()))
-            .ok()
-            .flatten()
-    };
     match local {
         Ok(Some(local)) => local.track_unhandled(node),
+        // No loop on this thread yet: the one free functions (`block_on`) will
+        // drive, made now if need be, as `Promise::pending` does for its home.
         Ok(None) => {
-            if let Some(local) = default() {
+            let local = DEFAULT.try_with(|default| {
+                let mut default = default.borrow_mut();
+                default.get_or_insert_with(EventLoop::new).local.clone()
+            });
+            if let Ok(local) = local {
                 local.track_unhandled(node)
             }
         }

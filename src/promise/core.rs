@@ -789,6 +789,14 @@ impl<T, E> Core<T, E> {
         }
     }
 
+    /// A consumer that took the handle to follow this promise was cancelled
+    /// before it attached: as for a `then` cancelled after attaching, a rejection
+    /// counts as handled. Otherwise as [`release_handle`](Self::release_handle).
+    pub(crate) fn let_go(&self) -> bool {
+        self.lock().handled = true;
+        self.release_handle()
+    }
+
     /// Removes the consumer `consumer` (it was cancelled). Returns true when the
     /// promise is pending and has no consumer left.
     fn withdraw(&self, consumer: Consumer) -> bool {

@@ -37,8 +37,27 @@ where
     E: Send + 'static,
 {
     if node.core().settle(outcome, home) == Settle::Unwatched {
-        context::track_unhandled(node.clone());
+        match home {
+            // Settled on another thread (a resolver is `Send`): this thread's loop,
+            // if any, is not the one whose drain decides whether it was handled.
+            Some(home) if context::local_queue(Some(home)).is_none() => {
+                let node: Arc<dyn Graph> = node.clone();
+                context::schedule(Arc::new(TrackUnhandled(node)), Some(home));
+            }
+            _ => context::track_unhandled(node.clone()),
+        }
     }
+}
+
+/// Registers a rejection for the unhandled report on the loop that runs it.
+struct TrackUnhandled(Arc<dyn Graph>);
+
+impl Runnable for TrackUnhandled {
+    fn run(self: Arc<Self>) {
+        context::track_unhandled(self.0.clone());
+    }
+
+    fn abandon(self: Arc<Self>) {}
 }
 
 /// The states of a `then` link's slot (`T0, E0` are the parent's types, `T, E`
@@ -176,7 +195,7 @@ impl<T0, E0, F, T, E> ThenLink<T0, E0, F, T, E> {
 /// consumer would: it is cancelled in turn if nothing else consumes it.
 fn let_go<T: Send + 'static, E: Send + 'static>(mut promise: Promise<T, E>) {
     let source = promise.take_node();
-    if source.core().release_handle() {
+    if source.core().let_go() {
         source.cancel_node();
     }
 }
@@ -370,13 +389,22 @@ where
 /// What a cancelled root runs to release its resource (clear a timer, drop a task).
 type CancelHook = Box<dyn FnOnce() + Send>;
 
+/// What a root registered: its cancellation hooks, and the promise its resolver
+/// made it follow (its upstream, for chaining-cycle detection: without it a ring
+/// of resolvers is only seen by the bounded downstream search).
+#[derive(Default)]
+struct Registered {
+    hooks: SmallVec<[CancelHook; 1]>,
+    following: Option<Arc<dyn Cancel>>,
+}
+
 /// The link of a promise that something other than a parent settles (a resolver,
 /// a timer, a task): what to release if it is cancelled. For a resolver's promise it
 /// also holds the home loop, kept alive until the resolver is done.
 pub(crate) struct Hooks {
     /// Boxed: most promises never get a hook (a user's `Promise::pending` has
     /// none), and inline the list made every such node a 128-byte chunk, not 112.
-    on_cancel: Lock<Option<Box<SmallVec<[CancelHook; 1]>>>>,
+    on_cancel: Lock<Option<Box<Registered>>>,
     home: Option<LoopRef>,
     /// Settled, following another promise, or cancelled: the settler is done.
     finished: AtomicBool,
@@ -433,13 +461,25 @@ impl Hooks {
     pub(crate) fn add<T, E>(node: &Node<T, E, Hooks>, hook: CancelHook) {
         let mut hooks = node.link.on_cancel.lock();
         match node.core.status() {
-            core::Status::Pending => hooks.get_or_insert_with(Box::default).push(hook),
+            core::Status::Pending => hooks.get_or_insert_with(Box::default).hooks.push(hook),
             core::Status::Cancelled => {
                 drop(hooks);
                 hook();
             }
             _ => {}
         }
+    }
+
+    /// Records that the node follows what `forward` follows (its upstream), and
+    /// that a cancellation stops `forward`.
+    pub(crate) fn follow<T, E>(node: &Node<T, E, Hooks>, forward: Arc<dyn Cancel>) {
+        let stop = forward.clone();
+        node.link
+            .on_cancel
+            .lock()
+            .get_or_insert_with(Box::default)
+            .following = Some(forward);
+        Hooks::add(node, Box::new(move || stop.cancel()));
     }
 }
 
@@ -449,26 +489,36 @@ impl<T, E> Link<T, E> for Hooks {
             node.link.release_home();
         }
         let hooks = node.link.on_cancel.lock().take();
-        for hook in hooks.into_iter().flat_map(|hooks| *hooks) {
+        for hook in hooks.into_iter().flat_map(|registered| registered.hooks) {
             hook();
         }
+    }
+
+    fn upstream(node: &Node<T, E, Self>) -> Option<Arc<dyn Graph>> {
+        let following = node.link.on_cancel.lock().as_ref()?.following.clone()?;
+        following.source()
     }
 }
 
 /// Something that can stop following a promise.
 pub(crate) trait Cancel: Send + Sync {
     fn cancel(&self);
+    /// The promise being followed, once attached to it and until the outcome is
+    /// forwarded.
+    fn source(&self) -> Option<Arc<dyn Graph>>;
 }
 
 /// Follows `source` and settles `target` with its outcome, one microtask later (as
-/// V8 does for a native promise returned from a handler). The returned forwarder
-/// lets a cancelled `target` stop following (and withdraw from) `source`.
+/// V8 does for a native promise returned from a handler). `register` receives the
+/// forwarder before it is queued (on another thread's loop it may run at once): it
+/// lets a cancelled `target` stop following (and withdraw from) `source`, and
+/// tells the cycle search what `target` follows.
 pub(crate) fn adopt<T, E>(
     target: NodeRef<T, E>,
     source: Promise<T, E>,
     home: Option<&LoopRef>,
-) -> Arc<dyn Cancel>
-where
+    register: impl FnOnce(Arc<dyn Cancel>),
+) where
     T: Send + 'static,
     E: Send + 'static,
 {
@@ -476,8 +526,8 @@ where
         target: Lock::new(Some(target)),
         step: Lock::new(Step::Attach(source)),
     });
-    context::schedule(forward.clone(), home);
-    forward
+    register(forward.clone());
+    context::schedule(forward, home);
 }
 
 enum Step<T, E> {
@@ -573,12 +623,22 @@ impl<T: Send + 'static, E: Send + 'static> Cancel for Forward<T, E> {
             // cancelled consumer would.
             Step::Attach(mut source) => {
                 let node = source.take_node();
-                if node.core().release_handle() {
+                if node.core().let_go() {
                     node.cancel_node();
                 }
             }
             Step::Waiting(source) => core::withdraw(source, (self.reaction_key(), REACTION)),
             Step::Forward(_) | Step::Done => {}
+        }
+    }
+
+    fn source(&self) -> Option<Arc<dyn Graph>> {
+        // Only once attached: a forwarder still queued to attach checks for a
+        // cycle itself when it runs, and a chain of resolvers built head first
+        // (each following the next, not yet attached) then costs no walk at all.
+        match &*self.step.lock() {
+            Step::Waiting(source) => Some(source.clone()),
+            Step::Attach(_) | Step::Forward(_) | Step::Done => None,
         }
     }
 }

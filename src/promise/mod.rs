@@ -724,8 +724,9 @@ where
         }
         let node = self.node();
         node.core().resolver_gone();
-        let forward = adopt(node, other, link.home());
-        Hooks::add(&self.node, Box::new(move || forward.cancel()));
+        adopt(node, other, link.home(), |forward| {
+            Hooks::follow(&self.node, forward)
+        });
         link.release_home();
         true
     }
