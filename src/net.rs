@@ -40,6 +40,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{
     self as std_net, IpAddr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs,
@@ -62,6 +63,9 @@ use crate::promise::Promise;
 const READ_CHUNK: usize = 16 * 1024;
 /// The most a single buffered read asks for, however much `read_exact` wants.
 const MAX_READ_CHUNK: usize = 1024 * 1024;
+/// The most one `recv_from` makes room for, however large its limit: no UDP
+/// datagram is longer.
+const MAX_DATAGRAM: usize = 64 * 1024;
 /// How many queued writes go out in one `writev`.
 const MAX_WRITE_SLICES: usize = 32;
 /// The stack of the helper thread that resolves names (see
@@ -187,6 +191,7 @@ impl TcpListener {
         Incoming {
             socket: self.socket.clone(),
             wait: Ticket::new(Direction::Read),
+            pause: None,
         }
     }
 }
@@ -236,12 +241,35 @@ pub struct Incoming {
     socket: Arc<Async<std_net::TcpListener>>,
     /// Withdrawn when the stream is dropped while it waits for a connection.
     wait: Ticket,
+    /// Set after an error that leaves the connection queued (out of descriptors or
+    /// memory): the listener stays readable, so accepting again at once would fail
+    /// at once, for ever, and a caller that skips errors would never give the loop
+    /// back (tasks run as microtasks), not even to the connections whose closing
+    /// frees a descriptor. The next poll waits for this pause first (Go's
+    /// `net/http` pauses too).
+    pause: Option<Promise<()>>,
 }
 
 impl Drop for Incoming {
     fn drop(&mut self) {
         self.socket.withdraw(&mut self.wait);
+        if let Some(pause) = self.pause.take() {
+            pause.cancel(); // or its timer would keep the loop alive
+        }
     }
+}
+
+/// How long [`Incoming`] waits before accepting again after running out of
+/// descriptors or memory.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// An accept error that leaves the connection queued, to fail again if retried.
+fn out_of_resources(error: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let resource_errors = [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM];
+    resource_errors
+        .iter()
+        .any(|errno| error.raw_os_error() == Some(errno.raw_os_error()))
 }
 
 impl Stream for Incoming {
@@ -249,6 +277,11 @@ impl Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(pause) = &mut this.pause {
+            // A cancelled or failed pause is over too.
+            let _ = ready!(Pin::new(pause).poll(cx));
+            this.pause = None;
+        }
         loop {
             match this.socket.get_ref().accept() {
                 Ok((stream, _peer)) => {
@@ -260,7 +293,12 @@ impl Stream for Incoming {
                         return Poll::Ready(Some(Err(e.into())));
                     }
                 }
-                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                Err(e) => {
+                    if out_of_resources(&e) {
+                        this.pause = Some(crate::sleep(ACCEPT_PAUSE));
+                    }
+                    return Poll::Ready(Some(Err(e.into())));
+                }
             }
         }
     }
@@ -306,10 +344,11 @@ impl fmt::Debug for Incoming {
 /// ```
 pub struct TcpStream {
     shared: Arc<StreamShared>,
-    /// Bytes this handle's `poll_fill_buf` handed out and that were not consumed
-    /// yet (`AsyncBufRead` must lend a slice that outlives the call, which the
-    /// shared buffer behind its lock cannot). Every other read through this handle
-    /// first puts them back in front of the shared buffer, so order is kept.
+    /// A copy of the front of the shared buffer that this handle's
+    /// `poll_fill_buf` lent (`AsyncBufRead` must lend a slice that outlives the
+    /// call, which the shared buffer behind its lock cannot). The bytes stay in
+    /// the shared buffer, so every handle sees them, until `consume` takes them
+    /// there too; a copy that another read overtook is stale and dropped.
     lent: Mutex<LentBytes>,
     /// The readiness waits of this handle's `futures-io` reads and writes, withdrawn
     /// when the handle is dropped (the traits' polls have no future of their own
@@ -601,7 +640,6 @@ impl TcpStream {
     /// # Ok::<_, thenable::Error>(())
     /// ```
     pub fn read(&self, max_len: usize) -> Promise<Vec<u8>> {
-        self.return_lent();
         let shared = self.shared.clone();
         spawn(async move {
             if max_len == 0 {
@@ -613,7 +651,8 @@ impl TcpStream {
                     if !inbound.is_empty() {
                         return Ok(inbound.take(max_len));
                     }
-                    let mut bytes = vec![0; max_len];
+                    // The limit is a bound, not a size: `usize::MAX` means "what is there".
+                    let mut bytes = vec![0; max_len.min(MAX_READ_CHUNK)];
                     let n = socket.read(&mut bytes)?;
                     bytes.truncate(n);
                     Ok(bytes)
@@ -649,7 +688,6 @@ impl TcpStream {
     /// # Ok::<_, thenable::Error>(())
     /// ```
     pub fn read_exact(&self, len: usize) -> Promise<Vec<u8>> {
-        self.return_lent();
         let shared = self.shared.clone();
         spawn(async move {
             let bytes = shared
@@ -703,7 +741,6 @@ impl TcpStream {
     /// # Ok::<_, thenable::Error>(())
     /// ```
     pub fn read_line(&self, max_line_len: usize) -> Promise<Option<String>> {
-        self.return_lent();
         let shared = self.shared.clone();
         spawn(async move {
             let line = shared
@@ -770,7 +807,7 @@ impl TcpStream {
         spawn(async move {
             shared
                 .io(Direction::Write, |buffers, socket| {
-                    buffers.outbound.send_until(socket, end)
+                    buffers.outbound.send_until(NoSigPipe(socket), end)
                 })
                 .await?;
             Ok(())
@@ -808,22 +845,13 @@ impl TcpStream {
                 shared
                     .io(Direction::Write, |buffers, socket| {
                         let end = buffers.outbound.queued_end();
-                        buffers.outbound.send_until(socket, end)
+                        buffers.outbound.send_until(NoSigPipe(socket), end)
                     })
                     .await?;
             }
             shared.socket.get_ref().shutdown(how)?;
             Ok(())
         })
-    }
-
-    /// Puts the bytes this handle lent through `AsyncBufRead` and that were not
-    /// consumed back in front of the shared buffer, before any other read.
-    fn return_lent(&self) {
-        let unconsumed = self.lent.lock().take_unconsumed();
-        if !unconsumed.is_empty() {
-            self.shared.buffers.lock().inbound.put_back(unconsumed);
-        }
     }
 }
 
@@ -907,7 +935,7 @@ fn take_line(
             });
         }
         // Even a `\r\n` arriving next would leave more than `max_line_len` before it.
-        if filled.len() > max_line_len + 1 {
+        if filled.len() > max_line_len.saturating_add(1) {
             return Err(too_long());
         }
         searched = filled.len();
@@ -936,7 +964,6 @@ impl Clone for TcpStream {
     /// # Ok::<_, std::io::Error>(())
     /// ```
     fn clone(&self) -> Self {
-        self.return_lent();
         TcpStream {
             shared: self.shared.clone(),
             lent: Mutex::new(LentBytes::default()),
@@ -949,11 +976,6 @@ impl Drop for TcpStream {
     fn drop(&mut self) {
         self.shared.socket.withdraw(&mut self.trait_waits.read);
         self.shared.socket.withdraw(&mut self.trait_waits.write);
-        // Other clones (or operations in flight) may still read them.
-        let unconsumed = self.lent.get_mut().take_unconsumed();
-        if !unconsumed.is_empty() {
-            self.shared.buffers.lock().inbound.put_back(unconsumed);
-        }
     }
 }
 
@@ -1006,13 +1028,8 @@ impl AsyncRead for TcpStream {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let lent = this.lent.get_mut();
-        if !lent.unconsumed().is_empty() {
-            let n = lent.unconsumed().len().min(buf.len());
-            buf[..n].copy_from_slice(&lent.unconsumed()[..n]);
-            lent.consume(n);
-            return Poll::Ready(Ok(n));
-        }
+        // What `poll_fill_buf` lent is still in the shared buffer: read from there
+        // (the copy goes stale and is dropped by the next `poll_fill_buf`).
         let ticket = &mut this.trait_waits.read;
         this.shared.poll_io(cx, ticket, &mut |buffers, socket| {
             let (inbound, mut socket) = buffers.reader(socket);
@@ -1031,8 +1048,12 @@ impl AsyncRead for TcpStream {
 impl AsyncBufRead for TcpStream {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
-        if this.lent.get_mut().unconsumed().is_empty() {
-            let bytes = ready!(this.shared.poll_io(
+        let lent = this.lent.get_mut();
+        if !lent.unconsumed().is_empty() && !lent.is_current(&this.shared.buffers.lock().inbound) {
+            *lent = LentBytes::default();
+        }
+        if lent.unconsumed().is_empty() {
+            let (bytes, origin) = ready!(this.shared.poll_io(
                 cx,
                 &mut this.trait_waits.read,
                 &mut |buffers, socket| {
@@ -1040,16 +1061,30 @@ impl AsyncBufRead for TcpStream {
                     if inbound.is_empty() {
                         inbound.fill_from(socket, READ_CHUNK)?;
                     }
-                    Ok(inbound.take(usize::MAX))
+                    Ok((inbound.filled().to_vec(), inbound.taken))
                 }
             ))?;
-            *this.lent.get_mut() = LentBytes { bytes, consumed: 0 };
+            *lent = LentBytes {
+                bytes,
+                consumed: 0,
+                origin,
+            };
         }
-        Poll::Ready(Ok(this.lent.get_mut().unconsumed()))
+        Poll::Ready(Ok(lent.unconsumed()))
     }
 
     fn consume(self: Pin<&mut Self>, amt: usize) {
-        self.get_mut().lent.get_mut().consume(amt);
+        let this = self.get_mut();
+        let lent = this.lent.get_mut();
+        let amt = amt.min(lent.unconsumed().len());
+        let mut buffers = this.shared.buffers.lock();
+        if lent.is_current(&buffers.inbound) {
+            buffers.inbound.consume(amt);
+            lent.consumed += amt;
+        } else {
+            // Another read took these bytes first: nothing left here to consume.
+            *lent = LentBytes::default();
+        }
     }
 }
 
@@ -1066,7 +1101,7 @@ impl AsyncWrite for TcpStream {
             &mut this.trait_waits.write,
             &mut |buffers, mut socket| {
                 let end = buffers.outbound.queued_end();
-                buffers.outbound.send_until(socket, end)?;
+                buffers.outbound.send_until(NoSigPipe(socket), end)?;
                 socket.write(buf)
             },
         )
@@ -1077,7 +1112,7 @@ impl AsyncWrite for TcpStream {
         this.shared
             .poll_io(cx, &mut this.trait_waits.write, &mut |buffers, socket| {
                 let end = buffers.outbound.queued_end();
-                buffers.outbound.send_until(socket, end)
+                buffers.outbound.send_until(NoSigPipe(socket), end)
             })
     }
 
@@ -1093,6 +1128,9 @@ impl AsyncWrite for TcpStream {
 struct ReadBuffer {
     bytes: Vec<u8>,
     start: usize,
+    /// How many bytes were ever taken from the front: where `filled` starts in
+    /// the stream, which tells a lent copy whether it is still current.
+    taken: u64,
 }
 
 impl ReadBuffer {
@@ -1109,6 +1147,7 @@ impl ReadBuffer {
     }
 
     fn consume(&mut self, n: usize) {
+        self.taken += n as u64;
         self.start += n;
         debug_assert!(self.start <= self.bytes.len());
         if self.start == self.bytes.len() {
@@ -1121,18 +1160,12 @@ impl ReadBuffer {
     fn take(&mut self, n: usize) -> Vec<u8> {
         let n = n.min(self.len());
         if self.start == 0 && n == self.bytes.len() {
+            self.taken += n as u64;
             return std::mem::take(&mut self.bytes);
         }
         let taken = self.filled()[..n].to_vec();
         self.consume(n);
         taken
-    }
-
-    /// Puts `front` back before the buffered bytes.
-    fn put_back(&mut self, mut front: Vec<u8>) {
-        front.extend_from_slice(self.filled());
-        self.bytes = front;
-        self.start = 0;
     }
 
     /// One read of up to `chunk` bytes from `reader` appended; 0 at end of stream.
@@ -1152,11 +1185,13 @@ impl ReadBuffer {
     }
 }
 
-/// Bytes lent by `poll_fill_buf`, see [`TcpStream`]'s `lent` field.
+/// A copy lent by `poll_fill_buf`, see [`TcpStream`]'s `lent` field.
 #[derive(Default)]
 struct LentBytes {
     bytes: Vec<u8>,
     consumed: usize,
+    /// The stream position (`ReadBuffer::taken`) of `bytes[0]`.
+    origin: u64,
 }
 
 impl LentBytes {
@@ -1164,14 +1199,38 @@ impl LentBytes {
         &self.bytes[self.consumed..]
     }
 
-    fn consume(&mut self, n: usize) {
-        self.consumed = (self.consumed + n).min(self.bytes.len());
+    /// Whether the shared buffer still starts where this copy's unconsumed part
+    /// does (no other read took bytes since).
+    fn is_current(&self, inbound: &ReadBuffer) -> bool {
+        inbound.taken == self.origin + self.consumed as u64
+    }
+}
+
+/// A socket written without raising `SIGPIPE` when the peer is gone: the write
+/// fails with `BrokenPipe` instead, whatever the process does with the signal.
+/// (std's `write` already sends with `MSG_NOSIGNAL`, its `write_vectored` is a
+/// plain `writev`, which would kill a process that keeps the default action.)
+struct NoSigPipe<'a>(&'a std_net::TcpStream);
+
+impl Write for NoSigPipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&mut &*self.0).write(buf)
     }
 
-    fn take_unconsumed(&mut self) -> Vec<u8> {
-        let mut bytes = std::mem::take(&mut self.bytes);
-        bytes.drain(..std::mem::take(&mut self.consumed));
-        bytes
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
+        let mut no_control = SendAncillaryBuffer::default();
+        Ok(sendmsg(self.0, bufs, &mut no_control, SendFlags::NOSIGNAL)?)
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&mut &*self.0).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -1336,7 +1395,8 @@ impl UdpSocket {
     pub fn recv_from(&self, max_len: usize) -> Promise<(Vec<u8>, SocketAddr)> {
         let socket = self.socket.clone();
         spawn(async move {
-            let mut datagram = vec![0; max_len];
+            // No datagram is longer, so a larger limit (`usize::MAX`) needs no more room.
+            let mut datagram = vec![0; max_len.min(MAX_DATAGRAM)];
             let (len, from) = socket
                 .read_with(|socket| socket.recv_from(&mut datagram))
                 .await?;
@@ -1382,15 +1442,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn read_buffer_keeps_order_across_take_put_back_and_fill() {
+    fn read_buffer_keeps_order_and_position_across_take_and_fill() {
         let mut buffer = ReadBuffer::default();
         buffer.fill_from(&b"hello world"[..], 64).unwrap();
         assert_eq!(buffer.take(6), b"hello ");
-        buffer.put_back(b"big ".to_vec());
-        assert_eq!(buffer.filled(), b"big world");
+        assert_eq!(buffer.filled(), b"world");
         buffer.fill_from(&b"!"[..], 64).unwrap();
-        assert_eq!(buffer.take(usize::MAX), b"big world!");
+        assert_eq!(buffer.take(usize::MAX), b"world!");
         assert!(buffer.is_empty());
+        assert_eq!(buffer.taken, 12);
     }
 
     #[test]

@@ -469,7 +469,7 @@ impl LineReader {
                     Some(self.finish_line(line))
                 }
                 // One byte of slack for the '\r' of a "\r\n" not complete yet.
-                None if self.buffer.len() > self.max_line_length + 1 => {
+                None if self.buffer.len() > self.max_line_length.saturating_add(1) => {
                     // Too long already: report it now rather than buffer it all.
                     self.buffer.clear();
                     self.searched = 0;
