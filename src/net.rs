@@ -165,8 +165,10 @@ impl TcpListener {
 
     /// The connections, as a [`Stream`] that never ends (like std's `incoming`).
     /// An error, such as running out of file descriptors, is yielded and the stream
-    /// goes on with the next connection. The stream keeps the listening socket open
-    /// while it exists.
+    /// goes on with the next connection; after running out of descriptors or
+    /// memory it first pauses 10 ms, so that a caller skipping errors gives the
+    /// loop back (to the connections whose closing frees a descriptor). The stream
+    /// keeps the listening socket open while it exists.
     ///
     /// ```
     /// use futures::StreamExt;
