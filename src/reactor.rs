@@ -457,6 +457,14 @@ mod tests {
         events.len()
     }
 
+    /// A connected pair, the first end non-blocking and registered.
+    fn registered_pair(reactor: &Reactor) -> (UnixStream, UnixStream, Arc<Source>) {
+        let (mine, peer) = UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let source = reactor.register(mine.as_fd()).unwrap();
+        (mine, peer, source)
+    }
+
     fn kernel(source: &Source) -> (bool, bool) {
         source.waiters.lock().kernel
     }
@@ -473,9 +481,7 @@ mod tests {
         if reactor.mode != PollMode::Level {
             return; // oneshot platforms re-arm on each wait
         }
-        let (mine, mut peer) = UnixStream::pair().unwrap();
-        mine.set_nonblocking(true).unwrap();
-        let source = reactor.register(mine.as_fd()).unwrap();
+        let (mine, mut peer, source) = registered_pair(&reactor);
         assert_eq!(kernel(&source), (false, false));
 
         let (woken, first) = waker();
@@ -508,9 +514,7 @@ mod tests {
         // The kernel reports a hang-up whatever the interest: with level-triggered
         // interest left at "none", it would be reported by every poll, for ever.
         let reactor = Reactor::new().unwrap();
-        let (mine, peer) = UnixStream::pair().unwrap();
-        mine.set_nonblocking(true).unwrap();
-        let source = reactor.register(mine.as_fd()).unwrap();
+        let (mine, peer, source) = registered_pair(&reactor);
         drop(peer);
         reactor.wait(Some(Duration::ZERO));
         assert_eq!(pending_events(&reactor), 0);
@@ -531,10 +535,8 @@ mod tests {
     fn a_wake_in_one_direction_keeps_the_other_armed(mode: PollMode) {
         let mut reactor = Reactor::new().unwrap();
         reactor.mode = mode;
-        let (mine, mut peer) = UnixStream::pair().unwrap();
-        mine.set_nonblocking(true).unwrap();
+        let (mine, mut peer, source) = registered_pair(&reactor);
         peer.set_nonblocking(true).unwrap();
-        let source = reactor.register(mine.as_fd()).unwrap();
         let mut filled = 0;
         loop {
             match (&mine).write(&[0; 4096]) {
@@ -594,9 +596,7 @@ mod tests {
     #[test]
     fn a_withdrawn_wait_disarms_at_once() {
         let reactor = Reactor::new().unwrap();
-        let (mine, mut peer) = UnixStream::pair().unwrap();
-        mine.set_nonblocking(true).unwrap();
-        let source = reactor.register(mine.as_fd()).unwrap();
+        let (mine, mut peer, source) = registered_pair(&reactor);
         let (woken, waker) = waker();
         let mut ticket = Ticket::new(Direction::Read);
         let mut cx = Context::from_waker(&waker);
@@ -623,9 +623,7 @@ mod tests {
     #[test]
     fn deregistering_wakes_waiters_and_touches_the_poller_no_more() {
         let reactor = Reactor::new().unwrap();
-        let (mine, _peer) = UnixStream::pair().unwrap();
-        mine.set_nonblocking(true).unwrap();
-        let source = reactor.register(mine.as_fd()).unwrap();
+        let (mine, _peer, source) = registered_pair(&reactor);
         let (woken, waker) = waker();
         assert!(wait_to_read(&reactor, &source, &mine, &waker));
         reactor.deregister(&source, mine.as_fd());

@@ -20,6 +20,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 
 use crate::error::Error;
+use crate::event_loop::contained;
 use crate::promise::core::{self, Collector, Graph, Input, Link, Lock, Node, Runnable, FOLLOWER};
 use crate::promise::{internal, internal_with, never, Observation, Promise, Settled, Settler};
 
@@ -81,9 +82,7 @@ impl Links {
             // A link holding an outcome that arrived but was not delivered yet drops
             // it (user code, which may panic): the links after it are still
             // cancelled, or their inputs would run on unwanted.
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| link.cancel())) {
-                crate::event_loop::report_panic("a value's drop", &*payload);
-            }
+            contained("a value's drop", || link.cancel());
         }
     }
 }
@@ -356,9 +355,7 @@ where
             // It runs under the input's lock, in the middle of its settling: a
             // panic must not leave the input half-settled (its other consumers
             // unserved) nor escape into whoever settled it.
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(input))) {
-                crate::event_loop::report_panic("a value's drop", &*payload);
-            }
+            contained("a value's drop", || drop(input));
             return None;
         }
         let outcome = match input {
@@ -449,9 +446,7 @@ impl<T: Send + 'static, E: Send + 'static> Policy<T, E> for AllValues<T, E> {
                 // The values that came before the rejection are not wanted; a drop
                 // that panics is the value's bug, and must not replace the reason.
                 let values = std::mem::take(&mut self.values);
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(values))) {
-                    crate::event_loop::report_panic("a value's drop", &*payload);
-                }
+                contained("a value's drop", || drop(values));
                 Err(error)
             }
             None => Ok(take_all(&mut self.values)),

@@ -332,11 +332,7 @@ impl Local {
             Job::Run(job) => job.run(),
             Job::Batch(jobs) => jobs.into_iter().for_each(|job| job.run()),
             Job::Poll(task) => self.poll_task(task),
-            Job::Call(f) => {
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-                    report_panic("a microtask", &*payload);
-                }
-            }
+            Job::Call(f) => contained("a microtask", f),
         }
     }
 
@@ -423,9 +419,7 @@ impl Local {
             let Some(f) = self.immediates.borrow_mut().pop_front() else {
                 break;
             };
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-                report_panic("an immediate", &*payload);
-            }
+            contained("an immediate", f);
             self.drain_micro();
             if done() {
                 break;
@@ -542,9 +536,7 @@ impl Drop for Local {
             // One at a time: a destructor that panics must not unwind out of the
             // loop's drop, nor skip the tasks after it.
             for slot in std::mem::take(self.tasks.get_mut()) {
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(slot))) {
-                    report_panic("a task's destructor", &*payload);
-                }
+                contained("a task's destructor", || drop(slot));
             }
         });
         let orphans_abandoned = self.orphans_taken.replace(0);
@@ -558,9 +550,16 @@ impl Drop for Local {
 /// Drops what a cancelled task left, as a cancellation; a destructor that panics
 /// is reported, not unwound into the loop or the caller of `cancel`.
 fn drop_cancelled<T>(value: T) {
-    let dropped = catch_unwind(AssertUnwindSafe(|| core::run_cancellation(|| drop(value))));
-    if let Err(payload) = dropped {
-        report_panic("a cancelled task's destructor", &*payload);
+    contained("a cancelled task's destructor", || {
+        core::run_cancellation(|| drop(value))
+    });
+}
+
+/// Runs user code the loop (or a settling) must survive: a panic is reported, not
+/// unwound into the caller.
+pub(crate) fn contained(what: &str, f: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+        report_panic(what, &*payload);
     }
 }
 

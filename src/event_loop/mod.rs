@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use self::local::Stop;
-pub(crate) use self::local::{report_panic, Job, Local, SendJob, Shared};
+pub(crate) use self::local::{contained, report_panic, Job, Local, SendJob, Shared};
 use crate::error::Error;
 use crate::promise::core::{Link, Node};
 use crate::promise::{self, Promise};

@@ -115,11 +115,7 @@ impl<T0, E0, F, T, E> Slot<T0, E0, F, T, E> {
                 *self = other;
                 // Dropped in the middle of the parent's settling, under its lock:
                 // a drop that panics must not leave it half-settled.
-                let dropped =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(input)));
-                if let Err(payload) = dropped {
-                    crate::event_loop::report_panic("a value's drop", &*payload);
-                }
+                crate::event_loop::contained("a value's drop", || drop(input));
             }
         }
     }
@@ -802,17 +798,22 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_outcome_delivered_after_a_cancellation_leaves_the_handler_its_cancellation() {
-        // `on_cancel` on one thread (the slot cancelled, not yet withdrawn from the
-        // parent), interleaved with the parent's settlement on another.
-        let parent: Arc<dyn Graph> = Arc::new(Node {
+    /// A pending promise for a slot to wait on.
+    fn a_parent() -> Arc<dyn Graph> {
+        Arc::new(Node {
             core: core::Core::<u32, Error>::new(None, false, |op| match op {
                 core::Op::Fail(error) => core::OpDone::Failed(error),
                 core::Op::Copy(outcome) => core::OpDone::Copied(outcome.clone()),
             }),
             link: (),
-        });
+        })
+    }
+
+    #[test]
+    fn an_outcome_delivered_after_a_cancellation_leaves_the_handler_its_cancellation() {
+        // `on_cancel` on one thread (the slot cancelled, not yet withdrawn from the
+        // parent), interleaved with the parent's settlement on another.
+        let parent = a_parent();
         let ran = Arc::new(AtomicU32::new(0));
         let counted = ran.clone();
         let mut slot: Slot<u32, Error, _> = Slot::Waiting {
@@ -841,13 +842,7 @@ mod tests {
 
     #[test]
     fn an_unwanted_late_outcome_whose_drop_panics_is_dropped_without_unwinding() {
-        let parent: Arc<dyn Graph> = Arc::new(Node {
-            core: core::Core::<u32, Error>::new(None, false, |op| match op {
-                core::Op::Fail(error) => core::OpDone::Failed(error),
-                core::Op::Copy(outcome) => core::OpDone::Copied(outcome.clone()),
-            }),
-            link: (),
-        });
+        let parent = a_parent();
         let mut slot: Slot<PanicsWhenDropped, Error, _> = Slot::Waiting {
             f: |input: Input<PanicsWhenDropped, Error>| matches!(input, Input::Cancelled),
             parent,
