@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{after, hour_long_task, ms, within, within_for, Counter, Log, HOUR, MARK};
+use common::{
+    after, hour_long_task, ms, on_small_stack, within, within_for, Counter, Log, HOUR, MARK,
+};
 use futures::StreamExt;
 use thenable::{
     all, all_settled, any, as_completed, join, map_concurrent, queue_microtask, race, retry, scope,
@@ -455,22 +457,9 @@ fn a_panic_in_an_attempt_or_in_the_backoff_ends_retry() {
 /// 100,000 inputs, or 100,000 levels.
 const HUGE: usize = 100_000;
 
-/// Runs `f` on a thread with a 256 KiB stack (a tenth of a default thread's), under
-/// the watchdog: a recursion per input or per level would overflow it.
-fn on_a_small_stack(f: impl FnOnce() + Send + 'static) {
-    within(|| {
-        thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(f)
-            .unwrap()
-            .join()
-            .unwrap();
-    });
-}
-
 #[test]
 fn every_collection_combinator_takes_a_hundred_thousand_inputs() {
-    on_a_small_stack(|| {
+    on_small_stack(|| {
         let event_loop = EventLoop::new();
         let (promises, resolvers): (Vec<Promise<usize>>, Vec<_>) =
             (0..HUGE).map(|_| Promise::pending()).unzip();
@@ -518,8 +507,8 @@ fn every_collection_combinator_takes_a_hundred_thousand_inputs() {
 /// A race decided by its last input cancels 99,999 hour-long losers, and an `all`
 /// whose output is cancelled releases 100,000 of them: `run()` then returns.
 #[test]
-fn a_hundred_thousand_losers_are_cancelled_on_a_small_stack() {
-    on_a_small_stack(|| {
+fn a_hundred_thousand_losers_are_cancelled_on_small_stack() {
+    on_small_stack(|| {
         let event_loop = EventLoop::new();
         let fired = Counter::default();
         let mut racers: Vec<Promise<usize>> =
@@ -541,7 +530,7 @@ fn a_hundred_thousand_losers_are_cancelled_on_a_small_stack() {
 /// queue, not by recursion.
 #[test]
 fn combinators_nested_a_hundred_thousand_deep_settle_and_cancel() {
-    on_a_small_stack(|| {
+    on_small_stack(|| {
         let event_loop = EventLoop::new();
         let (leaf, resolver) = Promise::<usize>::pending();
         let mut nested = leaf;
@@ -577,7 +566,7 @@ fn combinators_nested_a_hundred_thousand_deep_settle_and_cancel() {
 /// fulfilled: one task, no recursion per item.
 #[test]
 fn map_concurrent_takes_a_hundred_thousand_items() {
-    on_a_small_stack(|| {
+    on_small_stack(|| {
         let event_loop = EventLoop::new();
         let doubled = map_concurrent(0..HUGE, 7, |n| Promise::<usize>::resolved(n * 2));
         let values = event_loop.block_on(doubled).unwrap();

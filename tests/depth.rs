@@ -1,6 +1,11 @@
 //! Rule 4: depth never costs stack.
 
-use thenable::{block_on, spawn, Promise};
+mod common;
+
+use std::future::Future;
+
+use common::{on_small_stack, Counter, DropCounter, HOUR};
+use thenable::{block_on, sleep, spawn, EventLoop, Promise};
 
 #[test]
 fn a_million_then_links_settle_without_stack_overflow() {
@@ -69,20 +74,67 @@ fn waiting_depth(n: u64, reached: thenable::Resolver<()>) -> Promise<u64> {
 #[test]
 fn cancelling_a_chain_of_100_000_waiting_tasks_costs_no_stack() {
     // A small stack, so that a cancellation that recursed would overflow it.
-    std::thread::Builder::new()
-        .stack_size(256 * 1024)
-        .spawn(|| {
-            let event_loop = thenable::EventLoop::new();
-            let (reached, resolver) = Promise::<()>::pending();
-            let root = waiting_depth(100_000, resolver);
-            event_loop.block_on(reached).unwrap();
-            // Every task drops, one after another, and with the last the sleep's
-            // timer: nothing is left to keep the loop alive.
-            assert!(root.cancel());
-            event_loop.run().unwrap();
-            assert!(event_loop.block_on(root).unwrap_err().is_cancelled());
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    on_small_stack(|| {
+        let event_loop = thenable::EventLoop::new();
+        let (reached, resolver) = Promise::<()>::pending();
+        let root = waiting_depth(100_000, resolver);
+        event_loop.block_on(reached).unwrap();
+        // Every task drops, one after another, and with the last the sleep's
+        // timer: nothing is left to keep the loop alive.
+        assert!(root.cancel());
+        event_loop.run().unwrap();
+        assert!(event_loop.block_on(root).unwrap_err().is_cancelled());
+    });
+}
+
+#[test]
+fn async_recursion_100_000_deep_through_spawn_on_a_small_stack() {
+    assert_eq!(
+        on_small_stack(|| block_on(depth(100_000))).unwrap(),
+        100_000
+    );
+}
+
+#[test]
+fn a_loop_dropped_with_100_000_nested_waiting_tasks_on_a_small_stack() {
+    let dropped = on_small_stack(|| {
+        let event_loop = EventLoop::new();
+        let dropped = Counter::default();
+        fn chain(n: u64, dropped: Counter) -> Promise<u64> {
+            let guard = DropCounter(dropped.clone());
+            spawn(async move {
+                let _guard = guard;
+                if n == 0 {
+                    sleep(HOUR).await?;
+                    Ok(0)
+                } else {
+                    Ok(chain(n - 1, dropped).await? + 1)
+                }
+            })
+        }
+        let top = chain(100_000, dropped.clone());
+        // Drive every task to its wait without finishing: a foreign poll runs the
+        // loop until nothing is ready.
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut top = top;
+        assert!(Future::poll(std::pin::Pin::new(&mut top), &mut cx).is_pending());
+        drop(event_loop);
+        let next = EventLoop::new();
+        assert!(next.block_on(top).unwrap_err().is_broken());
+        dropped.get()
+    });
+    assert_eq!(dropped, 100_001);
+}
+
+#[test]
+fn a_million_then_links_on_a_small_stack() {
+    let total = on_small_stack(|| {
+        let mut p = Promise::<u64>::resolved(0);
+        for _ in 0..1_000_000 {
+            p = p.then(|v| Ok(v + 1));
+        }
+        block_on(p)
+    });
+    assert_eq!(total.unwrap(), 1_000_000);
 }

@@ -1,6 +1,6 @@
 //! Adversarial checks of tasks and the event loop: a missed deadlock across
-//! loops, panics in destructors the loop runs, wakes that come late or from other
-//! threads, and depth on a small stack. (False deadlocks across loops, where a
+//! loops, panics in destructors the loop runs, and wakes that come late or from
+//! other threads (depth on a small stack is in `depth.rs`). (False deadlocks across loops, where a
 //! `block_on` waits on a task or a chain another thread's running loop will
 //! settle, are a known limitation: see "Not done yet" in `docs/design.md`.)
 
@@ -289,82 +289,4 @@ fn a_promise_whose_tokio_waiter_is_gone_settles_from_another_thread_and_is_still
             .expect("the tokio task put it back");
         assert_eq!(EventLoop::new().block_on(p).unwrap(), 5);
     });
-}
-
-// ---------------------------------------------------------------------------
-// Depth on a small stack (rule 4)
-// ---------------------------------------------------------------------------
-
-/// Runs `f` on a thread with a 256 KiB stack.
-fn on_small_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    within(|| {
-        thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(f)
-            .unwrap()
-            .join()
-            .unwrap()
-    })
-}
-
-fn depth(n: u64) -> Promise<u64> {
-    spawn(async move {
-        if n == 0 {
-            Ok(0)
-        } else {
-            Ok(depth(n - 1).await? + 1)
-        }
-    })
-}
-
-#[test]
-fn async_recursion_100_000_deep_through_spawn_on_a_small_stack() {
-    assert_eq!(
-        on_small_stack(|| thenable::block_on(depth(100_000))).unwrap(),
-        100_000
-    );
-}
-
-#[test]
-fn a_loop_dropped_with_100_000_nested_waiting_tasks_on_a_small_stack() {
-    let dropped = on_small_stack(|| {
-        let event_loop = EventLoop::new();
-        let dropped = Counter::default();
-        fn chain(n: u64, dropped: Counter) -> Promise<u64> {
-            let guard = DropCounter(dropped.clone());
-            spawn(async move {
-                let _guard = guard;
-                if n == 0 {
-                    sleep(HOUR).await?;
-                    Ok(0)
-                } else {
-                    Ok(chain(n - 1, dropped).await? + 1)
-                }
-            })
-        }
-        let top = chain(100_000, dropped.clone());
-        // Drive every task to its wait without finishing: a foreign poll runs the
-        // loop until nothing is ready.
-        let waker = futures::task::noop_waker();
-        let mut cx = std::task::Context::from_waker(&waker);
-        let mut top = top;
-        assert!(Future::poll(std::pin::Pin::new(&mut top), &mut cx).is_pending());
-        drop(event_loop);
-        let next = EventLoop::new();
-        assert!(next.block_on(top).unwrap_err().is_broken());
-        dropped.get()
-    });
-    assert_eq!(dropped, 100_001);
-}
-
-#[test]
-fn a_million_then_links_on_a_small_stack() {
-    let total = on_small_stack(|| {
-        let mut p = Promise::<u64>::resolved(0);
-        for _ in 0..1_000_000 {
-            p = p.then(|v| Ok(v + 1));
-        }
-        thenable::block_on(p)
-    });
-    assert_eq!(total.unwrap(), 1_000_000);
 }

@@ -16,6 +16,32 @@ use thenable::net::UdpSocket;
 
 const CHILD_MODE: &str = "THENABLE_NET_FAULTS_CHILD";
 
+/// This test binary, to be run as a child in `mode` (see
+/// [`child_process_entry_point`]).
+fn child(mode: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "child_process_entry_point",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_MODE, mode);
+    command
+}
+
+/// The child succeeded and printed `expected`.
+fn assert_child_said(output: &std::process::Output, expected: &str) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(expected),
+        "child status {:?}, stdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // "No limit" spelled `usize::MAX`
 // ---------------------------------------------------------------------------
@@ -106,24 +132,8 @@ fn bytes_a_clone_buffered_through_async_buf_read_are_seen_by_the_other_handles()
 /// on. Run in a child process, which the signal would kill.
 #[test]
 fn a_write_to_a_reset_peer_is_an_error_even_where_sigpipe_is_not_ignored() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_entry_point",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_MODE, "sigpipe")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("child: rejected"),
-        "child status {:?}, stdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = child("sigpipe").stdin(Stdio::null()).output().unwrap();
+    assert_child_said(&output, "child: rejected");
 }
 
 fn write_to_reset_peer_with_default_sigpipe() {
@@ -176,14 +186,7 @@ fn write_to_reset_peer_with_default_sigpipe() {
 /// `with_max_line_length(usize::MAX)` must read lines, not overflow.
 #[test]
 fn stdin_lines_without_a_limit_reads_to_the_end() {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_entry_point",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_MODE, "stdin-no-limit")
+    let mut child = child("stdin-no-limit")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -196,13 +199,7 @@ fn stdin_lines_without_a_limit_reads_to_the_end() {
     input.write_all(b"o\nthree").unwrap();
     drop(input);
     let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("child: lines [\"one\", \"two\", \"three\"]"),
-        "child status {:?}, stdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_child_said(&output, "child: lines [\"one\", \"two\", \"three\"]");
 }
 
 fn read_stdin_without_a_limit() {
@@ -232,24 +229,8 @@ fn read_stdin_without_a_limit() {
 /// limit is lowered.
 #[test]
 fn accept_errors_from_running_out_of_descriptors_let_the_loop_run() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_entry_point",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_MODE, "emfile")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("child: the timer ran"),
-        "child status {:?}, stdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = child("emfile").stdin(Stdio::null()).output().unwrap();
+    assert_child_said(&output, "child: the timer ran");
 }
 
 fn accept_while_out_of_descriptors() {
