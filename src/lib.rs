@@ -25,7 +25,7 @@
 //! `docs/design.md` in the repository explains how they fit.
 
 #![deny(missing_docs)]
-#![deny(unsafe_code)] // exceptions: `reactor` (registration, a borrowed descriptor), `timer` (`OnceFn`, a prefetch) and `promise::core::Core`'s lock, each with its SAFETY argument
+#![deny(unsafe_code)] // exceptions: `reactor` (registration, a borrowed descriptor), `timer` (`OnceFn`, a prefetch), `promise::core::Core`'s lock and `task::TaskLink`'s pointer, each with its SAFETY argument
 
 mod blocking;
 mod combinators;

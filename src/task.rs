@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake};
 
@@ -18,7 +18,7 @@ use pin_project_lite::pin_project;
 
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
-use crate::promise::core::{Graph, Link, Lock, Node, Status};
+use crate::promise::core::{Graph, Link, Node, Settling, Status};
 use crate::promise::Settler;
 
 /// The waker of one task.
@@ -149,7 +149,19 @@ impl TaskRef {
     }
 
     pub(crate) fn same_task(&self, other: &TaskRef) -> bool {
-        Arc::ptr_eq(self.task(), other.task())
+        self.is_of(other.task())
+    }
+
+    pub(crate) fn is_of(&self, task: &Arc<TaskWaker>) -> bool {
+        Arc::ptr_eq(self.task(), task)
+    }
+
+    /// Stops counting as an internal waker: what the task waits on may be settled
+    /// by another loop.
+    pub(crate) fn count_as_foreign(&mut self) {
+        if std::mem::take(&mut self.internal) {
+            self.task().internal.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     pub(crate) fn output(&self) -> Option<Arc<dyn Graph>> {
@@ -286,30 +298,66 @@ where
 /// The link of a task's promise: the task whose future is dropped if the promise is
 /// cancelled. Set once the loop has made the task (later than the promise, when it
 /// is spawned from another thread).
-#[derive(Default)]
 pub(crate) struct TaskLink {
-    /// Taken by the cancellation.
-    task: Lock<Option<Weak<TaskWaker>>>,
+    /// The task, from [`Weak::into_raw`], or null before the loop has made it and
+    /// once the cancellation took it. An atomic rather than a lock around an
+    /// `Option`: with the loop's id beside it, a lock made a task's promise a
+    /// 96-byte chunk, not an 80-byte one (`tasks`: 377 → 392 MiB, 577 → 597 ms).
+    task: AtomicPtr<TaskWaker>,
+    /// The loop that runs the task, known before the task exists: a wait on the
+    /// promise from another loop is not that loop's deadlock.
+    loop_id: u64,
 }
 
 impl TaskLink {
+    pub(crate) fn new(loop_id: u64) -> TaskLink {
+        TaskLink {
+            task: AtomicPtr::new(std::ptr::null_mut()),
+            loop_id,
+        }
+    }
+
     /// Names the task of `node`'s promise; cancels it at once if the promise was
     /// cancelled before the task existed.
     pub(crate) fn attach<T, E>(node: &Node<T, E, TaskLink>, task: &Arc<TaskWaker>) {
-        *node.link.task.lock() = Some(Arc::downgrade(task));
+        let raw = Weak::into_raw(Arc::downgrade(task)).cast_mut();
+        let before = node.link.task.swap(raw, Ordering::AcqRel);
+        debug_assert!(before.is_null(), "a task is attached once");
         if node.core.status() == Status::Cancelled {
-            if let Some(task) = node.link.task.lock().take() {
+            if let Some(task) = node.link.take() {
                 context::cancel_task(&task);
             }
         }
+    }
+
+    /// The task, once: whoever swaps the pointer out owns the reference.
+    fn take(&self) -> Option<Weak<TaskWaker>> {
+        let raw = self.task.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        // SAFETY: a non-null pointer here came from `Weak::into_raw` in `attach`,
+        // and the swap that just replaced it with null is the only one to see it,
+        // so this takes back that one reference exactly once.
+        #[allow(unsafe_code)]
+        (!raw.is_null()).then(|| unsafe { Weak::from_raw(raw) })
+    }
+}
+
+impl Drop for TaskLink {
+    fn drop(&mut self) {
+        drop(self.take());
     }
 }
 
 impl<T: Send + 'static, E: Send + 'static> Link<T, E> for TaskLink {
     fn on_cancel(node: &Arc<Node<T, E, Self>>) {
-        let task = node.link.task.lock().take();
-        if let Some(task) = task {
+        if let Some(task) = node.link.take() {
             context::cancel_task(&task);
+        }
+    }
+
+    fn settling(node: &Node<T, E, Self>) -> Settling {
+        match node.core.status() {
+            Status::Pending => Settling::Loop(node.link.loop_id),
+            _ => Settling::Unknown,
         }
     }
 }
@@ -317,7 +365,30 @@ impl<T: Send + 'static, E: Send + 'static> Link<T, E> for TaskLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::promise::internal;
+    use crate::promise::{internal, internal_with};
+
+    #[test]
+    fn a_task_link_gives_its_task_back_once_and_releases_it_when_dropped() {
+        let local = crate::event_loop::Local::new();
+        let task = Arc::new(TaskWaker::new(local.shared.clone(), 0, None));
+        let (_promise, settler) = internal_with::<u8, Error, _>(TaskLink::new(local.shared.id));
+        TaskLink::attach(settler.node(), &task);
+        assert_eq!(Arc::weak_count(&task), 1, "attaching keeps one reference");
+        let taken = settler.node().link.take().expect("attached");
+        assert!(taken.ptr_eq(&Arc::downgrade(&task)));
+        assert!(settler.node().link.take().is_none(), "taken twice");
+        drop(taken);
+        assert_eq!(Arc::weak_count(&task), 0);
+
+        let (promise, settler) = internal_with::<u8, Error, _>(TaskLink::new(local.shared.id));
+        TaskLink::attach(settler.node(), &task);
+        drop((promise, settler));
+        assert_eq!(
+            Arc::weak_count(&task),
+            0,
+            "a dropped link releases its task"
+        );
+    }
 
     #[test]
     fn a_task_costs_its_future_plus_three_words() {

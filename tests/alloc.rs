@@ -335,6 +335,9 @@ fn spawn_allocations_are_reported() {
     // The promise's node (whose link names the task), the task's waker, the boxed
     // future, in that order.
     assert_eq!(spawned.allocs, 3, "sizes {:?}", spawned.sizes);
+    // The node is an 80-byte chunk: its link, the task and the loop's id, is two
+    // words.
+    assert!(spawned.sizes[0] <= 72, "sizes {:?}", spawned.sizes);
     // The boxed future is the `async` block (nothing to keep here) plus the task's
     // wrapper: the settler and a tag, not three copies of the block.
     assert!(

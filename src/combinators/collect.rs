@@ -21,7 +21,9 @@ use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::event_loop::contained;
-use crate::promise::core::{self, Collector, Graph, Input, Link, Lock, Node, Runnable, FOLLOWER};
+use crate::promise::core::{
+    self, Collector, Graph, Input, Link, Lock, Node, Runnable, Settling, FOLLOWER,
+};
 use crate::promise::{internal, internal_with, never, Observation, Promise, Settled, Settler};
 
 // ---------------------------------------------------------------------------
@@ -195,6 +197,9 @@ where
 /// A call whose output was cancelled: it stops waiting on its inputs.
 trait Abort: Send + Sync {
     fn abort(&self);
+    /// The first `limit` inputs that have not reported yet (see
+    /// [`core::Graph::settling`]).
+    fn pending_inputs(&self, limit: usize) -> Vec<Arc<dyn Graph>>;
 }
 
 /// The link of a [`Collect`] call's output: cancelling the output aborts the call.
@@ -205,6 +210,13 @@ impl<T, E> Link<T, E> for AbortLink {
     fn on_cancel(node: &Arc<Node<T, E, Self>>) {
         if let Some(call) = node.link.0.upgrade() {
             call.abort();
+        }
+    }
+
+    fn settling(node: &Node<T, E, Self>) -> Settling {
+        match node.link.0.upgrade() {
+            Some(call) => Settling::Inputs(call.pending_inputs(core::SETTLING_SEARCH)),
+            None => Settling::Unknown,
         }
     }
 }
@@ -334,6 +346,11 @@ where
     fn abort(&self) {
         let ended = self.end();
         self.withdraw_from(ended.inputs);
+    }
+
+    fn pending_inputs(&self, limit: usize) -> Vec<Arc<dyn Graph>> {
+        let state = self.state.lock();
+        state.inputs.iter().flatten().take(limit).cloned().collect()
     }
 }
 

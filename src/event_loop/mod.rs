@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use self::local::Stop;
 pub(crate) use self::local::{contained, report_panic, Job, Local, SendJob, Shared};
 use crate::error::Error;
-use crate::promise::core::{Link, Node};
+use crate::promise::core::{Link, Node, Settling};
 use crate::promise::{self, Promise};
 use crate::task::{catch_panics, output_future, TaskLink, TaskWaker};
 use crate::timer::{Callback, Fire, TimerId};
@@ -98,7 +98,8 @@ impl EventLoop {
     /// Runs the loop until `future` completes and returns its output.
     ///
     /// If the loop runs out of everything that could complete the future (no
-    /// queued work, timers, live resolvers or foreign wakers), returns a deadlock
+    /// queued work, timers, live resolvers, foreign wakers or another loop's task,
+    /// timer or resolver it waits on), returns a deadlock
     /// error ([`Error::is_deadlock`]) instead of waiting for ever. A panic in the
     /// future becomes a panic error. Calling it while a loop runs on this thread is
     /// an error too: await the future instead.
@@ -249,13 +250,36 @@ impl LoopHandle {
     /// let p = event_loop.handle().spawn(async { Ok::<_, thenable::Error>("done") });
     /// assert_eq!(event_loop.block_on(p).unwrap(), "done");
     /// ```
+    ///
+    /// The promise may be awaited on another thread's loop, while the loop that
+    /// runs the task is driven by its own thread:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use thenable::{EventLoop, LoopHandle};
+    ///
+    /// let (send, receive) = std::sync::mpsc::channel();
+    /// let worker = std::thread::spawn(move || {
+    ///     let event_loop = EventLoop::new();
+    ///     send.send(event_loop.handle()).unwrap();
+    ///     event_loop.run().unwrap(); // until the last handle is dropped
+    /// });
+    /// let handle: LoopHandle = receive.recv().unwrap();
+    /// let task = handle.spawn(async {
+    ///     thenable::sleep(Duration::from_millis(1)).await?;
+    ///     Ok::<_, thenable::Error>(7)
+    /// });
+    /// assert_eq!(thenable::block_on(task.then(|v| Ok(v * 6))).unwrap(), 42);
+    /// drop(handle);
+    /// worker.join().unwrap();
+    /// ```
     pub fn spawn<F, T, E>(&self, future: F) -> Promise<T, E>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
-        let (promise, settler) = task_promise::<T, E>();
+        let (promise, settler) = task_promise::<T, E>(&self.shared);
         let graph = settler.graph();
         self.shared.inject(SendJob::Call(Box::new(move || {
             context::with_current(|local| local.spawn(Some(graph), start_task(future, settler)));
@@ -315,12 +339,12 @@ where
 }
 
 /// A task's promise and its settler; cancelling the promise drops the task.
-fn task_promise<T, E>() -> (Promise<T, E>, promise::Settler<T, E, TaskLink>)
+fn task_promise<T, E>(home: &Shared) -> (Promise<T, E>, promise::Settler<T, E, TaskLink>)
 where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    promise::internal_with::<T, E, _>(TaskLink::default())
+    promise::internal_with::<T, E, _>(TaskLink::new(home.id))
 }
 
 /// Runs `future` to completion on this thread's loop and returns its output; see
@@ -382,10 +406,12 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    let (promise, settler) = task_promise::<T, E>();
-    let graph = settler.graph();
-    context::with_current(|local| local.spawn(Some(graph), start_task(future, settler)));
-    promise
+    context::with_current(|local| {
+        let (promise, settler) = task_promise::<T, E>(&local.shared);
+        let graph = settler.graph();
+        local.spawn(Some(graph), start_task(future, settler));
+        promise
+    })
 }
 
 /// Queues `f` on the microtask queue: it runs after the current callback, before
@@ -596,6 +622,13 @@ impl Link<(), Error> for SleepLink {
             return;
         }
         clear_timer_on_its_loop(TimerId::from_slot_bits(node.link.loop_id, bits));
+    }
+
+    fn settling(node: &Node<(), Error, Self>) -> Settling {
+        if node.link.timer.load(Ordering::Acquire) == NO_TIMER {
+            return Settling::Unknown;
+        }
+        Settling::Loop(node.link.loop_id)
     }
 }
 

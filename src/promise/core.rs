@@ -19,7 +19,7 @@ use std::thread::LocalKey;
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
 use crate::event_loop::Job;
-use crate::task::TaskRef;
+use crate::task::{TaskRef, TaskWaker};
 
 /// The lock around the state of links (a `then` link's slot, a root's
 /// cancellation hooks, a task's link) and of combinators (a node's own state has
@@ -62,6 +62,53 @@ pub(crate) trait Graph: Send + Sync {
     /// promise) or it is settled already: then it waits on no promise, and adopting
     /// it cannot close a chaining cycle.
     fn may_wait(&self) -> bool;
+    /// Whose work settles this node, as far as a wait's deadlock check needs to
+    /// know (see [`settled_by_another_loop`]).
+    fn settling(&self) -> Settling;
+}
+
+/// See [`Graph::settling`].
+pub(crate) enum Settling {
+    /// The work of the loop with this id: its timer, its task, or a live resolver
+    /// that keeps it alive.
+    Loop(u64),
+    /// This promise: it settles when that one does.
+    Follows(Arc<dyn Graph>),
+    /// These promises (a combinator's inputs still pending).
+    Inputs(Vec<Arc<dyn Graph>>),
+    /// Nothing a loop's deadlock check can see (a settled node, or one the library
+    /// settles from a thread or from state it does not expose).
+    Unknown,
+}
+
+/// How many nodes [`settled_by_another_loop`] looks at, at most: an `await` of a
+/// long chain must not cost a walk along all of it.
+pub(crate) const SETTLING_SEARCH: usize = 64;
+
+/// True when `node` waits, within a short upstream search, on the work of a loop
+/// other than `here`: a task or timer of that loop, or a live resolver that loop
+/// keeps. A task of `here` waiting on such a node is not deadlocked when `here`
+/// runs out of work, since the other loop may still settle it. Past the search,
+/// or when nothing says, the node counts as `here`'s own business.
+pub(crate) fn settled_by_another_loop(node: &dyn Graph, here: u64) -> bool {
+    let mut pending = Vec::new();
+    let mut next = node.settling();
+    for _ in 0..SETTLING_SEARCH {
+        match next {
+            Settling::Loop(id) if id != here => return true,
+            Settling::Follows(source) => {
+                next = source.settling();
+                continue;
+            }
+            Settling::Inputs(inputs) => pending.extend(inputs),
+            Settling::Loop(_) | Settling::Unknown => {}
+        }
+        match pending.pop() {
+            Some(input) => next = input.settling(),
+            None => return false,
+        }
+    }
+    false
 }
 
 /// What a reaction receives.
@@ -129,6 +176,14 @@ pub(crate) trait Link<T, E>: Send + Sync + Sized + 'static {
     /// See [`Graph::may_wait`]: false for a link whose node only its own resource
     /// settles (a resolver may follow a promise, a task awaits them).
     const MAY_WAIT: bool = true;
+
+    /// See [`Graph::settling`]; a derived node settles when its upstream does.
+    fn settling(node: &Node<T, E, Self>) -> Settling {
+        match Self::upstream(node) {
+            Some(source) => Settling::Follows(source),
+            None => Settling::Unknown,
+        }
+    }
 }
 
 impl<T, E> Link<T, E> for () {
@@ -199,6 +254,10 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
 
     fn may_wait(&self) -> bool {
         L::MAY_WAIT && self.core.status() == Status::Pending
+    }
+
+    fn settling(&self) -> Settling {
+        L::settling(self)
     }
 }
 
@@ -315,6 +374,14 @@ impl<T, E> Waiters<T, E> {
 
     fn iter(&self) -> std::slice::Iter<'_, Waiter<T, E>> {
         self.as_slice().iter()
+    }
+
+    fn iter_mut(&mut self) -> std::slice::IterMut<'_, Waiter<T, E>> {
+        match self {
+            Waiters::None => [].iter_mut(),
+            Waiters::One(waiter) => std::slice::from_mut(waiter).iter_mut(),
+            Waiters::Many(all) => all.iter_mut(),
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -771,6 +838,21 @@ impl<T, E> Core<T, E> {
                     unreachable!()
                 };
                 Some(share(slot, last, copies, ops))
+            }
+        }
+    }
+
+    /// The wait of `task` registered on this promise counts as one on another
+    /// loop's work (see [`settled_by_another_loop`]), not as its own loop's.
+    pub(crate) fn count_wait_as_foreign(&self, task: &Arc<TaskWaker>) {
+        let mut inner = self.lock();
+        if let State::Pending(waiters) = &mut inner.state {
+            for waiter in waiters.iter_mut() {
+                if let Waiter::Task(registered) = waiter {
+                    if registered.is_of(task) {
+                        registered.count_as_foreign();
+                    }
+                }
             }
         }
     }

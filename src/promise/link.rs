@@ -13,8 +13,8 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::core::{
-    self, Follower, Graph, Input, Link, Lock, Node, NodeRef, Reaction, Runnable, Settle, FOLLOWER,
-    REACTION,
+    self, Follower, Graph, Input, Link, Lock, Node, NodeRef, Reaction, Runnable, Settle, Settling,
+    FOLLOWER, REACTION,
 };
 use super::Promise;
 use crate::error::Error;
@@ -493,6 +493,21 @@ impl<T, E> Link<T, E> for Hooks {
     fn upstream(node: &Node<T, E, Self>) -> Option<Arc<dyn Graph>> {
         let following = node.link.on_cancel.lock().as_ref()?.following.clone()?;
         following.source()
+    }
+
+    /// A live resolver's promise is its home loop's business: settling it from
+    /// another thread runs its reactions there.
+    fn settling(node: &Node<T, E, Self>) -> Settling {
+        let link = &node.link;
+        match &link.home {
+            Some(home) if !link.is_finished() && link.resolvers.load(Ordering::Acquire) > 0 => {
+                Settling::Loop(home.id)
+            }
+            _ => match Self::upstream(node) {
+                Some(source) => Settling::Follows(source),
+                None => Settling::Unknown,
+            },
+        }
     }
 }
 

@@ -607,6 +607,9 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
             Some(local)
         };
         let task = context::current_task_for(cx.waker());
+        // A wait registered as this loop's own business, to check once the node's
+        // lock is released (the search takes it).
+        let mut internal_wait = None;
         let key = node.key();
         // Only one of the two closures runs; the cell lets both reach the task.
         let task = std::cell::Cell::new(task);
@@ -621,6 +624,9 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
         let waiter = |has_resolver: bool| match task.take() {
             Some(task) => {
                 task.waits_on(key);
+                if !has_resolver {
+                    internal_wait = Some(task.clone());
+                }
                 Waiter::Task(TaskRef::new(task, !has_resolver))
             }
             None => Waiter::Waker(cx.waker().clone()),
@@ -633,6 +639,11 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
                 Poll::Ready(outcome)
             }
             None => {
+                if let Some(task) = internal_wait {
+                    if core::settled_by_another_loop(&**node, task.home.id) {
+                        node.core().count_wait_as_foreign(&task);
+                    }
+                }
                 if let Some(local) = idle_loop {
                     crate::event_loop::orphans::add_foreign_poller(cx.waker());
                     let next_timer = local.timers.borrow_mut().next_deadline();
