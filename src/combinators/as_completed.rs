@@ -3,6 +3,8 @@
 //! Each input costs one link ([`Promise::watch`]) reporting to shared state.
 //! Outcomes go, in arrival order, to whoever asked first: the promises handed out by
 //! `next_promise` (which `poll_next` uses too), or a queue kept for the next request.
+//! A request is settled once the lock is released, so it may be cancelled (on another
+//! thread) in between: its outcome then comes back and goes to the next request.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,6 +17,7 @@ use parking_lot::Mutex;
 
 use super::collect::{outcome, Links};
 use crate::error::Error;
+use crate::event_loop::contained;
 use crate::promise::{internal, Promise, Settler};
 
 /// The outcomes of a set of promises in the order they settle, made by
@@ -60,7 +63,8 @@ struct Completion<T: Send + 'static, E: Send + 'static> {
 
 struct CompletionState<T: Send + 'static, E: Send + 'static> {
     links: Links,
-    /// Outcomes that arrived before anyone asked for them, in arrival order.
+    /// Outcomes that arrived before anyone asked for them, in arrival order (and,
+    /// while `handing_over`, those that arrived meanwhile).
     ready: VecDeque<Result<T, E>>,
     /// Promises handed out and waiting for an outcome, in the order handed out,
     /// each with the number that identifies it if it is cancelled.
@@ -71,6 +75,10 @@ struct CompletionState<T: Send + 'static, E: Send + 'static> {
     unclaimed: usize,
     /// The `AsCompleted` is gone: once nothing waits, cancel the inputs still pending.
     dropped: bool,
+    /// An outcome is on its way to a request, outside the lock. Until it arrives,
+    /// outcomes and requests queue up behind it: one that comes back (its request
+    /// was cancelled) must still go out before them.
+    handing_over: bool,
 }
 
 impl<T: Send + 'static, E: Send + 'static> CompletionState<T, E> {
@@ -89,29 +97,76 @@ impl<T: Send + 'static, E: Send + 'static> CompletionState<T, E> {
             Links::new()
         }
     }
+
+    /// The oldest waiting request with the oldest outcome, to settle once the lock
+    /// is released; `None`, and the handing over ends, when either queue is empty.
+    fn next_hand_over(&mut self) -> Option<(Settler<T, E>, Result<T, E>)> {
+        self.handing_over = !self.waiting.is_empty() && !self.ready.is_empty();
+        if !self.handing_over {
+            return None;
+        }
+        let (_, settler) = self.waiting.pop_front()?;
+        self.ready.pop_front().map(|outcome| (settler, outcome))
+    }
 }
 
 impl<T: Send + 'static, E: Send + 'static> Completion<T, E> {
     /// An input's outcome: to the oldest waiting request, or queued for the next one.
     fn receive(&self, outcome: Result<T, E>) {
-        let (served, links) = {
-            let mut state = self.state.lock();
-            if state.unwanted() {
-                return;
-            }
-            let served = match state.waiting.pop_front() {
-                Some((_, settler)) => Some((settler, outcome)),
-                None => {
-                    state.ready.push_back(outcome);
-                    None
-                }
-            };
-            (served, state.release_if_unwanted())
-        };
-        if let Some((mut settler, outcome)) = served {
-            settler.settle(outcome);
+        if let Some((settler, outcome)) = self.take_next(outcome) {
+            self.hand_over(settler, outcome);
         }
-        links.cancel();
+    }
+
+    /// Queues `outcome` and, unless another call is handing outcomes over already,
+    /// takes the first to hand over.
+    fn take_next(&self, outcome: Result<T, E>) -> Option<(Settler<T, E>, Result<T, E>)> {
+        let mut state = self.state.lock();
+        if state.unwanted() {
+            return None;
+        }
+        state.ready.push_back(outcome);
+        if state.handing_over {
+            return None;
+        }
+        state.next_hand_over()
+    }
+
+    /// Settles `settler` with `outcome`, then the next waiting requests with the
+    /// next outcomes, until either runs out.
+    fn hand_over(&self, mut settler: Settler<T, E>, mut outcome: Result<T, E>) {
+        loop {
+            let mut given_back = None;
+            // A foreign waker that panics (it runs once the request has its outcome)
+            // must not end the handing over with `handing_over` still set: the
+            // outcomes queued behind would wait for ever.
+            contained("a waker", || {
+                given_back = settler.settle_or_give_back(outcome)
+            });
+            let (next, links, unwanted) = {
+                let mut state = self.state.lock();
+                if let Some(outcome) = given_back {
+                    // Its request was cancelled after it left `waiting`, too late
+                    // for `withdraw` to find it: the outcome is unclaimed again, and
+                    // still the oldest.
+                    state.unclaimed += 1;
+                    state.ready.push_front(outcome);
+                }
+                let next = state.next_hand_over();
+                let unwanted = if state.unwanted() {
+                    std::mem::take(&mut state.ready)
+                } else {
+                    VecDeque::new()
+                };
+                (next, state.release_if_unwanted(), unwanted)
+            };
+            links.cancel();
+            drop(unwanted);
+            match next {
+                Some((request, first)) => (settler, outcome) = (request, first),
+                None => return,
+            }
+        }
     }
 
     /// A handed-out promise was cancelled: its outcome goes to the next request.
@@ -165,6 +220,7 @@ where
             next_request: 0,
             unclaimed: inputs.len(),
             dropped: false,
+            handing_over: false,
         }),
     });
     for input in inputs {
@@ -220,7 +276,13 @@ where
             return None;
         }
         state.unclaimed -= 1;
-        if let Some(outcome) = state.ready.pop_front() {
+        // While outcomes are handed over, the oldest may still come back to `ready`.
+        let ready = if state.handing_over {
+            None
+        } else {
+            state.ready.pop_front()
+        };
+        if let Some(outcome) = ready {
             drop(state);
             return Some(match outcome {
                 Ok(value) => Promise::resolved(value),
@@ -284,7 +346,9 @@ where
     fn size_hint(&self) -> (usize, Option<usize>) {
         let state = self.shared.state.lock();
         let asked = usize::from(self.current.is_some());
-        (state.ready.len(), Some(state.unclaimed + asked))
+        // The outcomes `ready` while handed over go to the waiting requests first.
+        let ready = state.ready.len().saturating_sub(state.waiting.len());
+        (ready, Some(state.unclaimed + asked))
     }
 }
 
@@ -322,7 +386,12 @@ impl<T: Send + 'static, E: Send + 'static> Drop for AsCompleted<T, E> {
         let (ready, links) = {
             let mut state = self.shared.state.lock();
             state.dropped = true;
-            let ready = std::mem::take(&mut state.ready);
+            // Outcomes being handed over to requests still waiting stay theirs.
+            let ready = if state.unwanted() {
+                std::mem::take(&mut state.ready)
+            } else {
+                VecDeque::new()
+            };
             (ready, state.release_if_unwanted())
         };
         links.cancel();
@@ -338,5 +407,87 @@ impl<T: Send + 'static, E: Send + 'static> std::fmt::Debug for AsCompleted<T, E>
             .field("unclaimed", &state.unclaimed)
             .field("waiting", &state.waiting.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventLoop, Resolver};
+
+    /// An `AsCompleted` of `n` pending inputs, with their resolvers.
+    fn of_pending(n: usize) -> (AsCompleted<u32>, Vec<Resolver<u32>>) {
+        let (inputs, resolvers): (Vec<_>, Vec<_>) = (0..n).map(|_| Promise::pending()).unzip();
+        (as_completed(inputs), resolvers)
+    }
+
+    #[test]
+    fn an_outcome_whose_request_is_cancelled_while_it_is_handed_over_goes_to_the_next() {
+        let event_loop = EventLoop::new();
+        let (mut completed, resolvers) = of_pending(2);
+        let first = completed.next_promise().unwrap();
+        let second = completed.next_promise().unwrap();
+        // The interleaving: the first request is cancelled on another thread after
+        // its settler was taken out, before the outcome reaches it.
+        let (settler, outcome) = completed.shared.take_next(Ok(1)).unwrap();
+        assert!(first.cancel());
+        completed.shared.hand_over(settler, outcome);
+        assert!(
+            second.is_fulfilled(),
+            "the outcome went to the next request"
+        );
+        assert_eq!(event_loop.block_on(second).unwrap(), 1);
+        // The other input is still unclaimed, and comes out next.
+        let third = completed.next_promise().unwrap();
+        assert!(completed.next_promise().is_none());
+        resolvers[1].resolve(2);
+        assert_eq!(event_loop.block_on(third).unwrap(), 2);
+    }
+
+    #[test]
+    fn an_outcome_given_back_with_nobody_waiting_stays_ahead_of_later_ones() {
+        let event_loop = EventLoop::new();
+        let (mut completed, _resolvers) = of_pending(2);
+        let only = completed.next_promise().unwrap();
+        let (settler, outcome) = completed.shared.take_next(Ok(1)).unwrap();
+        assert!(only.cancel());
+        // The other input settles (its watcher on another loop's thread, say)
+        // before the first outcome comes back.
+        completed.shared.receive(Ok(2));
+        completed.shared.hand_over(settler, outcome);
+        let mut order = Vec::new();
+        while let Some(next) = completed.next_promise() {
+            order.push(event_loop.block_on(next).unwrap());
+        }
+        assert_eq!(order, [1, 2], "each outcome once, in completion order");
+    }
+
+    /// Counts its drops.
+    struct Counted(Arc<std::sync::atomic::AtomicU32>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_outcome_given_back_after_the_as_completed_is_gone_is_dropped_once() {
+        let _event_loop = EventLoop::new();
+        let (inputs, resolvers): (Vec<_>, Vec<_>) =
+            (0..2).map(|_| Promise::<Counted>::pending()).unzip();
+        let mut completed = as_completed(inputs);
+        let only = completed.next_promise().unwrap();
+        let drops = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let shared = completed.shared.clone();
+        let (settler, outcome) = shared.take_next(Ok(Counted(drops.clone()))).unwrap();
+        drop(completed);
+        assert!(only.cancel());
+        shared.hand_over(settler, outcome);
+        assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(
+            resolvers.iter().all(Resolver::is_done),
+            "the inputs are cancelled"
+        );
     }
 }

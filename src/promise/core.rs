@@ -645,7 +645,19 @@ impl<T, E> Core<T, E> {
     /// Settles the promise. Reactions go to the loop chosen by `context::schedule`
     /// (`home` is the resolver's loop, if a resolver settles it).
     pub(crate) fn settle(&self, outcome: Result<T, E>, home: Option<&LoopRef>) -> Settle {
+        self.try_settle(outcome, home).unwrap_or(Settle::Already)
+    }
+
+    /// [`settle`](Self::settle), but an outcome that comes too late (the promise
+    /// is settled or cancelled already) is given back instead of dropped: for a
+    /// caller that can still hand it to someone else.
+    pub(crate) fn try_settle(
+        &self,
+        outcome: Result<T, E>,
+        home: Option<&LoopRef>,
+    ) -> Result<Settle, Result<T, E>> {
         self.finish(Some(outcome), home)
+            .map_err(|late| late.expect("`finish` gives back the outcome it was given"))
     }
 
     /// Settles as broken: nothing is left that could settle it otherwise.
@@ -655,15 +667,20 @@ impl<T, E> Core<T, E> {
 
     /// Settles as cancelled; false if already settled.
     pub(crate) fn settle_cancelled(&self) -> bool {
-        self.finish(None, None) != Settle::Already
+        self.finish(None, None).is_ok()
     }
 
-    /// `outcome` is `None` for a cancellation.
-    fn finish(&self, outcome: Option<Result<T, E>>, home: Option<&LoopRef>) -> Settle {
+    /// `outcome` is `None` for a cancellation. If the promise is settled already,
+    /// `outcome` comes back (to be dropped once the lock is released).
+    fn finish(
+        &self,
+        outcome: Option<Result<T, E>>,
+        home: Option<&LoopRef>,
+    ) -> Result<Settle, Option<Result<T, E>>> {
         let mut inner = self.lock();
         let waiters = match &mut inner.state {
             State::Pending(waiters) => std::mem::take(waiters),
-            State::Settled(_) => return Settle::Already,
+            State::Settled(_) => return Err(outcome),
         };
         inner.has_resolver = false;
         let cancelled = outcome.is_none();
@@ -748,11 +765,11 @@ impl<T, E> Core<T, E> {
                 }
             }
         }
-        if rejected && !watched {
+        Ok(if rejected && !watched {
             Settle::Unwatched
         } else {
             Settle::Done
-        }
+        })
     }
 
     /// Consumes one handle and attaches a reaction. If the promise is already

@@ -833,6 +833,21 @@ impl<T: Send + 'static, E: Send + 'static, L: core::Link<T, E>> Settler<T, E, L>
             settle(&node, outcome, None);
         }
     }
+
+    /// [`settle`](Self::settle), but if the promise was cancelled first (from
+    /// another thread, say) the outcome is given back, for the caller to hand to
+    /// someone else rather than lose.
+    pub(crate) fn settle_or_give_back(mut self, outcome: Result<T, E>) -> Option<Result<T, E>> {
+        let Some(node) = self.node.take() else {
+            return Some(outcome);
+        };
+        match node.core.try_settle(outcome, None) {
+            Ok(core::Settle::Unwatched) => context::track_unhandled(node),
+            Ok(_) => {}
+            Err(late) => return Some(late),
+        }
+        None
+    }
 }
 
 impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
