@@ -1,10 +1,9 @@
 //! The promise core under stress: chaining cycles through resolvers,
 //! unhandled-rejection reports (a rejection settled on another thread, made
 //! before any loop, let go by a cancelled follower), `Error`'s source chain, deep
-//! resolver chains, and orders checked against Node.js 20. (Two faults found
-//! with these are not fixed yet, see "Not done yet" in `docs/design.md`: a
-//! combinator of a user error type rejected by a cancelled input is reported as
-//! unhandled, and wrapping a promise again and again costs quadratic time.)
+//! resolver chains, and orders checked against Node.js 20. (A fault found with
+//! these is not fixed yet, see "Not done yet" in `docs/design.md`: a combinator
+//! of a user error type rejected by a cancelled input is reported as unhandled.)
 
 mod common;
 

@@ -44,8 +44,10 @@ pub(crate) trait Runnable: Send + Sync {
 pub(crate) trait Graph: Send + Sync {
     /// Identity of the node.
     fn key(&self) -> usize;
-    /// The nodes whose settlement waits on this one.
-    fn downstream(&self, out: &mut Vec<Arc<dyn Graph>>);
+    /// The nodes whose settlement waits on this one: those whose
+    /// [`upstream`](Self::upstream) it is and, `through_tasks`, the promises of
+    /// the tasks awaiting it (which have no upstream: a task awaits many).
+    fn downstream(&self, out: &mut Vec<Arc<dyn Graph>>, through_tasks: bool);
     /// The rejection reason, if this promise was rejected and nobody ever consumed it.
     fn unhandled(&self) -> Option<Error>;
     /// The consumer `consumer` (a reaction, follower or collector of this node)
@@ -55,8 +57,10 @@ pub(crate) trait Graph: Send + Sync {
     fn withdraw_consumer(&self, consumer: Consumer) -> bool;
     /// Cancels this node; false if it was settled already.
     fn cancel_node(self: Arc<Self>) -> bool;
-    /// The one promise this node waits on now, if it is derived from one (a `then`
-    /// link waiting on its parent, or following the promise its handler returned).
+    /// The one promise this node waits on now as one of its waiters, if it is
+    /// derived from one (a `then` link waiting on its parent, or following the
+    /// promise its handler returned, once attached to it): the reverse of
+    /// [`downstream`](Self::downstream) without tasks.
     fn upstream(&self) -> Option<Arc<dyn Graph>>;
     /// False when nothing but its own resource can settle this node (a timer's
     /// promise) or it is settled already: then it waits on no promise, and adopting
@@ -209,14 +213,15 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
         &self.core as *const Core<T, E> as usize
     }
 
-    fn downstream(&self, out: &mut Vec<Arc<dyn Graph>>) {
+    fn downstream(&self, out: &mut Vec<Arc<dyn Graph>>, through_tasks: bool) {
         let inner = self.core.lock();
         if let State::Pending(waiters) = &inner.state {
             for waiter in waiters.iter() {
                 let next = match waiter {
                     Waiter::Reaction(reaction) => reaction.clone().target(),
                     Waiter::Follower(follower) => Some(follower.clone().node()),
-                    Waiter::Task(task) => task.output(),
+                    Waiter::Task(task) if through_tasks => task.output(),
+                    Waiter::Task(_) => None,
                     Waiter::Collector(..) | Waiter::Waker(_) => None,
                 };
                 out.extend(next);

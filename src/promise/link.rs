@@ -291,15 +291,27 @@ where
         }
     }
 
+    /// Not the promise it is queued to follow: the cycle search sees only attached
+    /// links (the link checks for a cycle itself when it attaches).
     fn upstream(node: &Node<T, E, Self>) -> Option<Arc<dyn Graph>> {
         match &*node.link.slot.lock() {
             Slot::Waiting { parent, .. } => Some(parent.clone()),
-            Slot::Adopting(promise) => {
-                let source: Arc<dyn Graph> = promise.node.clone()?;
-                Some(source)
-            }
+            Slot::Following(source) => Some(source.clone()),
+            Slot::Adopting(_) | Slot::Ready { .. } | Slot::Forwarding(_) | Slot::Done => None,
+        }
+    }
+
+    /// The promise it is queued to follow too: that one's settler settles it.
+    fn settling(node: &Node<T, E, Self>) -> Settling {
+        let source = match &*node.link.slot.lock() {
+            Slot::Waiting { parent, .. } => Some(parent.clone()),
+            Slot::Adopting(promise) => promise.node.clone().map(|node| node as Arc<dyn Graph>),
             Slot::Following(source) => Some(source.clone()),
             Slot::Ready { .. } | Slot::Forwarding(_) | Slot::Done => None,
+        };
+        match source {
+            Some(source) => Settling::Follows(source),
+            None => Settling::Unknown,
         }
     }
 }
@@ -664,43 +676,78 @@ impl<T, E> Drop for Forward<T, E> {
     }
 }
 
-/// Promises followed at most walking up from an adopted promise (see
-/// [`creates_cycle`]): far more than any real chain, a bound for safety only.
-const UPSTREAM_WALK_LIMIT: usize = 1 << 24;
+/// Steps the chaining-cycle search takes at most: far more than any real graph,
+/// a bound for safety only.
+const SEARCH_LIMIT: usize = 1 << 24;
 
-/// Nodes visited at most when also looking downstream (for cycles that pass
-/// through something with no single upstream, such as a task).
+/// Nodes visited at most when also looking downstream through tasks (for cycles
+/// that pass through something with no single upstream).
 const DOWNSTREAM_SEARCH_BUDGET: usize = 64;
 
 /// True if `source` (transitively) waits on `target`, so that `target` adopting
 /// `source` would wait on itself.
 ///
 /// What a promise waits on is a chain, not a tree (a `then` link waits on its
-/// parent, a link following a returned promise on that one), so walking it up from
-/// `source` costs its length and finds a cycle of any length through `then` links
-/// and adoptions. A short search downstream of `target` catches the rest.
+/// parent, a link following a returned promise on that one), and what waits on it
+/// is the tree of such chains ending there: `source` waits on `target` when the
+/// chain up from `source` meets `target`, which is when the tree down from
+/// `target` holds `source`. So [`waits_on`] walks both, a step each in turn, and
+/// stops as soon as either ends: it costs twice the smaller, and finds a cycle of
+/// any length through `then` links and adoptions. (Wrapping a promise again and
+/// again, each wrapper adopts a long chain but nothing waits on it yet: a step
+/// each, where walking up alone made the wrappers cost quadratic time.) A short
+/// search downstream of `target` through tasks catches some more.
 fn creates_cycle(target: &dyn Graph, source: Arc<dyn Graph>) -> bool {
     if !source.may_wait() {
         return false; // a timer's promise, or a settled one: it waits on nothing
     }
-    let wanted = target.key();
-    let mut current = Some(source.clone());
-    let mut walked = 0;
-    while let Some(node) = current {
-        if node.key() == wanted {
+    waits_on(&source, target) || reaches_through_tasks(target, source.key())
+}
+
+/// True if the chain `source` waits on reaches `target` (see [`creates_cycle`]).
+///
+/// Only links attached to what they wait on count, on both sides (they are the
+/// waiters `downstream` lists): a `then` child or a forwarder queued to follow a
+/// promise searches for a cycle itself when it attaches, and sees this one's link
+/// then, so the cycle is refused wherever it closes.
+fn waits_on(source: &Arc<dyn Graph>, target: &dyn Graph) -> bool {
+    let (top, bottom) = (target.key(), source.key());
+    visit();
+    if bottom == top {
+        return true;
+    }
+    let mut up = source.upstream();
+    let mut down = Vec::new();
+    target.downstream(&mut down, false);
+    for _ in 0..SEARCH_LIMIT {
+        let Some(node) = down.pop() else {
+            return false; // nothing below `target` is `source`
+        };
+        visit();
+        if node.key() == bottom {
             return true;
         }
-        walked += 1;
-        if walked > UPSTREAM_WALK_LIMIT {
-            break;
+        node.downstream(&mut down, false);
+        let Some(node) = up else {
+            return false; // `source`'s chain ended without `target`
+        };
+        visit();
+        if node.key() == top {
+            return true;
         }
-        current = node.upstream();
+        up = node.upstream();
     }
-    let wanted = source.key();
+    false
+}
+
+/// True if a promise within the first few downstream of `target`, tasks' promises
+/// included, is `wanted`.
+fn reaches_through_tasks(target: &dyn Graph, wanted: usize) -> bool {
     let mut frontier = Vec::new();
-    target.downstream(&mut frontier);
+    target.downstream(&mut frontier, true);
     let mut visited = 0;
     while let Some(node) = frontier.pop() {
+        visit();
         if node.key() == wanted {
             return true;
         }
@@ -708,9 +755,16 @@ fn creates_cycle(target: &dyn Graph, source: Arc<dyn Graph>) -> bool {
         if visited >= DOWNSTREAM_SEARCH_BUDGET {
             return false;
         }
-        node.downstream(&mut frontier);
+        node.downstream(&mut frontier, true);
     }
     false
+}
+
+/// Counts a node the cycle search looked at, for the unit tests of its cost.
+#[inline(always)]
+fn visit() {
+    #[cfg(test)]
+    tests::VISITS.with(|visits| visits.set(visits.get() + 1));
 }
 
 /// A consumer of one promise's outcome that is not a promise itself: the inputs
@@ -811,7 +865,91 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
+    use crate::EventLoop;
+
+    thread_local! {
+        /// Nodes the chaining-cycle search visited on this thread.
+        pub(super) static VISITS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Runs `wrap` on a fresh loop, returning the value it settles with and the
+    /// nodes the cycle search visited meanwhile.
+    fn visits_while(wrap: impl FnOnce() -> Promise<u64>) -> (u64, usize) {
+        let event_loop = EventLoop::new();
+        VISITS.with(|v| v.set(0));
+        let value = event_loop.block_on(wrap()).expect("the wrapped value");
+        (value, VISITS.with(Cell::get))
+    }
+
+    /// Each wrapper adopts the previous one, all queued to follow in the same
+    /// tick: the search must not walk the whole chain adopted so far.
+    #[test]
+    fn wrapping_a_promise_again_and_again_costs_a_search_linear_in_the_wrappers() {
+        for wrappers in [1_000u64, 2_000, 4_000] {
+            let (value, visits) = visits_while(|| {
+                let mut p = Promise::<u64>::resolved(7);
+                for _ in 0..wrappers {
+                    p = Promise::<(), Error>::resolved(()).then(move |()| p);
+                }
+                p
+            });
+            assert_eq!(value, 7);
+            assert!(
+                visits as u64 <= 2 * wrappers,
+                "{wrappers} then wrappers: {visits} nodes visited"
+            );
+            // The same through resolvers, each following the one made before it.
+            let (value, visits) = visits_while(|| {
+                let mut p = Promise::<u64>::resolved(7);
+                for _ in 0..wrappers {
+                    let (next, resolver) = Promise::<u64>::pending();
+                    assert!(resolver.resolve_with(p));
+                    p = next;
+                }
+                p
+            });
+            assert_eq!(value, 7);
+            assert!(
+                visits as u64 <= 2 * wrappers,
+                "{wrappers} resolver wrappers: {visits} nodes visited"
+            );
+        }
+    }
+
+    /// A ring of `then` children, each returning the next, all queued to follow in
+    /// the same tick: none of them sees another's link before it attaches, and the
+    /// one that closes the ring refuses it, whichever order they attach in.
+    #[test]
+    fn a_ring_of_then_children_adopting_each_other_at_once_is_a_chaining_cycle() {
+        let event_loop = EventLoop::new();
+        for ring in [1usize, 2, 3, 64, 65, 1_000] {
+            for backwards in [false, true] {
+                let slots: Vec<Arc<Lock<Option<Promise<u64>>>>> =
+                    (0..ring).map(|_| Arc::default()).collect();
+                let children: Vec<Promise<u64>> = (0..ring)
+                    .map(|i| {
+                        let next = if backwards { i + ring - 1 } else { i + 1 };
+                        let slot = slots[next % ring].clone();
+                        Promise::<(), Error>::resolved(())
+                            .then(move |()| slot.lock().take().expect("filled before the loop"))
+                    })
+                    .collect();
+                for (slot, child) in slots.iter().zip(&children) {
+                    *slot.lock() = Some(child.clone());
+                }
+                for child in children {
+                    let err = event_loop.block_on(child).unwrap_err();
+                    assert!(
+                        err.is_deadlock() && err.to_string().contains("chaining cycle"),
+                        "ring of {ring} (backwards: {backwards}): {err}"
+                    );
+                }
+            }
+        }
+    }
 
     /// A pending promise for a slot to wait on.
     fn a_parent() -> Arc<dyn Graph> {
