@@ -34,6 +34,9 @@ struct Context {
     task: RefCell<Option<Arc<TaskWaker>>>,
     /// Where unhandled rejections go (`None`: stderr).
     unhandled_hook: RefCell<Option<UnhandledHook>>,
+    /// The promises `block_on`'s own future waits on as this loop's own business,
+    /// from its last poll (see [`block_on_waits_elsewhere`]).
+    block_on_waits: RefCell<Vec<std::sync::Weak<dyn Graph>>>,
 }
 
 impl Context {
@@ -46,6 +49,7 @@ impl Context {
             graveyard: RefCell::new(None),
             task: RefCell::new(None),
             unhandled_hook: RefCell::new(None),
+            block_on_waits: RefCell::new(Vec::new()),
         }
     }
 }
@@ -169,12 +173,21 @@ pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
         Ok(Target::Local(local)) => local.push(Job::Run(job)),
         Ok(Target::Grave) => job.abandon(),
         Ok(Target::Orphan) => orphans::push(job, home),
-        Ok(Target::Elsewhere) => match home {
-            Some(home) if home.is_driven() || home.is_closed() => home.inject(SendJob::Run(job)),
-            _ => orphans::push(job, home),
-        },
-        // The thread is exiting: nothing will ever run this; settle it as broken.
+        Ok(Target::Elsewhere) => send_elsewhere(job, home),
+        // The thread is exiting (a resolver settled or dropped by a thread-local's
+        // destructor): none of its loops will run this, but the home loop of a
+        // resolver's promise lives on another thread, or is nobody's to run.
+        Err(_) if home.is_some() => send_elsewhere(job, home),
         Err(_) => job.abandon(),
+    }
+}
+
+/// Queues a reaction whose home loop is not one of this thread's: on that loop if
+/// a thread drives it (or abandoned with it if it is gone), else as an orphan.
+fn send_elsewhere(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
+    match home {
+        Some(home) if home.is_driven() || home.is_closed() => home.inject(SendJob::Run(job)),
+        _ => orphans::push(job, home),
     }
 }
 
@@ -456,4 +469,44 @@ pub(crate) fn current_task_for(waker: &std::task::Waker) -> Option<Arc<TaskWaker
         })
         .ok()
         .flatten()
+}
+
+/// Remembers that `block_on`'s own future waits on `node`, a wait that counted as
+/// this loop's own business when it was registered.
+pub(crate) fn record_block_on_wait(node: std::sync::Weak<dyn Graph>) {
+    let _ = CONTEXT.try_with(|cx| cx.block_on_waits.borrow_mut().push(node));
+}
+
+/// Forgets the waits of `block_on`'s future: it is about to be polled again, and
+/// registers what it still waits on.
+pub(crate) fn clear_block_on_waits() {
+    let _ = CONTEXT.try_with(|cx| cx.block_on_waits.borrow_mut().clear());
+}
+
+/// True if one of the waits of `block_on`'s future on loop `here`, which has run
+/// out of work, now depends on another loop's work. The search made when a wait
+/// registers sees the chain as it was then; since, the chain may have come to
+/// follow another loop's task (a handler returned one), or the job that takes it
+/// further may sit on another loop's queue (its parent settled there just before
+/// the wait registered).
+///
+/// A job queued on another loop of this thread would never run while `here`
+/// waits: if one of them has work queued, a queued job is not known to be
+/// another thread's, and counts as `here`'s own (as when the wait registered).
+pub(crate) fn block_on_waits_elsewhere(here: u64) -> bool {
+    let Ok((waits, idle)) = CONTEXT.try_with(|cx| {
+        let others_busy = cx
+            .created
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|local| local.shared.id != here && local.has_ready_work());
+        (cx.block_on_waits.borrow().clone(), !others_busy)
+    }) else {
+        return false;
+    };
+    waits
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .any(|node| core::settled_by_another_loop(&*node, here, idle))
 }

@@ -98,6 +98,10 @@ impl Shared {
         }
         self.has_injected.store(true, Ordering::Release);
         self.reactor.notify();
+        // Pairs with the fence in `orphans::add_foreign_poller`: a poll from another
+        // executor that has just stopped driving this loop either is seen here as
+        // not driving it, or sees this job when it registers its waker.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if !self.is_driven() {
             // Its thread may be awaiting through another executor: bring it back.
             orphans::wake_foreign_pollers();
@@ -110,6 +114,11 @@ impl Shared {
 
     pub(crate) fn reactor(&self) -> &Reactor {
         &self.reactor
+    }
+
+    /// Work from other threads waits to be taken.
+    pub(crate) fn has_injected(&self) -> bool {
+        self.has_injected.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_driven(&self) -> bool {
@@ -427,7 +436,7 @@ impl Local {
         }
     }
 
-    fn has_ready_work(&self) -> bool {
+    pub(crate) fn has_ready_work(&self) -> bool {
         !self.micro.borrow().is_empty()
             || !self.immediates.borrow().is_empty()
             || self.shared.has_injected.load(Ordering::Acquire)
@@ -542,6 +551,11 @@ impl Drop for Local {
         let orphans_abandoned = self.orphans_taken.replace(0);
         if orphans_abandoned > 0 {
             orphans::finished(orphans_abandoned);
+        }
+        if self.shared.is_kept_alive() {
+            // Its live resolvers no longer count as undriven ones for other loops'
+            // `block_on`: one that waits only for them must re-check.
+            orphans::notify_driven_loops();
         }
         orphans::wake_foreign_pollers();
     }

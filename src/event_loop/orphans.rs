@@ -60,13 +60,14 @@ pub(crate) fn notify_driven_loops() {
 }
 
 /// True if a loop nobody drives has live resolvers: their reactions would become
-/// orphans that a waiting loop runs, so waiting is not a deadlock.
+/// orphans that a waiting loop runs, so waiting is not a deadlock. A loop that is
+/// gone does not count: the reactions its resolvers send it are abandoned.
 pub(crate) fn undriven_resolvers_exist() -> bool {
     LOOPS
         .lock()
         .iter()
         .filter_map(Weak::upgrade)
-        .any(|shared| !shared.is_driven() && shared.is_kept_alive())
+        .any(|shared| !shared.is_driven() && !shared.is_closed() && shared.is_kept_alive())
 }
 
 /// Adds a reaction nobody would run otherwise; `home` is the loop it was meant for.
@@ -123,8 +124,23 @@ pub(crate) fn finished(count: usize) {
     }
 }
 
-pub(crate) fn add_foreign_poller(waker: &Waker) {
+/// Asks for `waker` to be woken when work appears that a poll from another
+/// executor would run, for `home`, the loop such a poll drives: work injected
+/// into it, or an orphan.
+///
+/// The poll turned `home` before it asks, and work that arrived in between found
+/// no loop driven and no waker to wake: that is checked here, under the lock that
+/// [`wake_foreign_pollers`] takes, and wakes `waker` at once.
+pub(crate) fn add_foreign_poller(waker: &Waker, home: &Shared) {
+    // Pairs with the fence in `Shared::inject`: either the injector sees the loop
+    // no longer driven (and wakes the pollers), or this sees its work.
+    std::sync::atomic::fence(Ordering::SeqCst);
     let mut wakers = FOREIGN_POLLERS.lock();
+    if home.has_injected() || HAS_ORPHANS.load(Ordering::Acquire) {
+        drop(wakers);
+        waker.wake_by_ref();
+        return;
+    }
     if !wakers.iter().any(|w| w.will_wake(waker)) {
         wakers.push(waker.clone());
     }

@@ -80,6 +80,9 @@ pub(crate) enum Settling {
     Follows(Arc<dyn Graph>),
     /// These promises (a combinator's inputs still pending).
     Inputs(Vec<Arc<dyn Graph>>),
+    /// A job that settles it, or that takes it a step further, is queued on some
+    /// loop: one that has run out of work knows it is another loop's.
+    Queued,
     /// Nothing a loop's deadlock check can see (a settled node, or one the library
     /// settles from a thread or from state it does not expose).
     Unknown,
@@ -90,22 +93,28 @@ pub(crate) enum Settling {
 pub(crate) const SETTLING_SEARCH: usize = 64;
 
 /// True when `node` waits, within a short upstream search, on the work of a loop
-/// other than `here`: a task or timer of that loop, or a live resolver that loop
-/// keeps. A task of `here` waiting on such a node is not deadlocked when `here`
-/// runs out of work, since the other loop may still settle it. Past the search,
-/// or when nothing says, the node counts as `here`'s own business.
-pub(crate) fn settled_by_another_loop(node: &dyn Graph, here: u64) -> bool {
+/// of another thread than `here`'s: a task or timer of that loop, or a live
+/// resolver that loop keeps. A task of `here` waiting on such a node is not
+/// deadlocked when `here` runs out of work, since the other loop may still settle
+/// it. Past the search, or when nothing says, the node counts as `here`'s own
+/// business; so does the work of another loop of this thread, which cannot run
+/// while `here` waits on this thread.
+///
+/// `idle` says that `here` has run out of work: then a job queued for a node of
+/// the chain ([`Settling::Queued`]) is on another loop's queue, which will run it.
+pub(crate) fn settled_by_another_loop(node: &dyn Graph, here: u64, idle: bool) -> bool {
     let mut pending = Vec::new();
     let mut next = node.settling();
     for _ in 0..SETTLING_SEARCH {
         match next {
-            Settling::Loop(id) if id != here => return true,
+            Settling::Loop(id) if id != here && context::local_loop(id).is_none() => return true,
+            Settling::Queued if idle => return true,
             Settling::Follows(source) => {
                 next = source.settling();
                 continue;
             }
             Settling::Inputs(inputs) => pending.extend(inputs),
-            Settling::Loop(_) | Settling::Unknown => {}
+            Settling::Loop(_) | Settling::Queued | Settling::Unknown => {}
         }
         match pending.pop() {
             Some(input) => next = input.settling(),

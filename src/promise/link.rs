@@ -311,6 +311,9 @@ where
         };
         match source {
             Some(source) => Settling::Follows(source),
+            // Its job is queued with the input (its handler's, or the outcome to
+            // forward), on the loop that settled the parent.
+            None if node.core.status() == core::Status::Pending => Settling::Queued,
             None => Settling::Unknown,
         }
     }
@@ -515,10 +518,21 @@ impl<T, E> Link<T, E> for Hooks {
             Some(home) if !link.is_finished() && link.resolvers.load(Ordering::Acquire) > 0 => {
                 Settling::Loop(home.id)
             }
-            _ => match Self::upstream(node) {
-                Some(source) => Settling::Follows(source),
-                None => Settling::Unknown,
-            },
+            _ => {
+                let registered = node.link.on_cancel.lock();
+                let following = registered.as_ref().and_then(|r| r.following.clone());
+                drop(registered);
+                match following {
+                    Some(forward) => match forward.source() {
+                        Some(source) => Settling::Follows(source),
+                        // Queued to attach to the promise it follows, or to
+                        // forward its outcome.
+                        None if forward.is_queued() => Settling::Queued,
+                        None => Settling::Unknown,
+                    },
+                    None => Settling::Unknown,
+                }
+            }
         }
     }
 }
@@ -529,6 +543,8 @@ pub(crate) trait Cancel: Send + Sync {
     /// The promise being followed, once attached to it and until the outcome is
     /// forwarded.
     fn source(&self) -> Option<Arc<dyn Graph>>;
+    /// A job of the forwarder is queued: to attach, or to forward the outcome.
+    fn is_queued(&self) -> bool;
 }
 
 /// Follows `source` and settles `target` with its outcome, one microtask later (as
@@ -663,6 +679,10 @@ impl<T: Send + 'static, E: Send + 'static> Cancel for Forward<T, E> {
             Step::Waiting(source) => Some(source.clone()),
             Step::Attach(_) | Step::Forward(_) | Step::Done => None,
         }
+    }
+
+    fn is_queued(&self) -> bool {
+        matches!(&*self.step.lock(), Step::Attach(_) | Step::Forward(_))
     }
 }
 

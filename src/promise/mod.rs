@@ -640,12 +640,17 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
             }
             None => {
                 if let Some(task) = internal_wait {
-                    if core::settled_by_another_loop(&**node, task.home.id) {
+                    if core::settled_by_another_loop(&**node, task.home.id, false) {
                         node.core().count_wait_as_foreign(&task);
+                    } else if task.key == usize::MAX {
+                        // `block_on`'s own future: looked at again if the loop
+                        // runs out of work.
+                        let node: Arc<dyn Graph> = node.clone();
+                        context::record_block_on_wait(Arc::downgrade(&node));
                     }
                 }
                 if let Some(local) = idle_loop {
-                    crate::event_loop::orphans::add_foreign_poller(cx.waker());
+                    crate::event_loop::orphans::add_foreign_poller(cx.waker(), &local.shared);
                     let next_timer = local.timers.borrow_mut().next_deadline();
                     if let Some(deadline) = next_timer {
                         crate::timer::wake_at(deadline, cx.waker().clone());
