@@ -138,6 +138,51 @@ fn a_chain_whose_parent_settled_on_a_busy_worker_is_not_a_deadlock() {
 }
 
 #[test]
+fn run_waits_for_a_task_whose_chain_has_its_handler_queued_on_a_busy_worker() {
+    within(|| {
+        let (handle, thread) = worker();
+        let (made, promise) = mpsc::channel();
+        let (attached, handler_attached) = mpsc::channel::<()>();
+        let (resolved, was_resolved) = mpsc::channel::<()>();
+        let (returned, main_returned) = mpsc::channel::<()>();
+        handle.post(move || {
+            let (p, r) = Promise::<u64>::pending();
+            made.send(p).unwrap();
+            handler_attached.recv().unwrap();
+            r.resolve(20);
+            resolved.send(()).unwrap();
+            // Still busy in this job: the handler main attached runs after it.
+            let _ = main_returned.recv_timeout(BUSY);
+        });
+        let p: Promise<u64> = promise.recv().unwrap();
+        let child = p.then(|v| Ok(v + 1));
+        attached.send(()).unwrap();
+        was_resolved.recv().unwrap();
+        let event_loop = EventLoop::new();
+        let (seen, got) = mpsc::channel();
+        // The task's wait registers with the parent settled and its handler
+        // queued on the worker; then this loop runs out of work.
+        drop(event_loop.block_on(async {
+            Ok::<_, Error>(thenable::spawn_local(async move {
+                seen.send(child.await).unwrap();
+                Ok::<_, Error>(())
+            }))
+        }));
+        event_loop.run().unwrap();
+        let outcome = got.try_recv();
+        let _ = returned.send(());
+        drop(handle);
+        thread.join().unwrap();
+        assert_eq!(
+            outcome
+                .expect("`run` returned before its task finished")
+                .unwrap(),
+            21
+        );
+    });
+}
+
+#[test]
 fn a_handler_returning_a_remote_task_is_not_a_deadlock() {
     within(|| {
         let (handle, go, thread) = held_worker();

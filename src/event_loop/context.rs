@@ -484,8 +484,18 @@ pub(crate) fn clear_block_on_waits() {
 }
 
 /// True if one of the waits of `block_on`'s future on loop `here`, which has run
-/// out of work, now depends on another loop's work. The search made when a wait
-/// registers sees the chain as it was then; since, the chain may have come to
+/// out of work, now depends on another loop's work (see [`waits_elsewhere`]).
+pub(crate) fn block_on_waits_elsewhere(here: u64) -> bool {
+    let waits = CONTEXT
+        .try_with(|cx| cx.block_on_waits.borrow().clone())
+        .unwrap_or_default();
+    waits_elsewhere(here, &waits)
+}
+
+/// True if one of `waits`, promises that tasks of loop `here` wait on and that
+/// counted as `here`'s own business when the waits registered, now depends on
+/// another loop's work, `here` having run out of work. The search made when a
+/// wait registers saw the chain as it was then; since, the chain may have come to
 /// follow another loop's task (a handler returned one), or the job that takes it
 /// further may sit on another loop's queue (its parent settled there just before
 /// the wait registered).
@@ -493,18 +503,19 @@ pub(crate) fn clear_block_on_waits() {
 /// A job queued on another loop of this thread would never run while `here`
 /// waits: if one of them has work queued, a queued job is not known to be
 /// another thread's, and counts as `here`'s own (as when the wait registered).
-pub(crate) fn block_on_waits_elsewhere(here: u64) -> bool {
-    let Ok((waits, idle)) = CONTEXT.try_with(|cx| {
-        let others_busy = cx
-            .created
-            .borrow()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .any(|local| local.shared.id != here && local.has_ready_work());
-        (cx.block_on_waits.borrow().clone(), !others_busy)
-    }) else {
+pub(crate) fn waits_elsewhere(here: u64, waits: &[std::sync::Weak<dyn Graph>]) -> bool {
+    if waits.is_empty() {
         return false;
-    };
+    }
+    let idle = CONTEXT
+        .try_with(|cx| {
+            !cx.created
+                .borrow()
+                .iter()
+                .filter_map(Weak::upgrade)
+                .any(|local| local.shared.id != here && local.has_ready_work())
+        })
+        .unwrap_or(false);
     waits
         .iter()
         .filter_map(std::sync::Weak::upgrade)

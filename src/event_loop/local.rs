@@ -201,7 +201,15 @@ pub(crate) struct Local {
     unhandled: RefCell<Vec<Arc<dyn Graph>>>,
     /// Orphan reactions moved to `micro` and not yet run (see `orphans::in_flight`).
     orphans_taken: Cell<usize>,
+    /// Promises this loop's tasks wait on, which counted as its own business when
+    /// the waits registered: searched again when the loop runs out of work (see
+    /// `context::waits_elsewhere`). Those whose task or promise is gone are
+    /// dropped before the list grows.
+    task_waits: RefCell<Vec<TaskWait>>,
 }
+
+/// A task, and a promise it waits on.
+type TaskWait = (Weak<TaskWaker>, Weak<dyn Graph>);
 
 impl Local {
     pub(crate) fn new() -> Local {
@@ -227,6 +235,7 @@ impl Local {
             live_tasks: Cell::new(0),
             unhandled: RefCell::new(Vec::new()),
             orphans_taken: Cell::new(0),
+            task_waits: RefCell::new(Vec::new()),
         }
     }
 
@@ -451,10 +460,29 @@ impl Local {
         {
             return true;
         }
-        self.tasks.borrow().iter().any(|slot| match slot {
+        let foreign = self.tasks.borrow().iter().any(|slot| match slot {
             TaskSlot::Taken(entry) => entry.future.is_some() && entry.task.has_foreign_wakers(),
             TaskSlot::Free { .. } => false,
-        })
+        });
+        foreign || self.task_waits_elsewhere()
+    }
+
+    /// A task of this loop waits on `node`, a wait that counted as the loop's own.
+    pub(crate) fn record_task_wait(&self, task: &Arc<TaskWaker>, node: Weak<dyn Graph>) {
+        let mut waits = self.task_waits.borrow_mut();
+        if waits.len() == waits.capacity() {
+            waits.retain(wait_may_go_on);
+        }
+        waits.push((Arc::downgrade(task), node));
+    }
+
+    fn task_waits_elsewhere(&self) -> bool {
+        let waits: Vec<Weak<dyn Graph>> = {
+            let mut waits = self.task_waits.borrow_mut();
+            waits.retain(wait_may_go_on);
+            waits.iter().map(|(_, node)| node.clone()).collect()
+        };
+        context::waits_elsewhere(self.shared.id, &waits)
     }
 
     /// Turns the loop until `done()`, or until nothing could ever bring more work
@@ -561,6 +589,11 @@ impl Drop for Local {
     }
 }
 
+/// A recorded task wait whose task and promise both still exist.
+fn wait_may_go_on((task, node): &TaskWait) -> bool {
+    task.strong_count() > 0 && node.strong_count() > 0
+}
+
 /// Drops what a cancelled task left, as a cancellation; a destructor that panics
 /// is reported, not unwound into the loop or the caller of `cancel`.
 fn drop_cancelled<T>(value: T) {
@@ -584,4 +617,29 @@ pub(crate) fn report_panic(what: &str, payload: &(dyn std::any::Any + Send)) {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".into());
     eprintln!("thenable: {what} panicked: {message} (the loop goes on)");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{sleep, spawn_local, Error, EventLoop};
+
+    #[test]
+    fn the_waits_a_task_is_done_with_are_dropped_as_the_list_grows() {
+        let event_loop = EventLoop::new();
+        let waits = 1_000;
+        let task = spawn_local(async move {
+            // Each wait on a sleep counts as the loop's own business, and is
+            // recorded for the check made when the loop runs out of work.
+            for _ in 0..waits {
+                sleep(Duration::ZERO).await?;
+            }
+            Ok::<_, Error>(())
+        });
+        event_loop.block_on(task).unwrap();
+        let recorded = event_loop.local.task_waits.borrow().len();
+        assert!(recorded > 0, "the waits were recorded");
+        assert!(recorded < 64, "{recorded} of {waits} waits still recorded");
+    }
 }

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use self::core::{Core, Graph, Input, Node, NodeRef, Status, Waiter};
+use self::core::{Core, Graph, Input, Node, NodeDyn, NodeRef, Status, Waiter};
 #[doc(hidden)]
 pub use self::link::Next;
 pub(crate) use self::link::Observation;
@@ -642,11 +642,15 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
                 if let Some(task) = internal_wait {
                     if core::settled_by_another_loop(&**node, task.home.id, false) {
                         node.core().count_wait_as_foreign(&task);
-                    } else if task.key == usize::MAX {
-                        // `block_on`'s own future: looked at again if the loop
-                        // runs out of work.
-                        let node: Arc<dyn Graph> = node.clone();
-                        context::record_block_on_wait(Arc::downgrade(&node));
+                    } else {
+                        // Looked at again if the loop runs out of work.
+                        let wait: std::sync::Weak<dyn NodeDyn<T, E>> = Arc::downgrade(node);
+                        let wait: std::sync::Weak<dyn Graph> = wait;
+                        if task.key == usize::MAX {
+                            context::record_block_on_wait(wait);
+                        } else if let Some(local) = context::local_loop(task.home.id) {
+                            local.record_task_wait(&task, wait);
+                        }
                     }
                 }
                 if let Some(local) = idle_loop {
