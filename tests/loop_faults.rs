@@ -1,8 +1,7 @@
 //! Adversarial checks of tasks and the event loop: a missed deadlock across
 //! loops, panics in destructors the loop runs, and wakes that come late or from
-//! other threads (depth on a small stack is in `depth.rs`). (False deadlocks across loops, where a
-//! `block_on` waits on a task or a chain another thread's running loop will
-//! settle, are a known limitation: see "Not done yet" in `docs/design.md`.)
+//! other threads (depth on a small stack is in `depth.rs`; waits on another
+//! loop's work are in `remote_loops.rs` and `many_loops.rs`).
 
 mod common;
 
@@ -116,6 +115,28 @@ impl Future for ReadyThenPanicOnDrop {
     fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(Ok(1))
     }
+}
+
+#[test]
+fn a_resolver_settled_after_its_loop_is_gone_contains_a_panicking_handler_drop() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let (promise, resolver) = Promise::<u32>::pending();
+        let bomb = PanicOnDrop;
+        // Dropping the derived promise leaves the handler attached.
+        drop(promise.then(move |v| {
+            let _keep = &bomb;
+            Ok(v)
+        }));
+        drop(event_loop);
+        // The reaction is sent to the loop it belongs to, which is gone: it is
+        // abandoned there, dropping the handler, whose destructor panics.
+        let resolved = thread::spawn(move || resolver.resolve(1)).join();
+        assert!(
+            matches!(resolved, Ok(true)),
+            "the handler's panic unwound out of `resolve`"
+        );
+    });
 }
 
 #[test]

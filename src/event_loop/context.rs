@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use super::{orphans, EventLoop, Job, Local, SendJob, Shared};
+use super::{contained, orphans, EventLoop, Job, Local, SendJob, Shared};
 use crate::promise::core::{self, Graph, Runnable};
 use crate::task::TaskWaker;
 
@@ -178,7 +178,8 @@ pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
         // destructor): none of its loops will run this, but the home loop of a
         // resolver's promise lives on another thread, or is nobody's to run.
         Err(_) if home.is_some() => send_elsewhere(job, home),
-        Err(_) => job.abandon(),
+        // In a thread-local's destructor, a panic would abort the process.
+        Err(_) => contained("an abandoned reaction", || job.abandon()),
     }
 }
 
@@ -424,7 +425,7 @@ pub(crate) fn with_graveyard(f: impl FnOnce()) {
     loop {
         let next = CONTEXT.with(|cx| cx.graveyard.borrow_mut().as_mut().and_then(Vec::pop));
         match next {
-            Some(job) => job.abandon(),
+            Some(job) => contained("an abandoned reaction", || job.abandon()),
             None => break,
         }
     }

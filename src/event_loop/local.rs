@@ -93,7 +93,11 @@ impl Shared {
             }
         };
         if let Some(job) = refused {
-            context::with_graveyard(|| Job::from(job).abandon());
+            // Abandoning drops a handler, user code, on whatever thread settled
+            // the promise: its panic must not unwind into that thread's `resolve`.
+            context::with_graveyard(|| {
+                contained("an abandoned reaction", || Job::from(job).abandon())
+            });
             return;
         }
         self.has_injected.store(true, Ordering::Release);
