@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use super::collect::{outcome, Links};
 use crate::error::Error;
 use crate::event_loop::contained;
-use crate::promise::{internal, Promise, Settler};
+use crate::promise::{internal, quietly_rejected, Promise, Settler};
 
 /// The outcomes of a set of promises in the order they settle, made by
 /// [`as_completed`] (asyncio's `as_completed`).
@@ -61,11 +61,15 @@ struct Completion<T: Send + 'static, E: Send + 'static> {
     state: Mutex<CompletionState<T, E>>,
 }
 
+/// An input's outcome, with whether it is a quiet rejection (see
+/// `collect::outcome`).
+type Outcome<T, E> = (Result<T, E>, bool);
+
 struct CompletionState<T: Send + 'static, E: Send + 'static> {
     links: Links,
     /// Outcomes that arrived before anyone asked for them, in arrival order (and,
     /// while `handing_over`, those that arrived meanwhile).
-    ready: VecDeque<Result<T, E>>,
+    ready: VecDeque<Outcome<T, E>>,
     /// Promises handed out and waiting for an outcome, in the order handed out,
     /// each with the number that identifies it if it is cancelled.
     waiting: VecDeque<(u64, Settler<T, E>)>,
@@ -100,7 +104,7 @@ impl<T: Send + 'static, E: Send + 'static> CompletionState<T, E> {
 
     /// The oldest waiting request with the oldest outcome, to settle once the lock
     /// is released; `None`, and the handing over ends, when either queue is empty.
-    fn next_hand_over(&mut self) -> Option<(Settler<T, E>, Result<T, E>)> {
+    fn next_hand_over(&mut self) -> Option<(Settler<T, E>, Outcome<T, E>)> {
         self.handing_over = !self.waiting.is_empty() && !self.ready.is_empty();
         if !self.handing_over {
             return None;
@@ -112,7 +116,7 @@ impl<T: Send + 'static, E: Send + 'static> CompletionState<T, E> {
 
 impl<T: Send + 'static, E: Send + 'static> Completion<T, E> {
     /// An input's outcome: to the oldest waiting request, or queued for the next one.
-    fn receive(&self, outcome: Result<T, E>) {
+    fn receive(&self, outcome: Outcome<T, E>) {
         if let Some((settler, outcome)) = self.take_next(outcome) {
             self.hand_over(settler, outcome);
         }
@@ -120,7 +124,7 @@ impl<T: Send + 'static, E: Send + 'static> Completion<T, E> {
 
     /// Queues `outcome` and, unless another call is handing outcomes over already,
     /// takes the first to hand over.
-    fn take_next(&self, outcome: Result<T, E>) -> Option<(Settler<T, E>, Result<T, E>)> {
+    fn take_next(&self, outcome: Outcome<T, E>) -> Option<(Settler<T, E>, Outcome<T, E>)> {
         let mut state = self.state.lock();
         if state.unwanted() {
             return None;
@@ -134,14 +138,17 @@ impl<T: Send + 'static, E: Send + 'static> Completion<T, E> {
 
     /// Settles `settler` with `outcome`, then the next waiting requests with the
     /// next outcomes, until either runs out.
-    fn hand_over(&self, mut settler: Settler<T, E>, mut outcome: Result<T, E>) {
+    fn hand_over(&self, mut settler: Settler<T, E>, mut outcome: Outcome<T, E>) {
         loop {
             let mut given_back = None;
             // A foreign waker that panics (it runs once the request has its outcome)
             // must not end the handing over with `handing_over` still set: the
             // outcomes queued behind would wait for ever.
             contained("a waker", || {
-                given_back = settler.settle_or_give_back(outcome)
+                let (outcome, quiet) = outcome;
+                given_back = settler
+                    .settle_or_give_back(outcome, quiet)
+                    .map(|outcome| (outcome, quiet));
             });
             let (next, links, unwanted) = {
                 let mut state = self.state.lock();
@@ -282,10 +289,11 @@ where
         } else {
             state.ready.pop_front()
         };
-        if let Some(outcome) = ready {
+        if let Some((outcome, quiet)) = ready {
             drop(state);
             return Some(match outcome {
                 Ok(value) => Promise::resolved(value),
+                Err(error) if quiet => quietly_rejected(error),
                 Err(error) => Promise::rejected(error),
             });
         }
@@ -429,7 +437,7 @@ mod tests {
         let second = completed.next_promise().unwrap();
         // The interleaving: the first request is cancelled on another thread after
         // its settler was taken out, before the outcome reaches it.
-        let (settler, outcome) = completed.shared.take_next(Ok(1)).unwrap();
+        let (settler, outcome) = completed.shared.take_next((Ok(1), false)).unwrap();
         assert!(first.cancel());
         completed.shared.hand_over(settler, outcome);
         assert!(
@@ -449,11 +457,11 @@ mod tests {
         let event_loop = EventLoop::new();
         let (mut completed, _resolvers) = of_pending(2);
         let only = completed.next_promise().unwrap();
-        let (settler, outcome) = completed.shared.take_next(Ok(1)).unwrap();
+        let (settler, outcome) = completed.shared.take_next((Ok(1), false)).unwrap();
         assert!(only.cancel());
         // The other input settles (its watcher on another loop's thread, say)
         // before the first outcome comes back.
-        completed.shared.receive(Ok(2));
+        completed.shared.receive((Ok(2), false));
         completed.shared.hand_over(settler, outcome);
         let mut order = Vec::new();
         while let Some(next) = completed.next_promise() {
@@ -480,7 +488,9 @@ mod tests {
         let only = completed.next_promise().unwrap();
         let drops = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let shared = completed.shared.clone();
-        let (settler, outcome) = shared.take_next(Ok(Counted(drops.clone()))).unwrap();
+        let (settler, outcome) = shared
+            .take_next((Ok(Counted(drops.clone())), false))
+            .unwrap();
         drop(completed);
         assert!(only.cancel());
         shared.hand_over(settler, outcome);

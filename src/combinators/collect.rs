@@ -30,14 +30,18 @@ use crate::promise::{internal, internal_with, never, Observation, Promise, Settl
 // Links: one `watch` per input
 // ---------------------------------------------------------------------------
 
-/// An input's outcome as the combinators report it: an input cancelled elsewhere
-/// counts as a rejection with [`Error::cancelled`]. (A link the combinator cancelled
-/// itself reports `Cancelled` too, when its outcome is no longer wanted: ignored.)
-pub(crate) fn outcome<T, E: From<Error>>(settled: Settled<T, E>) -> Result<T, E> {
+/// An input's outcome as the combinators report it, and whether a rejection is
+/// quiet: an input cancelled elsewhere counts as a rejection with
+/// [`Error::cancelled`], which is cancellation travelling on and must stay
+/// unreported whatever `E` it is converted into (see `core::Input::Quiet`). (A
+/// link the combinator cancelled itself reports `Cancelled` too, when its outcome
+/// is no longer wanted: ignored.)
+pub(crate) fn outcome<T, E: From<Error>>(settled: Settled<T, E>) -> (Result<T, E>, bool) {
     match settled {
-        Settled::Fulfilled(value) => Ok(value),
-        Settled::Rejected(error) => Err(error),
-        Settled::Cancelled => Err(E::from(Error::cancelled())),
+        Settled::Fulfilled(value) => (Ok(value), false),
+        Settled::Rejected(error) => (Err(error), false),
+        Settled::Quiet(error) => (Err(error), true),
+        Settled::Cancelled => (Err(E::from(Error::cancelled())), true),
     }
 }
 
@@ -95,7 +99,8 @@ impl Links {
 
 /// Decides, from one input's outcome, whether the output settles now (and how).
 /// A plain function pointer, so that the inputs of a tuple, each of its own type,
-/// can report to one state.
+/// can report to one state. A rejection it decides is the deciding input's own
+/// reason, so a quiet one stays quiet.
 type Decide<P, T, O, E> = fn(&mut P, usize, Result<T, E>) -> Option<Result<O, E>>;
 
 /// The state shared by the links of one `join` call (a tuple of inputs, each of
@@ -148,7 +153,10 @@ where
         decide: Decide<P, T, O, E>,
     ) {
         let gather = self.clone();
-        let link = input.watch(move |settled| gather.receive(index, outcome(settled), decide));
+        let link = input.watch(move |settled| {
+            let (outcome, quiet) = outcome(settled);
+            gather.receive(index, outcome, quiet, decide);
+        });
         let mut state = self.state.lock();
         if state.output.is_some() {
             state.links.push(link);
@@ -160,7 +168,13 @@ where
         link.cancel();
     }
 
-    fn receive<T>(&self, index: usize, outcome: Result<T, E>, decide: Decide<P, T, O, E>) {
+    fn receive<T>(
+        &self,
+        index: usize,
+        outcome: Result<T, E>,
+        quiet: bool,
+        decide: Decide<P, T, O, E>,
+    ) {
         let mut state = self.state.lock();
         // Never the last reference (the observer runs this), so dropping it under
         // the lock frees nothing.
@@ -174,7 +188,7 @@ where
         let (output, links) = (state.output.take(), state.links.take());
         drop(state);
         if let Some(mut output) = output {
-            output.settle(decided);
+            output.settle_as(decided, quiet);
         }
         links.cancel();
     }
@@ -231,6 +245,10 @@ trait Policy<T, E>: Send + 'static {
     /// The decided output. Runs from the microtask queue, and may run user code
     /// (`any_with`'s `combine`).
     fn finish(self) -> Result<Self::Output, E>;
+    /// True when a rejection `finish` gives is the reason of the input that
+    /// decided (`all`, `race`): a quiet one then stays quiet. `any`'s is what
+    /// `combine` made of them all, the user's own.
+    const PASSES_REASON: bool;
 }
 
 /// The state of one `all`/`all_settled`/`race`/`any` call over an iterator of
@@ -251,6 +269,8 @@ struct CollectState<P: Policy<T, E>, T, E: Send + 'static> {
     policy: Option<P>,
     /// Set by the delivery that decided the output: later ones are ignored.
     decided: bool,
+    /// The output's rejection, if any, is cancellation travelling on.
+    quiet: bool,
     /// `None` once the output is settled or cancelled.
     output: Option<Settler<P::Output, E, AbortLink>>,
     /// Input `i` while it may still report: what to withdraw from when the output
@@ -261,6 +281,7 @@ struct CollectState<P: Policy<T, E>, T, E: Send + 'static> {
 /// What a [`Collect`] call held, once it ended.
 struct Ended<P: Policy<T, E>, T, E: Send + 'static> {
     policy: Option<P>,
+    quiet: bool,
     output: Option<Settler<P::Output, E, AbortLink>>,
     inputs: Vec<Option<Arc<dyn Graph>>>,
 }
@@ -286,6 +307,7 @@ where
                 state: Lock::new(CollectState {
                     policy: Some(policy),
                     decided: false,
+                    quiet: false,
                     output: Some(settler),
                     inputs: Vec::new(),
                 }),
@@ -319,6 +341,7 @@ where
         state.decided = true;
         Ended {
             policy: state.policy.take(),
+            quiet: state.quiet,
             output: state.output.take(),
             inputs: std::mem::take(&mut state.inputs),
         }
@@ -375,17 +398,21 @@ where
             contained("a value's drop", || drop(input));
             return None;
         }
-        let outcome = match input {
-            Input::Outcome(outcome) => outcome,
-            // An input cancelled elsewhere counts as a rejection (see `all`).
-            Input::Cancelled => Err(E::from(Error::cancelled())),
-            Input::Abandoned => Err(E::from(Error::broken())),
+        let (outcome, quiet) = match input {
+            Input::Fulfilled(value) => (Ok(value), false),
+            Input::Rejected(error) => (Err(error), false),
+            Input::Quiet(error) => (Err(error), true),
+            // An input cancelled elsewhere counts as a rejection (see `all`), and
+            // a quiet one (see `outcome`).
+            Input::Cancelled => (Err(E::from(Error::cancelled())), true),
+            Input::Abandoned => (Err(E::from(Error::broken())), false),
         };
         let policy = state.policy.as_mut()?;
         if !policy.record(index as usize, outcome) {
             return None;
         }
         state.decided = true;
+        state.quiet = quiet && P::PASSES_REASON;
         drop(state);
         Some(self)
     }
@@ -405,9 +432,11 @@ where
     fn run(self: Arc<Self>) {
         let ended = self.end();
         if let (Some(policy), Some(mut output)) = (ended.policy, ended.output) {
-            let outcome = catch_unwind(AssertUnwindSafe(|| policy.finish()))
-                .unwrap_or_else(|payload| Err(E::from(Error::panic(payload))));
-            output.settle(outcome);
+            let (outcome, quiet) = match catch_unwind(AssertUnwindSafe(|| policy.finish())) {
+                Ok(outcome) => (outcome, ended.quiet),
+                Err(payload) => (Err(E::from(Error::panic(payload))), false),
+            };
+            output.settle_as(outcome, quiet);
         }
         self.withdraw_from(ended.inputs);
     }
@@ -469,6 +498,8 @@ impl<T: Send + 'static, E: Send + 'static> Policy<T, E> for AllValues<T, E> {
             None => Ok(take_all(&mut self.values)),
         }
     }
+
+    const PASSES_REASON: bool = true;
 }
 
 /// Fulfils with every input's value, in input order, once all have fulfilled
@@ -596,6 +627,8 @@ impl<T: Send + 'static, E: Send + 'static> Policy<T, E> for AllSettled<T, E> {
     fn finish(mut self) -> Result<Vec<Result<T, E>>, E> {
         Ok(take_all(&mut self.outcomes))
     }
+
+    const PASSES_REASON: bool = false;
 }
 
 /// Fulfils with every input's outcome (`Ok` value or `Err` reason), in input order,
@@ -654,6 +687,8 @@ impl<T: Send + 'static, E: Send + 'static> Policy<T, E> for First<T, E> {
     fn finish(self) -> Result<T, E> {
         self.0.expect("decided by an outcome")
     }
+
+    const PASSES_REASON: bool = true;
 }
 
 /// Settles as the first input to settle, fulfilled or rejected (JavaScript's
@@ -735,6 +770,8 @@ where
             None => Err((self.combine)(take_all(&mut self.reasons))),
         }
     }
+
+    const PASSES_REASON: bool = false;
 }
 
 /// Fulfils as the first input to fulfil (JavaScript's `Promise.any`); the others

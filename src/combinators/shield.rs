@@ -42,7 +42,10 @@ where
     let (shielded, mut settler) = internal::<T, E>();
     // The link is let go on purpose: nobody can cancel it, so `promise` keeps a
     // consumer that never cancels, and cancellation stops at `shielded`.
-    drop(promise.watch(move |settled| settler.settle(outcome(settled))));
+    drop(promise.watch(move |settled| {
+        let (outcome, quiet) = outcome(settled);
+        settler.settle_as(outcome, quiet);
+    }));
     shielded
 }
 

@@ -544,7 +544,9 @@ pub(crate) fn clear_timer_on_its_loop(id: TimerId) {
 
 /// Sets what happens to rejections nobody handled by the end of the microtask
 /// drain in which they happened, on this thread (Node.js's `unhandledRejection`).
-/// The default writes one line to stderr. Cancellations are never reported.
+/// The default writes one line to stderr. Cancellations are never reported, nor
+/// is cancellation travelling on: a combinator rejected because an input was
+/// cancelled elsewhere, and that rejection passed on untouched.
 ///
 /// ```
 /// use std::cell::RefCell;

@@ -48,7 +48,8 @@ pub(crate) trait Graph: Send + Sync {
     /// [`upstream`](Self::upstream) it is and, `through_tasks`, the promises of
     /// the tasks awaiting it (which have no upstream: a task awaits many).
     fn downstream(&self, out: &mut Vec<Arc<dyn Graph>>, through_tasks: bool);
-    /// The rejection reason, if this promise was rejected and nobody ever consumed it.
+    /// The rejection reason, if this promise was rejected, nobody ever consumed
+    /// it, and it is not cancellation travelling on.
     fn unhandled(&self) -> Option<Error>;
     /// The consumer `consumer` (a reaction, follower or collector of this node)
     /// was cancelled. Returns true when that left this promise pending with no consumer
@@ -125,12 +126,36 @@ pub(crate) fn settled_by_another_loop(node: &dyn Graph, here: u64, idle: bool) -
 }
 
 /// What a reaction receives.
+///
+/// Flat, where an `Outcome(Result<T, E>)` variant beside `Quiet(E)` would be
+/// simpler to match: that enum is laid out around the `Result`'s tag, and with
+/// a second variant holding data it is passed in memory rather than in two
+/// registers (with one-word `T` and `E`). That made `chain` some 2% slower for
+/// 3 instructions more per link (likely the 16-byte reload of an input just
+/// stored as two words, which the store buffer cannot forward).
 pub(crate) enum Input<T, E> {
-    Outcome(Result<T, E>),
+    Fulfilled(T),
+    Rejected(E),
+    /// Rejected with a reason the library made of a cancellation (a combinator's
+    /// input was cancelled elsewhere), or passed on from such a rejection
+    /// untouched: cancellation travelling on, which is never reported as
+    /// unhandled. Handlers see it as any rejection.
+    Quiet(E),
     /// The promise was cancelled: `then`/`catch` handlers must not run.
     Cancelled,
     /// The loop is gone: no user code may run.
     Abandoned,
+}
+
+impl<T, E> Input<T, E> {
+    /// `outcome` as an input, a rejection not quiet.
+    #[inline]
+    pub(crate) fn outcome(outcome: Result<T, E>) -> Self {
+        match outcome {
+            Ok(value) => Input::Fulfilled(value),
+            Err(error) => Input::Rejected(error),
+        }
+    }
 }
 
 /// Who consumes a promise, for [`withdraw`]: a reaction's key with [`REACTION`],
@@ -241,9 +266,12 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
     fn unhandled(&self) -> Option<Error> {
         let inner = self.core.lock();
         match &inner.state {
-            // A rejection that only says "cancelled" (a combinator whose input was
-            // cancelled) is cancellation travelling on, which is never reported.
-            State::Settled(Some(Err(error))) if !inner.handled && !inner.cancelled => {
+            // Cancellation travelling on is never reported: a quiet rejection
+            // says so whatever `E` is; one that only says "cancelled" as an
+            // `Error` (made by user code too) is taken for one as well.
+            State::Settled(Some(Err(error)))
+                if !inner.handled && !inner.cancelled && !inner.quiet() =>
+            {
                 Some(describe(error)).filter(|error| !error.is_cancelled())
             }
             _ => None,
@@ -491,7 +519,9 @@ struct Inner<'a, T, E> {
     ops: &'a mut Ops<T, E>,
     /// Live `Promise` handles: each may still consume the outcome.
     handles: u32,
-    /// A live, unsettled `Resolver` exists (so waiting on this is not a deadlock).
+    /// While pending: a live, unsettled `Resolver` exists (so waiting on this is
+    /// not a deadlock). Once settled: the rejection is quiet (see
+    /// [`Inner::quiet`]).
     has_resolver: bool,
     /// Someone attached a handler or awaited: a rejection is not "unhandled".
     handled: bool,
@@ -504,6 +534,7 @@ struct Inner<'a, T, E> {
 /// The bits of a [`Core`]'s word: the lock, four flags, and the handle count in
 /// the upper half.
 const LOCKED: u64 = 1;
+/// Also the quiet bit, once settled (see [`Inner::quiet`]).
 const HAS_RESOLVER: u64 = 1 << 1;
 const HANDLED: u64 = 1 << 2;
 const CANCELLED: u64 = 1 << 3;
@@ -511,6 +542,19 @@ const COPIES: u64 = 1 << 4;
 const HANDLES_SHIFT: u32 = 32;
 
 impl<T, E> Inner<'_, T, E> {
+    /// Settled as a quiet rejection (see [`Input::Quiet`]): the reason is an `E`,
+    /// which the library cannot read, so the core remembers it. Meaningful only
+    /// once settled.
+    ///
+    /// It is `has_resolver`'s bit, which means nothing once the promise is
+    /// settled (only a pending promise is asked whether a resolver is live),
+    /// rather than a fifth flag: that made the guard five words instead of four,
+    /// and reading all the flags as bits of one field instead was slower on a
+    /// `then` chain (docs/performance.md). Only the rejection paths read it.
+    fn quiet(&self) -> bool {
+        self.has_resolver
+    }
+
     /// The flags as the word holds them, unlocked.
     fn word(&self) -> u64 {
         let flag = |set: bool, bit: u64| if set { bit } else { 0 };
@@ -598,6 +642,32 @@ fn share<T, E>(
     }
 }
 
+/// [`share`] for a promise rejected quietly (see [`Input::Quiet`]): the
+/// rejection stays quiet, but a copy of it that failed (a panicking `Clone`)
+/// is a failure of its own, to be reported. Apart from `share`, so that the
+/// common case costs what it cost before quiet rejections.
+fn share_quiet<T, E>(
+    slot: &mut Option<Result<T, E>>,
+    last: bool,
+    copies: bool,
+    ops: Ops<T, E>,
+) -> Input<T, E> {
+    let shared = match (last, copies, slot.as_ref()) {
+        (false, true, Some(outcome)) => match ops(Op::Copy(outcome)) {
+            OpDone::Copied(copy) => copy,
+            OpDone::Failed(error) => return Input::Rejected(error),
+        },
+        _ => match slot.take() {
+            Some(outcome) => outcome,
+            None => return Input::Rejected(fail_with(ops, Error::broken())),
+        },
+    };
+    match shared {
+        Ok(value) => Input::Fulfilled(value),
+        Err(error) => Input::Quiet(error),
+    }
+}
+
 impl<T, E> Core<T, E> {
     pub(crate) fn new(state: Option<Result<T, E>>, has_resolver: bool, ops: Ops<T, E>) -> Self {
         let state = match state {
@@ -659,19 +729,42 @@ impl<T, E> Core<T, E> {
     /// Settles the promise. Reactions go to the loop chosen by `context::schedule`
     /// (`home` is the resolver's loop, if a resolver settles it).
     pub(crate) fn settle(&self, outcome: Result<T, E>, home: Option<&LoopRef>) -> Settle {
-        self.try_settle(outcome, home).unwrap_or(Settle::Already)
+        self.try_settle(outcome, false, home)
+            .unwrap_or(Settle::Already)
     }
 
-    /// [`settle`](Self::settle), but an outcome that comes too late (the promise
-    /// is settled or cancelled already) is given back instead of dropped: for a
-    /// caller that can still hand it to someone else.
+    /// [`settle`](Self::settle), a rejection being quiet when `quiet` is set
+    /// (see [`Input::Quiet`]).
+    #[inline]
+    pub(crate) fn settle_as(
+        &self,
+        outcome: Result<T, E>,
+        quiet: bool,
+        home: Option<&LoopRef>,
+    ) -> Settle {
+        self.try_settle(outcome, quiet, home)
+            .unwrap_or(Settle::Already)
+    }
+
+    /// [`settle_as`](Self::settle_as), but an outcome that comes too late (the
+    /// promise is settled or cancelled already) is given back instead of dropped:
+    /// for a caller that can still hand it to someone else.
+    #[inline]
     pub(crate) fn try_settle(
         &self,
         outcome: Result<T, E>,
+        quiet: bool,
         home: Option<&LoopRef>,
     ) -> Result<Settle, Result<T, E>> {
-        self.finish(Some(outcome), home)
-            .map_err(|late| late.expect("`finish` gives back the outcome it was given"))
+        // Two copies of `finish`: the one every `then` link settles with keeps
+        // no trace of quiet rejections (a `bool` argument, captured by its
+        // closure, was tested for every waiter served).
+        let settled = if quiet {
+            self.finish::<true>(Some(outcome), home)
+        } else {
+            self.finish::<false>(Some(outcome), home)
+        };
+        settled.map_err(|late| late.expect("`finish` gives back the outcome it was given"))
     }
 
     /// Settles as broken: nothing is left that could settle it otherwise.
@@ -681,12 +774,13 @@ impl<T, E> Core<T, E> {
 
     /// Settles as cancelled; false if already settled.
     pub(crate) fn settle_cancelled(&self) -> bool {
-        self.finish(None, None).is_ok()
+        self.finish::<false>(None, None).is_ok()
     }
 
-    /// `outcome` is `None` for a cancellation. If the promise is settled already,
-    /// `outcome` comes back (to be dropped once the lock is released).
-    fn finish(
+    /// `outcome` is `None` for a cancellation; a rejection is quiet if `QUIET`.
+    /// If the promise is settled already, `outcome` comes back (to be dropped
+    /// once the lock is released).
+    fn finish<const QUIET: bool>(
         &self,
         outcome: Option<Result<T, E>>,
         home: Option<&LoopRef>,
@@ -696,10 +790,12 @@ impl<T, E> Core<T, E> {
             State::Pending(waiters) => std::mem::take(waiters),
             State::Settled(_) => return Err(outcome),
         };
-        inner.has_resolver = false;
         let cancelled = outcome.is_none();
         inner.cancelled = cancelled;
         let rejected = matches!(outcome, Some(Err(_)));
+        // No resolver can settle it any more: from now on the bit says whether
+        // the rejection is quiet (see `Inner::quiet`).
+        inner.has_resolver = QUIET && rejected;
         let watched = !waiters.is_empty();
         let ops = *inner.ops;
         let mut slot = outcome.or_else(|| Some(Err(fail_with(ops, Error::cancelled()))));
@@ -711,8 +807,11 @@ impl<T, E> Core<T, E> {
             }
             let input = if cancelled {
                 Input::Cancelled
+            } else if QUIET {
+                // (It hands a fulfilment on as one.)
+                share_quiet(slot, last && !keep, copies, ops)
             } else {
-                Input::Outcome(share(slot, last && !keep, copies, ops))
+                Input::outcome(share(slot, last && !keep, copies, ops))
             };
             match waiter.deliver(input) {
                 Some(job) => Serve::Run(job),
@@ -815,7 +914,7 @@ impl<T, E> Core<T, E> {
         inner.handled = true;
         let last = inner.handles == 0;
         let (copies, ops) = (inner.copies, *inner.ops);
-        let cancelled = inner.cancelled;
+        let (cancelled, quiet) = (inner.cancelled, inner.quiet());
         match &mut inner.state {
             State::Pending(waiters) => {
                 waiters.push(consumer);
@@ -825,10 +924,15 @@ impl<T, E> Core<T, E> {
                 drop(inner);
                 consumer.deliver(Input::Cancelled)
             }
+            State::Settled(slot) if quiet => {
+                let input = share_quiet(slot, last, copies, ops);
+                drop(inner);
+                consumer.deliver(input)
+            }
             State::Settled(slot) => {
                 let outcome = share(slot, last, copies, ops);
                 drop(inner);
-                consumer.deliver(Input::Outcome(outcome))
+                consumer.deliver(Input::outcome(outcome))
             }
         }
     }
@@ -935,7 +1039,12 @@ impl<T, E> Core<T, E> {
 
     /// The resolver stopped being a way to settle this promise (it adopted another).
     pub(crate) fn resolver_gone(&self) {
-        self.lock().has_resolver = false;
+        let mut inner = self.lock();
+        // Settled, the bit is the quiet one (see `Inner::quiet`), and not the
+        // resolver's to clear.
+        if let State::Pending(_) = inner.state {
+            inner.has_resolver = false;
+        }
     }
 
     pub(crate) fn status(&self) -> Status {
@@ -959,7 +1068,7 @@ impl<T, E> Drop for Core<T, E> {
             let ops = *self.ops.get_mut();
             for waiter in waiters.into_vec() {
                 if waiter.consumes() {
-                    let broken = Input::Outcome(Err(fail_with(ops, Error::broken())));
+                    let broken = Input::Rejected(fail_with(ops, Error::broken()));
                     if let Some(job) = waiter.deliver(broken) {
                         context::schedule(job, None);
                     }
@@ -1112,6 +1221,29 @@ mod tests {
         let inner = core.lock();
         assert!(!inner.has_resolver && !inner.cancelled);
         assert_eq!(inner.handles, 1);
+    }
+
+    #[test]
+    fn only_a_rejection_is_quiet_and_no_resolver_bit_is_taken_for_it() {
+        // Quiet shares its bit with `has_resolver`: a promise that had a
+        // resolver must not come out quiet, nor a quiet one lose it.
+        let loud = Core::<u64, Error>::new(None, true, ops);
+        assert!(loud.settle(Err(Error::msg("loud")), None) == Settle::Unwatched);
+        assert!(!loud.lock().quiet());
+        let quiet = Core::<u64, Error>::new(None, true, ops);
+        assert!(quiet.settle_as(Err(Error::msg("quiet")), true, None) == Settle::Unwatched);
+        quiet.resolver_gone();
+        let inner = quiet.lock();
+        assert!(inner.quiet() && !inner.cancelled && !inner.handled);
+        assert_eq!(inner.handles, 1);
+        drop(inner);
+        assert_eq!(quiet.status(), Status::Rejected);
+        let fulfilled = Core::<u64, Error>::new(None, false, ops);
+        assert!(fulfilled.settle_as(Ok(1), true, None) == Settle::Done);
+        assert!(!fulfilled.lock().quiet());
+        let cancelled = Core::<u64, Error>::new(None, true, ops);
+        assert!(cancelled.settle_cancelled());
+        assert!(!cancelled.lock().quiet());
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub enum Next<T, E> {
     Settled(Result<T, E>),
     /// Follow this promise.
     Adopt(Promise<T, E>),
+    /// Reject with a quiet rejection's reason, passed on untouched: it stays
+    /// cancellation travelling on (see `Input::Quiet`).
+    Quiet(E),
     /// The input was a cancellation: cancel too.
     Cancelled,
 }
@@ -37,15 +40,39 @@ where
     E: Send + 'static,
 {
     if node.core().settle(outcome, home) == Settle::Unwatched {
-        match home {
-            // Settled on another thread (a resolver is `Send`): this thread's loop,
-            // if any, is not the one whose drain decides whether it was handled.
-            Some(home) if context::local_queue(Some(home)).is_none() => {
-                let node: Arc<dyn Graph> = node.clone();
-                context::schedule(Arc::new(TrackUnhandled(node)), Some(home));
-            }
-            _ => context::track_unhandled(node.clone()),
+        track_unwatched(node, home);
+    }
+}
+
+/// [`settle`], a rejection being quiet when `quiet` is set (see `Input::Quiet`).
+pub(crate) fn settle_as<T, E>(
+    node: &NodeRef<T, E>,
+    outcome: Result<T, E>,
+    quiet: bool,
+    home: Option<&LoopRef>,
+) where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    if node.core().settle_as(outcome, quiet, home) == Settle::Unwatched {
+        track_unwatched(node, home);
+    }
+}
+
+/// Registers `node`, rejected with nobody to see it, for the unhandled report.
+fn track_unwatched<T, E>(node: &NodeRef<T, E>, home: Option<&LoopRef>)
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    match home {
+        // Settled on another thread (a resolver is `Send`): this thread's loop,
+        // if any, is not the one whose drain decides whether it was handled.
+        Some(home) if context::local_queue(Some(home)).is_none() => {
+            let node: Arc<dyn Graph> = node.clone();
+            context::schedule(Arc::new(TrackUnhandled(node)), Some(home));
         }
+        _ => context::track_unhandled(node.clone()),
     }
 }
 
@@ -216,6 +243,7 @@ where
                     context::track_unhandled(self);
                 }
             }
+            Next::Quiet(error) => self.settle_quietly(error),
             Next::Adopt(promise) => {
                 // Followed from the queue, a tick later, by this node itself: no
                 // forwarder to allocate.
@@ -225,6 +253,13 @@ where
             Next::Cancelled => {
                 self.cancel_node();
             }
+        }
+    }
+
+    /// Rejects this node quietly, passing on a quiet rejection (see `Input::Quiet`).
+    fn settle_quietly(self: Arc<Self>, error: E) {
+        if self.core.settle_as(Err(error), true, None) == Settle::Unwatched {
+            context::track_unhandled(self);
         }
     }
 
@@ -256,7 +291,9 @@ where
     /// Settles this node as the followed promise did.
     fn forward(self: Arc<Self>, input: Input<T, E>) {
         let outcome = match input {
-            Input::Outcome(outcome) => outcome,
+            Input::Fulfilled(value) => Ok(value),
+            Input::Rejected(error) => Err(error),
+            Input::Quiet(error) => return self.settle_quietly(error),
             Input::Cancelled => {
                 self.cancel_node();
                 return;
@@ -615,7 +652,9 @@ impl<T: Send + 'static, E: Send + 'static> Runnable for Forward<T, E> {
                     return;
                 };
                 match input {
-                    Input::Outcome(outcome) => settle(&target, outcome, None),
+                    Input::Fulfilled(value) => settle(&target, Ok(value), None),
+                    Input::Rejected(error) => settle(&target, Err(error), None),
+                    Input::Quiet(error) => settle_as(&target, Err(error), true, None),
                     Input::Cancelled => {
                         target.cancel_node();
                     }
@@ -997,7 +1036,7 @@ mod tests {
             parent,
         };
         assert!(matches!(slot.cancel(), AfterCancel::Withdraw(_)));
-        slot.deliver(Input::Outcome(Ok(1)));
+        slot.deliver(Input::Fulfilled(1));
         let (f, input) = slot
             .take_ready()
             .expect("the handler is still there to run");
@@ -1023,7 +1062,7 @@ mod tests {
         assert!(matches!(slot.cancel(), AfterCancel::Withdraw(_)));
         // Delivered inside the parent's settling: a panic here would leave it
         // half-settled.
-        slot.deliver(Input::Outcome(Ok(PanicsWhenDropped)));
+        slot.deliver(Input::Fulfilled(PanicsWhenDropped));
         let (f, input) = slot.take_ready().expect("the handler is still there");
         assert!(f(input));
     }

@@ -19,7 +19,7 @@ use self::core::{Core, Graph, Input, Node, NodeDyn, NodeRef, Status, Waiter};
 #[doc(hidden)]
 pub use self::link::Next;
 pub(crate) use self::link::Observation;
-use self::link::{adopt, settle, Hooks, Observer, ThenLink};
+use self::link::{adopt, settle, settle_as, Hooks, Observer, ThenLink};
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
 use crate::task::TaskRef;
@@ -101,6 +101,8 @@ impl<T, E> IntoPromise<T, E> for Promise<T, E> {
 pub(crate) enum Settled<T, E> {
     Fulfilled(T),
     Rejected(E),
+    /// See `core::Input::Quiet`.
+    Quiet(E),
     Cancelled,
 }
 
@@ -272,8 +274,9 @@ where
     {
         Observer::attach(self.take_node(), move |input| {
             let settled = match input {
-                Input::Outcome(Ok(value)) => Settled::Fulfilled(value),
-                Input::Outcome(Err(error)) => Settled::Rejected(error),
+                Input::Fulfilled(value) => Settled::Fulfilled(value),
+                Input::Rejected(error) => Settled::Rejected(error),
+                Input::Quiet(error) => Settled::Quiet(error),
                 Input::Cancelled => Settled::Cancelled,
                 Input::Abandoned => Settled::Rejected(E::from(Error::broken())),
             };
@@ -304,8 +307,9 @@ where
         F: FnOnce(T) -> R + Send + 'static,
     {
         self.chain(move |input| match input {
-            Input::Outcome(Ok(value)) => guarded(|| on_fulfilled(value).into_next()),
-            Input::Outcome(Err(error)) => Next::Settled(Err(error)),
+            Input::Fulfilled(value) => guarded(|| on_fulfilled(value).into_next()),
+            Input::Rejected(error) => Next::Settled(Err(error)),
+            Input::Quiet(error) => Next::Quiet(error),
             Input::Cancelled => Next::Cancelled,
             Input::Abandoned => broken(),
         })
@@ -326,8 +330,10 @@ where
         F: FnOnce(E) -> R + Send + 'static,
     {
         self.chain(move |input| match input {
-            Input::Outcome(Ok(value)) => Next::Settled(Ok(value)),
-            Input::Outcome(Err(error)) => guarded(|| on_rejected(error).into_next()),
+            Input::Fulfilled(value) => Next::Settled(Ok(value)),
+            Input::Rejected(error) | Input::Quiet(error) => {
+                guarded(|| on_rejected(error).into_next())
+            }
             Input::Cancelled => Next::Cancelled,
             Input::Abandoned => broken(),
         })
@@ -356,8 +362,10 @@ where
         F2: FnOnce(E) -> R2 + Send + 'static,
     {
         self.chain(move |input| match input {
-            Input::Outcome(Ok(value)) => guarded(|| on_fulfilled(value).into_next()),
-            Input::Outcome(Err(error)) => guarded(|| on_rejected(error).into_next()),
+            Input::Fulfilled(value) => guarded(|| on_fulfilled(value).into_next()),
+            Input::Rejected(error) | Input::Quiet(error) => {
+                guarded(|| on_rejected(error).into_next())
+            }
             Input::Cancelled => Next::Cancelled,
             Input::Abandoned => broken(),
         })
@@ -384,12 +392,31 @@ where
     where
         F: FnOnce() + Send + 'static,
     {
+        // JavaScript's `finally` is `then(() => Promise.resolve(f()).then(() =>
+        // outcome))`: the same adoption, so that the ticks match.
+        let pass_on = |passed: Next<T, E>| {
+            Next::Adopt(
+                Promise::<(), E>::resolved(()).chain(move |input| match input {
+                    Input::Fulfilled(()) => passed,
+                    Input::Rejected(error) => Next::Settled(Err(error)),
+                    Input::Quiet(error) => Next::Quiet(error),
+                    Input::Cancelled => Next::Cancelled,
+                    Input::Abandoned => broken(),
+                }),
+            )
+        };
         self.chain(move |input| match input {
-            Input::Outcome(outcome) => guarded(|| {
+            Input::Fulfilled(value) => guarded(|| {
                 on_settled();
-                // JavaScript's `finally` is `then(() => Promise.resolve(f()).then(() =>
-                // outcome))`: the same adoption, so that the ticks match.
-                Next::Adopt(Promise::<(), E>::resolved(()).then(move |()| outcome))
+                pass_on(Next::Settled(Ok(value)))
+            }),
+            Input::Rejected(error) => guarded(|| {
+                on_settled();
+                pass_on(Next::Settled(Err(error)))
+            }),
+            Input::Quiet(error) => guarded(|| {
+                on_settled();
+                pass_on(Next::Quiet(error))
             }),
             Input::Cancelled => guarded(|| {
                 on_settled();
@@ -411,8 +438,9 @@ where
         F: FnOnce(T) -> U + Send + 'static,
     {
         self.chain(move |input| match input {
-            Input::Outcome(Ok(value)) => guarded(|| Next::Settled(Ok(f(value)))),
-            Input::Outcome(Err(error)) => Next::Settled(Err(error)),
+            Input::Fulfilled(value) => guarded(|| Next::Settled(Ok(f(value)))),
+            Input::Rejected(error) => Next::Settled(Err(error)),
+            Input::Quiet(error) => Next::Quiet(error),
             Input::Cancelled => Next::Cancelled,
             Input::Abandoned => broken(),
         })
@@ -433,8 +461,11 @@ where
         F: FnOnce(E) -> E2 + Send + 'static,
     {
         self.chain(move |input| match input {
-            Input::Outcome(Ok(value)) => Next::Settled(Ok(value)),
-            Input::Outcome(Err(error)) => guarded(|| Next::Settled(Err(f(error)))),
+            Input::Fulfilled(value) => Next::Settled(Ok(value)),
+            // A new reason, of the handler's making: no longer quiet.
+            Input::Rejected(error) | Input::Quiet(error) => {
+                guarded(|| Next::Settled(Err(f(error))))
+            }
             Input::Cancelled => Next::Cancelled,
             Input::Abandoned => broken(),
         })
@@ -843,14 +874,27 @@ impl<T: Send + 'static, E: Send + 'static, L: core::Link<T, E>> Settler<T, E, L>
         }
     }
 
-    /// [`settle`](Self::settle), but if the promise was cancelled first (from
-    /// another thread, say) the outcome is given back, for the caller to hand to
-    /// someone else rather than lose.
-    pub(crate) fn settle_or_give_back(mut self, outcome: Result<T, E>) -> Option<Result<T, E>> {
+    /// [`settle`](Self::settle), a rejection being quiet when `quiet` is set
+    /// (see `core::Input::Quiet`).
+    pub(crate) fn settle_as(&mut self, outcome: Result<T, E>, quiet: bool) {
+        if let Some(node) = self.node.take() {
+            let node: NodeRef<T, E> = node;
+            settle_as(&node, outcome, quiet, None);
+        }
+    }
+
+    /// [`settle_as`](Self::settle_as), but if the promise was cancelled first
+    /// (from another thread, say) the outcome is given back, for the caller to
+    /// hand to someone else rather than lose.
+    pub(crate) fn settle_or_give_back(
+        mut self,
+        outcome: Result<T, E>,
+        quiet: bool,
+    ) -> Option<Result<T, E>> {
         let Some(node) = self.node.take() else {
             return Some(outcome);
         };
-        match node.core.try_settle(outcome, None) {
+        match node.core.try_settle(outcome, quiet, None) {
             Ok(core::Settle::Unwatched) => context::track_unhandled(node),
             Ok(_) => {}
             Err(late) => return Some(late),
@@ -943,6 +987,17 @@ where
 {
     let node: NodeRef<T, E> = Promise::rooted(None);
     Promise { node: Some(node) }
+}
+
+/// A promise already rejected with `error`, quietly (see `core::Input::Quiet`).
+pub(crate) fn quietly_rejected<T, E>(error: E) -> Promise<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let (promise, mut settler) = internal_with(());
+    settler.settle_as(Err(error), true);
+    promise
 }
 
 /// A new pending promise settled from inside the library, with its settler.

@@ -1,0 +1,348 @@
+//! Unhandled-rejection reports with a user error type: a rejection the library
+//! made out of a cancellation (a combinator whose input was cancelled elsewhere)
+//! is cancellation travelling on, and stays unreported however far it is passed
+//! on, exactly as with `E = Error`; a user's own rejection is still reported once.
+//!
+//! The hook is per thread, and each test runs on a fresh thread (`within`), so
+//! the tests cannot see each other's reports.
+
+mod common;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use common::within;
+use thenable::{
+    all, any_with, as_completed, race, reset_unhandled_rejection_hook,
+    set_unhandled_rejection_hook, shield, Error, EventLoop, Promise,
+};
+
+/// A user error type, as an application defines one: the library's failures
+/// arrive through `From<Error>`, which is all the library knows of it.
+#[derive(Debug, Clone)]
+enum MyErr {
+    Lib(Error),
+    Mine(&'static str),
+}
+
+impl From<Error> for MyErr {
+    fn from(error: Error) -> Self {
+        MyErr::Lib(error)
+    }
+}
+
+/// Runs `body` on a fresh thread with a loop and a counting hook, then the loop;
+/// the number of unhandled rejections reported meanwhile. What `body` returns
+/// (resolvers) lives until the loop is done: a resolver dropped earlier would
+/// break its promise, a rejection of its own.
+fn reports<Keep>(body: impl FnOnce(&EventLoop) -> Keep + Send + 'static) -> usize {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let count = Rc::new(Cell::new(0));
+        let counter = count.clone();
+        set_unhandled_rejection_hook(move |_| counter.set(counter.get() + 1));
+        let keep = body(&event_loop);
+        event_loop.run().unwrap();
+        drop(keep);
+        reset_unhandled_rejection_hook();
+        count.get()
+    })
+}
+
+/// A pending promise, a clone of it for a combinator to consume, and the
+/// resolver (kept, so that only the cancellation settles it).
+type Input = (
+    Promise<i32, MyErr>,
+    Promise<i32, MyErr>,
+    thenable::Resolver<i32, MyErr>,
+);
+
+fn input() -> Input {
+    let (promise, resolver) = Promise::pending();
+    (promise.clone(), promise, resolver)
+}
+
+// ---------------------------------------------------------------------------
+// (a) A combinator rejected because an input was cancelled elsewhere
+// ---------------------------------------------------------------------------
+
+#[test]
+fn all_rejected_by_a_cancelled_input_is_not_reported() {
+    let seen = reports(|event_loop| {
+        let (consumed, cancelled, _resolver) = input();
+        let (other, _other_resolver) = Promise::<i32, MyErr>::pending();
+        let output = all([consumed, other]);
+        assert!(cancelled.cancel());
+        event_loop.run().unwrap();
+        assert!(
+            output.is_rejected(),
+            "the input's cancellation rejects `all`"
+        );
+        drop(output);
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn race_rejected_by_a_cancelled_input_is_not_reported() {
+    let seen = reports(|event_loop| {
+        let (consumed, cancelled, _resolver) = input();
+        let (other, _other_resolver) = Promise::<i32, MyErr>::pending();
+        let output = race([consumed, other]);
+        assert!(cancelled.cancel());
+        event_loop.run().unwrap();
+        assert!(output.is_rejected());
+        drop(output);
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn a_tuple_all_rejected_by_a_cancelled_input_is_not_reported() {
+    let seen = reports(|event_loop| {
+        let (consumed, cancelled, _resolver) = input();
+        let (other, _other_resolver) = Promise::<&str, MyErr>::pending();
+        let output = all((consumed, other));
+        assert!(cancelled.cancel());
+        event_loop.run().unwrap();
+        assert!(output.is_rejected());
+        drop(output);
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn a_shield_of_a_cancelled_promise_is_not_reported() {
+    let seen = reports(|event_loop| {
+        let (consumed, cancelled, _resolver) = input();
+        let output = shield(consumed);
+        assert!(cancelled.cancel());
+        event_loop.run().unwrap();
+        assert!(output.is_rejected());
+        drop(output);
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn as_completed_promises_of_a_cancelled_input_are_not_reported() {
+    let seen = reports(|event_loop| {
+        // One request made before the outcome arrived, one after (served from
+        // the outcomes kept for later requests).
+        let (early, cancel_early, _early_resolver) = input();
+        let (late, cancel_late, _late_resolver) = input();
+        let mut completed = as_completed([early, late]);
+        let waiting = completed.next_promise().unwrap();
+        assert!(cancel_early.cancel() && cancel_late.cancel());
+        event_loop.run().unwrap();
+        let served_later = completed.next_promise().unwrap();
+        event_loop.run().unwrap();
+        assert!(waiting.is_rejected() && served_later.is_rejected());
+        drop((waiting, served_later, completed));
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn a_cancelled_input_reaching_an_output_dropped_at_once_is_not_reported() {
+    let seen = reports(|_| {
+        let (consumed, cancelled, _resolver) = input();
+        let (other, other_resolver) = Promise::<Vec<i32>, MyErr>::pending();
+        drop(race([all([consumed]), other]));
+        cancelled.cancel();
+        other_resolver
+    });
+    assert_eq!(seen, 0);
+}
+
+// ---------------------------------------------------------------------------
+// (b) The same rejection passed on along a chain
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_then_chain_passing_it_on_is_not_reported() {
+    let seen = reports(|_| {
+        let (consumed, cancelled, _resolver) = input();
+        let (other, other_resolver) = Promise::<i32, MyErr>::pending();
+        let tail = all([consumed, other])
+            .then(|values| Ok(values.len()))
+            .map(|count| count + 1)
+            .finally(|| {})
+            .then(|count| Promise::resolved(count * 2));
+        cancelled.cancel();
+        drop(tail);
+        other_resolver
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn adopting_it_passes_it_on_unreported() {
+    let seen = reports(|_| {
+        let (consumed, cancelled, _resolver) = input();
+        let (following, resolver) = Promise::<i32, MyErr>::pending();
+        resolver.resolve_with(race([consumed]));
+        let (consumed_again, cancelled_again, _resolver_again) = input();
+        let returned = Promise::<(), MyErr>::resolved(()).then(move |()| all([consumed_again]));
+        cancelled.cancel();
+        cancelled_again.cancel();
+        drop((following.map(|v| v + 1), returned));
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn every_clone_passes_it_on_unreported_also_when_chained_after_it_settled() {
+    let seen = reports(|event_loop| {
+        let (consumed, cancelled, _resolver) = input();
+        let output = all([consumed]);
+        // Two consumers before it settles (each gets its copy), one after.
+        let first = output.clone().map(|values| values.len());
+        let second = output.clone().then(|values| Ok(values.len()));
+        cancelled.cancel();
+        event_loop.run().unwrap();
+        assert!(output.is_rejected());
+        let late = output.map(|values| values.len());
+        drop((first, second, late));
+    });
+    assert_eq!(seen, 0);
+}
+
+// ---------------------------------------------------------------------------
+// (c) The user's own rejections are still reported, once each
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_user_rejection_through_a_combinator_and_a_chain_is_reported_once() {
+    let seen = reports(|_| {
+        let (other, other_resolver) = Promise::<i32, MyErr>::pending();
+        let rejected = Promise::rejected(MyErr::Mine("real"));
+        drop(
+            all([rejected, other])
+                .then(|values| Ok(values.len()))
+                .map(|n| n + 1),
+        );
+        other_resolver
+    });
+    assert_eq!(seen, 1);
+}
+
+#[test]
+fn a_user_rejection_left_alone_is_reported_once() {
+    let seen = reports(|_| drop(Promise::<i32, MyErr>::rejected(MyErr::Mine("lost"))));
+    assert_eq!(seen, 1);
+}
+
+/// An error type whose `clone` panics once it holds a library error: a copy of a
+/// quiet rejection then fails.
+#[derive(Debug)]
+struct CloneFails(Option<Error>);
+
+impl From<Error> for CloneFails {
+    fn from(error: Error) -> Self {
+        CloneFails(Some(error))
+    }
+}
+
+impl Clone for CloneFails {
+    fn clone(&self) -> Self {
+        assert!(self.0.is_none(), "a clone that fails {}", common::MARK);
+        CloneFails(None)
+    }
+}
+
+#[test]
+fn a_failed_copy_of_a_quiet_rejection_is_a_failure_of_its_own_and_reported() {
+    let seen = reports(|_| {
+        let (promise, _resolver) = Promise::<i32, CloneFails>::pending();
+        let output = all([promise.clone()]);
+        // The first consumer gets a copy (whose clone panics), the last the
+        // rejection itself.
+        let copied = output.clone().map(|values| values.len());
+        let moved = output.map(|values| values.len());
+        promise.cancel();
+        drop((copied, moved));
+    });
+    assert_eq!(seen, 1);
+}
+
+#[test]
+fn a_handler_rejecting_after_it_saw_a_cancelled_input_is_reported_once() {
+    // The handler ran: what it rejects with is its own rejection, whatever it saw.
+    let seen = reports(|_| {
+        let (consumed, cancelled, _resolver) = input();
+        let rethrown = all([consumed]).catch(|_| Err::<Vec<i32>, _>(MyErr::Mine("rethrown")));
+        cancelled.cancel();
+        drop(rethrown.map(|values| values.len()));
+    });
+    assert_eq!(seen, 1);
+}
+
+#[test]
+fn an_any_whose_inputs_were_all_cancelled_is_reported_as_with_error() {
+    // `any` rejects with what `combine` makes of the reasons, not with one of
+    // them: that is the user's reason (with `E = Error`, an aggregate, which is
+    // reported too).
+    let seen = reports(|_| {
+        let (consumed, cancelled, _resolver) = input();
+        let output = any_with([consumed], |_| MyErr::Mine("all failed"));
+        cancelled.cancel();
+        drop(output);
+    });
+    assert_eq!(seen, 1);
+    let seen_with_error = reports(|_| {
+        let (promise, _resolver) = Promise::<i32>::pending();
+        let output = thenable::any([promise.clone()]);
+        promise.cancel();
+        drop(output);
+    });
+    assert_eq!(seen_with_error, 1);
+}
+
+#[test]
+fn with_error_a_cancelled_input_passed_on_is_still_not_reported() {
+    let seen = reports(|_| {
+        let (promise, _resolver) = Promise::<i32>::pending();
+        let (other, other_resolver) = Promise::<i32>::pending();
+        let tail = all([promise.clone(), other]).then(|values| Ok(values.len()));
+        let shielded = shield(promise.clone()).map(|v| v + 1);
+        promise.cancel();
+        drop((tail, shielded));
+        other_resolver
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn handlers_see_a_quiet_rejection_as_any_other() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let reason = |reason: MyErr| match reason {
+            MyErr::Lib(error) if error.is_cancelled() => Ok("cancelled"),
+            MyErr::Lib(_) => Ok("another library error"),
+            MyErr::Mine(text) => Ok(text),
+        };
+        let (consumed, cancelled, _resolver) = input();
+        let passed_on = all([consumed]).map(|_| "fulfilled").catch(reason);
+        cancelled.cancel();
+        assert_eq!(event_loop.block_on(passed_on).unwrap(), "cancelled");
+        let own = all([Promise::<i32, _>::rejected(MyErr::Mine("mine"))]);
+        assert_eq!(
+            event_loop
+                .block_on(own.map(|_| "fulfilled").catch(reason))
+                .unwrap(),
+            "mine"
+        );
+    });
+}
+
+#[test]
+fn a_then_child_of_a_cancelled_promise_is_cancelled_not_reported() {
+    let seen = reports(|_| {
+        let (consumed, cancelled, _resolver) = input();
+        let child = consumed.then(|v| Ok::<_, MyErr>(v + 1));
+        cancelled.cancel();
+        drop(child);
+    });
+    assert_eq!(seen, 0);
+}
