@@ -523,16 +523,26 @@ impl Timers {
         }
     }
 
-    /// Puts an interval back after its callback ran, unless it was cleared meanwhile.
-    pub(crate) fn rearm(&mut self, id: TimerId, interval: Box<Interval>, now: Instant) {
-        if let Some(slot) = self.slot_of(id) {
-            let period = interval.period;
-            *slot = Slot::Repeat {
-                generation: id.generation,
-                interval,
-            };
-            self.push_entry(now, period, id);
-        }
+    /// Puts an interval back after its callback ran, unless it was cleared meanwhile:
+    /// then it is given back, for the caller to drop outside any borrow (its
+    /// captures' destructors may set or clear timers).
+    #[must_use = "a cleared interval is dropped by the caller, outside the borrow"]
+    pub(crate) fn rearm(
+        &mut self,
+        id: TimerId,
+        interval: Box<Interval>,
+        now: Instant,
+    ) -> Option<Box<Interval>> {
+        let Some(slot) = self.slot_of(id) else {
+            return Some(interval);
+        };
+        let period = interval.period;
+        *slot = Slot::Repeat {
+            generation: id.generation,
+            interval,
+        };
+        self.push_entry(now, period, id);
+        None
     }
 
     /// Empties the set (the loop is being dropped).
@@ -909,7 +919,7 @@ mod tests {
             timers.clear(id).is_some(),
             "a running interval can be cleared"
         );
-        timers.rearm(id, interval, t0 + period);
+        assert!(timers.rearm(id, interval, t0 + period).is_some());
         assert_eq!(timers.live, 0);
         assert!(timers.next_deadline().is_none());
         // The freed place is reused with a new generation.

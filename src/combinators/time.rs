@@ -191,8 +191,8 @@ pub fn interval(period: Duration) -> Interval {
     let timer = set_interval(period.clamp(SHORTEST_PERIOD, LONGEST_DELAY), move || {
         let mut ticks = fired.lock();
         if ticks.stream_dropped {
-            // The stream was dropped on a thread where this timer could not be
-            // cleared; clear it here, on its own loop.
+            // The stream was dropped before the job clearing this timer reached
+            // its loop; clear it here, on its own loop.
             let timer = ticks.timer;
             drop(ticks);
             if let Some(timer) = timer {
@@ -242,8 +242,8 @@ struct Ticks {
     yielded: u64,
     waker: Option<Waker>,
     timer: Option<TimerId>,
-    /// Set when the stream was dropped but its timer could not be cleared (not on
-    /// the timer's loop thread).
+    /// Set when the stream is dropped: a tick that fires before the timer is
+    /// cleared (by a job sent to the timer's loop) clears it.
     stream_dropped: bool,
 }
 
@@ -269,8 +269,12 @@ impl Stream for Interval {
 
 impl Drop for Interval {
     fn drop(&mut self) {
-        if !clear_timer(self.timer) {
-            self.ticks.lock().stream_dropped = true;
-        }
+        // Should a tick fire before the timer's loop gets to clearing it (dropped
+        // on another thread, the clearing is sent there), that tick clears it.
+        self.ticks.lock().stream_dropped = true;
+        // Its own loop, wherever it is: `clear_timer` would ask only the current
+        // loop of this thread, and leave the timer keeping its loop alive until
+        // the next tick, a period away.
+        clear_timer_on_its_loop(self.timer);
     }
 }

@@ -423,7 +423,12 @@ impl Local {
                     if let Err(payload) = result {
                         report_panic("an interval callback", &*payload);
                     }
-                    self.timers.borrow_mut().rearm(id, interval, Instant::now());
+                    let cleared = self.timers.borrow_mut().rearm(id, interval, Instant::now());
+                    // Dropped with the table released: the closure's captures may
+                    // set or clear timers as they go.
+                    if let Some(cleared) = cleared {
+                        contained("an interval callback's destructor", || drop(cleared));
+                    }
                 }
             }
             self.drain_micro();
