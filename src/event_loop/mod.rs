@@ -456,7 +456,8 @@ pub fn set_immediate(f: impl FnOnce() + 'static) {
 
 /// Runs `f` once, `delay` from now. Timers fire in deadline order; equal deadlines
 /// in the order they were set. A pending timer keeps the loop alive. Delays longer
-/// than a century (up to `Duration::MAX`) are clamped to a century.
+/// than a century (up to `Duration::MAX`) are clamped to a century; a zero delay is
+/// not raised to 1 ms as in Node.js, so it fires before a 1 ms timer set earlier.
 ///
 /// ```
 /// use std::time::Duration;
