@@ -635,3 +635,39 @@ fn a_wait_held_up_by_an_undriven_loops_resolver_is_a_deadlock_once_that_loop_is_
         holder.join().unwrap();
     });
 }
+
+// ---------------------------------------------------------------------------
+// A promise whose home was a thread's default loop, gone with its thread
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_chain_on_a_blocking_job_asked_for_on_a_thread_that_has_exited_runs_its_handler() {
+    within(|| {
+        let (finish, finished) = mpsc::channel::<()>();
+        // Asked for on a thread that runs no loop: the job's promise belongs to
+        // that thread's default loop, gone with the thread before the job ends.
+        let job = thread::spawn(move || {
+            spawn_blocking(move || {
+                finished.recv().unwrap();
+                Ok::<_, Error>(21)
+            })
+        })
+        .join()
+        .unwrap();
+        let doubled = job.map(|v| v * 2);
+        finish.send(()).unwrap();
+        assert_eq!(EventLoop::new().block_on(doubled).unwrap(), 42);
+    });
+}
+
+#[test]
+fn a_chain_on_a_resolver_of_an_exited_threads_default_loop_runs_its_handler() {
+    within(|| {
+        let (promise, resolver) = thread::spawn(Promise::<u64>::pending).join().unwrap();
+        let here = EventLoop::new();
+        let doubled = promise.map(|v| v * 2);
+        let settler = thread::spawn(move || resolver.resolve(21));
+        assert_eq!(here.block_on(doubled).unwrap(), 42);
+        assert!(settler.join().unwrap());
+    });
+}

@@ -184,9 +184,14 @@ pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
 }
 
 /// Queues a reaction whose home loop is not one of this thread's: on that loop if
-/// a thread drives it (or abandoned with it if it is gone), else as an orphan.
+/// a thread drives it (or abandoned with it if it was dropped), else as an orphan.
+///
+/// A thread's default loop that went with its thread was dropped by nobody: the
+/// promises it was the home of (made on a thread that ran no loop, then handed
+/// on) are awaited elsewhere, and their reactions go on as orphans there.
 fn send_elsewhere(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
     match home {
+        Some(home) if home.is_exited_default() => orphans::push(job, None),
         Some(home) if home.is_driven() || home.is_closed() => home.inject(SendJob::Run(job)),
         _ => orphans::push(job, home),
     }
@@ -237,10 +242,7 @@ pub(crate) fn track_unhandled(node: Arc<dyn Graph>) {
         // No loop on this thread yet: the one free functions (`block_on`) will
         // drive, made now if need be, as `Promise::pending` does for its home.
         Ok(None) => {
-            let local = DEFAULT.try_with(|default| {
-                let mut default = default.borrow_mut();
-                default.get_or_insert_with(EventLoop::new).local.clone()
-            });
+            let local = DEFAULT.try_with(|default| default_loop(&mut default.borrow_mut()));
             if let Ok(local) = local {
                 local.track_unhandled(node)
             }
@@ -346,12 +348,17 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&Rc<Local>) -> R) -> R {
 /// The loop free functions use when no loop runs on this thread.
 pub(crate) fn ambient() -> Rc<Local> {
     let newest = CONTEXT.with(newest_created);
-    newest.unwrap_or_else(|| {
-        DEFAULT.with(|default| {
-            let mut default = default.borrow_mut();
-            default.get_or_insert_with(EventLoop::new).local.clone()
-        })
-    })
+    newest.unwrap_or_else(|| DEFAULT.with(|default| default_loop(&mut default.borrow_mut())))
+}
+
+/// This thread's default loop, made now if need be.
+fn default_loop(default: &mut Option<EventLoop>) -> Rc<Local> {
+    let event_loop = default.get_or_insert_with(|| {
+        let event_loop = EventLoop::new();
+        event_loop.local.shared.mark_default();
+        event_loop
+    });
+    event_loop.local.clone()
 }
 
 pub(crate) fn register_created(local: &Rc<Local>) {

@@ -76,6 +76,9 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// A thread is inside `run`, `block_on` or a poll that drives this loop.
     driven: AtomicBool,
+    /// A thread's default loop (made when nothing else was there), which nobody
+    /// drops on purpose: it goes when its thread exits.
+    default: AtomicBool,
 }
 
 impl Shared {
@@ -149,6 +152,15 @@ impl Shared {
                 orphans::notify_driven_loops();
             }
         }
+    }
+
+    pub(crate) fn mark_default(&self) {
+        self.default.store(true, Ordering::Release);
+    }
+
+    /// A thread's default loop that is gone with its thread (see [`Shared::default`]).
+    pub(crate) fn is_exited_default(&self) -> bool {
+        self.is_closed() && self.default.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -227,6 +239,7 @@ impl Local {
             keep_alive: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             driven: AtomicBool::new(false),
+            default: AtomicBool::new(false),
         });
         orphans::register(&shared);
         Local {
