@@ -106,33 +106,57 @@ fn a_handler_queued_on_another_loop_of_this_thread_is_a_deadlock_not_a_hang() {
 // False deadlocks: the other loop's work was not visible when the wait registered
 // ---------------------------------------------------------------------------
 
+/// A worker, and `parent.then(|v| v + 1)` where `parent` is the worker's and has
+/// settled with 20, its handler queued on the worker, which stays busy until
+/// `done` is sent (or for [`BUSY`]). Join the worker with [`finish`].
+struct QueuedOnBusyWorker {
+    child: Promise<u64>,
+    done: mpsc::Sender<()>,
+    handle: LoopHandle,
+    thread: thread::JoinHandle<()>,
+}
+
+fn child_queued_on_busy_worker() -> QueuedOnBusyWorker {
+    let (handle, thread) = worker();
+    let (made, promise) = mpsc::channel();
+    let (attached, handler_attached) = mpsc::channel::<()>();
+    let (resolved, was_resolved) = mpsc::channel::<()>();
+    let (done, main_done) = mpsc::channel::<()>();
+    handle.post(move || {
+        let (p, r) = Promise::<u64>::pending();
+        made.send(p).unwrap();
+        handler_attached.recv().unwrap();
+        r.resolve(20);
+        resolved.send(()).unwrap();
+        // Still busy in this job: the handler main attached runs after it.
+        let _ = main_done.recv_timeout(BUSY);
+    });
+    let parent: Promise<u64> = promise.recv().unwrap();
+    let child = parent.then(|v| Ok(v + 1));
+    attached.send(()).unwrap();
+    was_resolved.recv().unwrap();
+    QueuedOnBusyWorker {
+        child,
+        done,
+        handle,
+        thread,
+    }
+}
+
+fn finish(done: mpsc::Sender<()>, handle: LoopHandle, thread: thread::JoinHandle<()>) {
+    let _ = done.send(());
+    drop(handle);
+    thread.join().unwrap();
+}
+
 #[test]
 fn a_chain_whose_parent_settled_on_a_busy_worker_is_not_a_deadlock() {
     within(|| {
-        let (handle, thread) = worker();
-        let (made, promise) = mpsc::channel();
-        let (attached, handler_attached) = mpsc::channel::<()>();
-        let (resolved, was_resolved) = mpsc::channel::<()>();
-        let (returned, main_returned) = mpsc::channel::<()>();
-        handle.post(move || {
-            let (p, r) = Promise::<u64>::pending();
-            made.send(p).unwrap();
-            handler_attached.recv().unwrap();
-            r.resolve(20);
-            resolved.send(()).unwrap();
-            // Still busy in this job: the handler main attached runs after it.
-            let _ = main_returned.recv_timeout(BUSY);
-        });
-        let p: Promise<u64> = promise.recv().unwrap();
-        let child = p.then(|v| Ok(v + 1));
-        attached.send(()).unwrap();
-        was_resolved.recv().unwrap();
+        let queued = child_queued_on_busy_worker();
         // The wait registers with the parent settled and its handler queued on the
         // worker, which will run it.
-        let outcome = EventLoop::new().block_on(child);
-        let _ = returned.send(());
-        drop(handle);
-        thread.join().unwrap();
+        let outcome = EventLoop::new().block_on(queued.child);
+        finish(queued.done, queued.handle, queued.thread);
         assert_eq!(outcome.unwrap(), 21);
     });
 }
@@ -140,24 +164,12 @@ fn a_chain_whose_parent_settled_on_a_busy_worker_is_not_a_deadlock() {
 #[test]
 fn run_waits_for_a_task_whose_chain_has_its_handler_queued_on_a_busy_worker() {
     within(|| {
-        let (handle, thread) = worker();
-        let (made, promise) = mpsc::channel();
-        let (attached, handler_attached) = mpsc::channel::<()>();
-        let (resolved, was_resolved) = mpsc::channel::<()>();
-        let (returned, main_returned) = mpsc::channel::<()>();
-        handle.post(move || {
-            let (p, r) = Promise::<u64>::pending();
-            made.send(p).unwrap();
-            handler_attached.recv().unwrap();
-            r.resolve(20);
-            resolved.send(()).unwrap();
-            // Still busy in this job: the handler main attached runs after it.
-            let _ = main_returned.recv_timeout(BUSY);
-        });
-        let p: Promise<u64> = promise.recv().unwrap();
-        let child = p.then(|v| Ok(v + 1));
-        attached.send(()).unwrap();
-        was_resolved.recv().unwrap();
+        let QueuedOnBusyWorker {
+            child,
+            done,
+            handle,
+            thread,
+        } = child_queued_on_busy_worker();
         let event_loop = EventLoop::new();
         let (seen, got) = mpsc::channel();
         // The task's wait registers with the parent settled and its handler
@@ -170,9 +182,7 @@ fn run_waits_for_a_task_whose_chain_has_its_handler_queued_on_a_busy_worker() {
         }));
         event_loop.run().unwrap();
         let outcome = got.try_recv();
-        let _ = returned.send(());
-        drop(handle);
-        thread.join().unwrap();
+        finish(done, handle, thread);
         assert_eq!(
             outcome
                 .expect("`run` returned before its task finished")

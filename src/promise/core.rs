@@ -729,8 +729,7 @@ impl<T, E> Core<T, E> {
     /// Settles the promise. Reactions go to the loop chosen by `context::schedule`
     /// (`home` is the resolver's loop, if a resolver settles it).
     pub(crate) fn settle(&self, outcome: Result<T, E>, home: Option<&LoopRef>) -> Settle {
-        self.try_settle(outcome, false, home)
-            .unwrap_or(Settle::Already)
+        self.settle_as(outcome, false, home)
     }
 
     /// [`settle`](Self::settle), a rejection being quiet when `quiet` is set
