@@ -170,8 +170,8 @@ impl<T: AsFd> Async<T> {
     /// one). The loop keeps the descriptor's number until the `Async` is dropped;
     /// an `Async` that is forgotten instead keeps `io`, and so its descriptor, open
     /// for ever, so that number can never come to name another file. To wait on a
-    /// borrowed object, use [`readable`](crate::io::readable) and
-    /// [`writable`](crate::io::writable).
+    /// borrowed object, use [`readable`] and
+    /// [`writable`].
     ///
     /// ```compile_fail
     /// let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
