@@ -10,6 +10,7 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// The default error type of a [`Promise`](crate::Promise).
@@ -95,6 +96,8 @@ impl Error {
     }
 
     /// The error of a handler or future that panicked; the panic message is kept.
+    /// The payload is dropped here; should its destructor panic too, that second
+    /// panic is caught and its own payload leaked, so that this never unwinds.
     ///
     /// ```
     /// let payload = std::panic::catch_unwind(|| panic!("boom")).unwrap_err();
@@ -110,6 +113,10 @@ impl Error {
         } else {
             "non-string panic payload".to_string()
         };
+        if let Err(second) = catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+            // Dropping it could panic again.
+            std::mem::forget(second);
+        }
         Error::build(Kind::Panic, format!("panicked: {text}"))
     }
 
@@ -388,5 +395,20 @@ mod tests {
         let wrapped: Error = std::io::Error::from(std::io::ErrorKind::NotFound).into();
         let back: std::io::Error = wrapped.into();
         assert_eq!(back.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_panic_payload_whose_drop_panics_does_not_unwind_out_of_the_error() {
+        struct PanicsWhenDropped;
+        impl Drop for PanicsWhenDropped {
+            fn drop(&mut self) {
+                panic!("the payload's own destructor");
+            }
+        }
+        let payload: Box<dyn Any + Send> = Box::new(PanicsWhenDropped);
+        let made = std::panic::catch_unwind(AssertUnwindSafe(|| Error::panic(payload)));
+        let error = made.expect("Error::panic unwound");
+        assert!(error.is_panic());
+        assert!(error.to_string().contains("non-string panic payload"));
     }
 }

@@ -144,7 +144,10 @@ impl StdinLines {
     /// Requests are served in the order they were made, whether made here or by
     /// polling the stream. Cancelling the promise (see [`Promise::cancel`]) withdraws
     /// the request, and the line goes to the next one; a promise merely dropped
-    /// still takes its line.
+    /// still takes its line. A request is served on the loop of the first request
+    /// made while none was being served; if that loop is dropped first, the promise
+    /// breaks ([`Error::is_broken`]) and its line goes to the next request (the
+    /// stream's own request is served on the loop it is next polled on instead).
     ///
     /// ```
     /// # // This example gets its own standard input, a file of two lines.
@@ -167,9 +170,15 @@ impl StdinLines {
     /// assert_eq!(thenable::block_on(sum).unwrap(), 42);
     /// ```
     pub fn next_line(&self) -> Promise<Option<String>> {
+        self.request(false)
+    }
+
+    /// Queues a request; `for_stream` marks the stream's own, which outlives a
+    /// dropped serving loop (see [`Server`]'s `Drop`).
+    fn request(&self, for_stream: bool) -> Promise<Option<String>> {
         let (promise, settler) = internal::<Option<String>, Error>();
         let hooks = settler.cancel_hooks();
-        let (id, start_server) = {
+        let id = {
             let mut queue = self.queue.lock();
             let id = queue.next_request_id;
             queue.next_request_id += 1;
@@ -177,23 +186,34 @@ impl StdinLines {
                 id,
                 settler,
                 cancelled: false,
+                for_stream,
             });
-            (id, !std::mem::replace(&mut queue.serving, true))
+            id
         };
         let queue = Arc::downgrade(&self.queue);
         hooks.add(move || withdraw(&queue, id));
-        if start_server {
-            let server = Server {
-                queue: self.queue.clone(),
-                finished: false,
-            };
-            // Nothing awaits the server: it reports through the requests it serves.
-            let _server = crate::spawn(async move {
-                server.await;
-                Ok::<(), Error>(())
-            });
-        }
+        self.serve();
         promise
+    }
+
+    /// Starts a server on this thread's loop if requests wait and none serves them.
+    fn serve(&self) {
+        {
+            let mut queue = self.queue.lock();
+            if queue.serving || queue.requests.is_empty() {
+                return;
+            }
+            queue.serving = true;
+        }
+        let server = Server {
+            queue: self.queue.clone(),
+            finished: false,
+        };
+        // Nothing awaits the server: it reports through the requests it serves.
+        let _server = crate::spawn(async move {
+            server.await;
+            Ok::<(), Error>(())
+        });
     }
 }
 
@@ -222,10 +242,14 @@ impl Stream for StdinLines {
         if this.ended {
             return Poll::Ready(None);
         }
+        if this.current.is_some() {
+            // Its server may have gone with the loop it ran on: serve it here.
+            this.serve();
+        }
         let request = match &mut this.current {
             Some(request) => request,
             None => {
-                let request = this.next_line();
+                let request = this.request(true);
                 this.current.insert(request)
             }
         };
@@ -282,6 +306,9 @@ struct LineRequest {
     id: u64,
     settler: Settler<Option<String>, Error>,
     cancelled: bool,
+    /// The stream's own request, which it polls again on whatever loop it is next
+    /// polled on.
+    for_stream: bool,
 }
 
 /// The cancellation hook of request `id`: marks it, wakes the server to drop it.
@@ -347,16 +374,28 @@ impl Drop for Server {
         if self.finished {
             return;
         }
-        // Dropped unfinished: its loop was dropped. The source is registered with
-        // that loop's reactor, which nobody will poll again: close it, so the next
-        // request (on another loop) opens standard input afresh.
-        let released = {
+        // Dropped unfinished: its loop was dropped. A pollable source is registered
+        // with that loop's reactor, which nobody will poll again: close it, so the
+        // next request (on another loop) opens standard input afresh. (A read on the
+        // pool is kept: it may hold bytes read already.) A promised request would
+        // wait for ever for a server nobody starts: it breaks, as the promise of a
+        // task of that loop does. The stream's own request stays queued, for the
+        // server its next poll starts.
+        let (released, broken) = {
             let mut queue = self.queue.lock();
             queue.serving = false;
             queue.server = None;
-            queue.reader.source.take()
+            let released = match &queue.reader.source {
+                Some(StdinSource::Pollable { .. }) => queue.reader.source.take(),
+                _ => None,
+            };
+            let (broken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut queue.requests)
+                .into_iter()
+                .partition(|r| !r.for_stream);
+            queue.requests = kept.into();
+            (released, broken)
         };
-        drop(released);
+        drop((released, broken));
     }
 }
 

@@ -1,0 +1,343 @@
+//! `io::stdin_lines` and the blocking pool under faults: requests that outlive the
+//! loop that started serving them, a pool read in flight when its loop goes, a
+//! panic payload whose drop panics, and pool jobs whose promise was cancelled.
+//!
+//! Stdin is tested through child processes, as in `tests/stdin.rs`: each test runs
+//! this binary again (only `child_process_entry_point`, chosen by an environment
+//! variable) with the standard input under test, and reads the `child: ...` lines
+//! it reports. No timing assertions: every wait has a safety net that turns a hang
+//! into a failure.
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fmt::Display;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use futures::future::{select, Either};
+use futures::StreamExt;
+use thenable::io::stdin_lines;
+use thenable::{spawn_blocking, Error, EventLoop, Promise};
+
+const SAFETY_NET: Duration = Duration::from_secs(60);
+/// How long a child waits for a line before it reports a hang (a safety net).
+const CHILD_SAFETY_NET: Duration = Duration::from_secs(20);
+const CHILD_MODE: &str = "THENABLE_STDIN_REVIEW_CHILD";
+const EVENT_PREFIX: &str = "child: ";
+
+// ---- the parent side ----
+
+struct Child {
+    process: std::process::Child,
+    events: mpsc::Receiver<String>,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn start_child(mode: &str, stdin: Stdio) -> Child {
+    let mut process = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_entry_point",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_MODE, mode)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(process.stdout.take().unwrap());
+    let (send, events) = mpsc::channel();
+    thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if let Some((_, event)) = line.split_once(EVENT_PREFIX) {
+                if send.send(event.to_string()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Child { process, events }
+}
+
+impl Child {
+    fn write(&mut self, bytes: &[u8]) {
+        let stdin = self.process.stdin.as_mut().expect("stdin is a pipe");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn expect(&self, expected: &str) {
+        match self.events.recv_timeout(SAFETY_NET) {
+            Ok(event) => assert_eq!(event, expected),
+            Err(_) => panic!("the child never reported {expected:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_stream_polled_on_a_dropped_loop_reads_on_with_the_next_loop() {
+    let mut child = start_child("stream-after-loop-dropped", Stdio::piped());
+    child.expect("first loop gave up and was dropped");
+    child.write(b"one\n");
+    child.expect(r#"second loop got "one""#);
+}
+
+#[test]
+fn a_request_whose_serving_loop_was_dropped_breaks_and_its_line_goes_to_the_next() {
+    let mut child = start_child("promise-after-loop-dropped", Stdio::piped());
+    child.expect("first loop gave up and was dropped");
+    // Nobody serves the old request any more: awaiting it is an error, not a hang.
+    child.expect("the old request broke");
+    child.write(b"one\n");
+    child.expect(r#"a new request got Some("one")"#);
+}
+
+#[test]
+fn a_file_read_in_flight_on_the_pool_when_its_loop_is_dropped_loses_no_line() {
+    let child = start_child(
+        "pool-read-after-loop-dropped",
+        stdin_from_file(b"a\nb\nc\n"),
+    );
+    child.expect("first loop gave up and was dropped");
+    child.expect("lines: a,b,c");
+}
+
+fn stdin_from_file(contents: &[u8]) -> Stdio {
+    let path = std::env::temp_dir().join(format!(
+        "thenable-stdin-review-{}-{}",
+        std::process::id(),
+        contents.len()
+    ));
+    std::fs::write(&path, contents).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    Stdio::from(file)
+}
+
+// ---- the blocking pool ----
+
+/// Reports its drop.
+struct Tracked(mpsc::Sender<()>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+#[test]
+fn the_result_of_a_job_cancelled_while_running_is_dropped_not_leaked() {
+    let (cancelled, dropped) = common::within(|| {
+        let (started, has_started) = mpsc::channel::<()>();
+        let (release, hold) = mpsc::channel::<()>();
+        let (drop_report, was_dropped) = mpsc::channel::<()>();
+        let job: Promise<Tracked> = spawn_blocking(move || {
+            started.send(()).unwrap();
+            hold.recv().unwrap();
+            Ok(Tracked(drop_report))
+        });
+        has_started.recv().unwrap();
+        assert!(job.cancel());
+        release.send(()).unwrap();
+        // Only a dropped result reports, then disconnects; a leaked one never does.
+        let dropped = was_dropped.recv().is_ok() && was_dropped.recv().is_err();
+        let cancelled = thenable::block_on(job)
+            .map(|_| ())
+            .unwrap_err()
+            .is_cancelled();
+        (cancelled, dropped)
+    });
+    assert!(
+        cancelled,
+        "the cancelled job's promise reports the cancellation"
+    );
+    assert!(dropped, "the result was dropped once");
+}
+
+/// A panic payload whose own drop panics.
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("{} the payload's drop", common::MARK);
+    }
+}
+
+#[test]
+fn a_job_panicking_with_a_payload_whose_drop_panics_still_rejects_as_a_panic() {
+    let outcome = common::within(|| {
+        let job: Promise<()> = spawn_blocking(|| std::panic::panic_any(PanicsWhenDropped));
+        thenable::block_on(job).unwrap_err()
+    });
+    assert!(outcome.is_panic(), "rejected with {outcome}");
+    // The pool survives it.
+    let next = common::within(|| thenable::block_on(spawn_blocking(|| Ok::<_, Error>(7))));
+    assert_eq!(next.unwrap(), 7);
+}
+
+// ---- the child side ----
+
+/// Not a test of its own: the entry point of the child processes the tests above
+/// start. Run by the test harness without the variable, it does nothing.
+#[test]
+fn child_process_entry_point() {
+    let Ok(mode) = std::env::var(CHILD_MODE) else {
+        return;
+    };
+    match mode.as_str() {
+        "stream-after-loop-dropped" => stream_after_loop_dropped(),
+        "promise-after-loop-dropped" => promise_after_loop_dropped(),
+        "pool-read-after-loop-dropped" => pool_read_after_loop_dropped(),
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+fn report(event: impl Display) {
+    println!("{EVENT_PREFIX}{event}");
+}
+
+/// `wanted`, or `None` once the safety net runs out.
+async fn or_hang<T>(wanted: impl std::future::Future<Output = T> + Unpin) -> Option<T> {
+    match select(wanted, thenable::sleep(CHILD_SAFETY_NET)).await {
+        Either::Left((value, _)) => Some(value),
+        Either::Right(_) => None,
+    }
+}
+
+/// No input is written before the first loop gives up, so its short wait always
+/// wins: the read is pending when the loop is dropped.
+fn stream_after_loop_dropped() {
+    let mut lines = stdin_lines();
+    let first = EventLoop::new();
+    first
+        .block_on(async {
+            let gave_up = select(lines.next(), thenable::sleep(Duration::from_millis(20))).await;
+            assert!(matches!(gave_up, Either::Right(_)), "no input was written");
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+    drop(first);
+    report("first loop gave up and was dropped");
+    let second = EventLoop::new();
+    let got = second
+        .block_on(async { Ok::<_, Error>(or_hang(lines.next()).await) })
+        .unwrap();
+    match got {
+        Some(Some(Ok(line))) => report(format!("second loop got {line:?}")),
+        Some(other) => report(format!("second loop got {other:?}")),
+        None => report("second loop waited for ever"),
+    }
+}
+
+fn promise_after_loop_dropped() {
+    let lines = stdin_lines();
+    let first = EventLoop::new();
+    let request = lines.next_line();
+    first
+        .block_on(thenable::sleep(Duration::from_millis(20)))
+        .unwrap();
+    drop(first);
+    report("first loop gave up and was dropped");
+    let second = EventLoop::new();
+    let got = second
+        .block_on(async { Ok::<_, Error>(or_hang(request).await) })
+        .unwrap();
+    match got {
+        Some(Err(error)) if error.is_broken() => report("the old request broke"),
+        Some(outcome) => report(format!("the old request got {}", show(outcome))),
+        None => report("the old request waited for ever"),
+    }
+    let got = second
+        .block_on(async { Ok::<_, Error>(or_hang(lines.next_line()).await) })
+        .unwrap();
+    match got {
+        Some(outcome) => report(format!("a new request got {}", show(outcome))),
+        None => report("a new request waited for ever"),
+    }
+}
+
+fn show(outcome: Result<Option<String>, Error>) -> String {
+    match outcome {
+        Ok(line) => format!("{line:?}"),
+        Err(error) => format!("error: {error}"),
+    }
+}
+
+/// Standard input is a file, read on the pool; the pool is full, so the first read
+/// waits in its queue while the first loop gives up and is dropped.
+fn pool_read_after_loop_dropped() {
+    let (started, all_started) = mpsc::channel::<()>();
+    let mut go_aheads = Vec::new();
+    let blockers: Vec<Promise<()>> = (0..thenable::MAX_BLOCKING_THREADS)
+        .map(|_| {
+            let started = started.clone();
+            let (go_ahead, wait) = mpsc::channel::<()>();
+            go_aheads.push(go_ahead);
+            spawn_blocking(move || {
+                started.send(()).unwrap();
+                wait.recv_timeout(CHILD_SAFETY_NET)
+                    .map_err(|_| Error::msg("never told to go ahead"))
+            })
+        })
+        .collect();
+    for _ in 0..thenable::MAX_BLOCKING_THREADS {
+        all_started.recv_timeout(CHILD_SAFETY_NET).unwrap();
+    }
+
+    let mut lines = stdin_lines();
+    let first = EventLoop::new();
+    first
+        .block_on(async {
+            let gave_up = select(lines.next(), thenable::sleep(Duration::from_millis(20))).await;
+            assert!(
+                matches!(gave_up, Either::Right(_)),
+                "the read waits behind a full pool"
+            );
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+    drop(first);
+    report("first loop gave up and was dropped");
+
+    for go_ahead in go_aheads {
+        go_ahead.send(()).unwrap();
+    }
+    for blocker in blockers {
+        thenable::block_on(blocker).unwrap();
+    }
+    // The queued read, if it still runs, moves the offset descriptor 0 shares.
+    let mut waited = Duration::ZERO;
+    while offset_of_stdin() == 0 && waited < CHILD_SAFETY_NET {
+        thread::sleep(Duration::from_millis(10));
+        waited += Duration::from_millis(10);
+    }
+
+    let second = EventLoop::new();
+    let all = second
+        .block_on(async {
+            let mut all = Vec::new();
+            while let Some(line) = lines.next().await {
+                all.push(line?);
+            }
+            Ok::<_, Error>(all)
+        })
+        .unwrap();
+    report(format!("lines: {}", all.join(",")));
+}
+
+fn offset_of_stdin() -> u64 {
+    rustix::fs::seek(std::io::stdin(), rustix::fs::SeekFrom::Current(0)).unwrap()
+}
