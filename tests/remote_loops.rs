@@ -98,6 +98,16 @@ fn all_over_remote_tasks_is_awaited_without_a_deadlock() {
     });
 }
 
+#[test]
+fn a_tuple_all_over_remote_tasks_is_awaited_without_a_deadlock() {
+    within(|| {
+        let worker = worker();
+        let both = all((slow_task(&worker.handle, 40), slow_task(&worker.handle, 2)));
+        let sum = both.map(|(a, b)| a + b);
+        assert_eq!(worker.await_here(sum).unwrap(), 42);
+    });
+}
+
 /// Runs `make` on the worker's thread, inside its loop, and brings back what it
 /// made. The worker is started for this, so the wait that follows is registered
 /// while it runs.

@@ -24,7 +24,9 @@ use crate::event_loop::contained;
 use crate::promise::core::{
     self, Collector, Graph, Input, Link, Lock, Node, Runnable, Settling, FOLLOWER,
 };
-use crate::promise::{internal, internal_with, never, Observation, Promise, Settled, Settler};
+use crate::promise::{
+    internal, internal_with, never, Observation, PendingInputs, Promise, Settled, Settler,
+};
 
 // ---------------------------------------------------------------------------
 // Links: one `watch` per input
@@ -137,6 +139,8 @@ where
         });
         // Weak: the output must not keep the state (and so the inputs' links) alive.
         let weak = Arc::downgrade(&gather);
+        let inputs: Weak<dyn PendingInputs> = weak.clone();
+        settler.settled_by_inputs(inputs);
         settler.on_cancel(move || {
             if let Some(gather) = weak.upgrade() {
                 gather.abort();
@@ -201,6 +205,22 @@ where
         };
         links.cancel();
         drop(output);
+    }
+}
+
+impl<P, O, E> PendingInputs for Gather<P, O, E>
+where
+    P: Send + 'static,
+    O: Send + 'static,
+    E: Send + 'static,
+{
+    fn pending_inputs(&self, limit: usize) -> Vec<Arc<dyn Graph>> {
+        let state = self.state.lock();
+        let links = state.links.0.iter().flatten();
+        links
+            .filter_map(|link| link.observed())
+            .take(limit)
+            .collect()
     }
 }
 

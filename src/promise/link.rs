@@ -8,7 +8,7 @@
 //! hang.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use smallvec::SmallVec;
 
@@ -444,6 +444,14 @@ type CancelHook = Box<dyn FnOnce() + Send>;
 struct Registered {
     hooks: SmallVec<[CancelHook; 1]>,
     following: Option<Arc<dyn Cancel>>,
+    /// What settles it, when that is several promises (a tuple combinator's
+    /// inputs), for [`Graph::settling`].
+    inputs: Option<Weak<dyn PendingInputs>>,
+}
+
+/// The inputs a combinator still waits on, at most `limit` of them.
+pub(crate) trait PendingInputs: Send + Sync {
+    fn pending_inputs(&self, limit: usize) -> Vec<Arc<dyn Graph>>;
 }
 
 /// The link of a promise that something other than a parent settles (a resolver,
@@ -518,6 +526,18 @@ impl Hooks {
         }
     }
 
+    /// Records that `inputs` settle the node (see [`Registered::inputs`]).
+    pub(crate) fn settled_by_inputs<T, E>(
+        node: &Node<T, E, Hooks>,
+        inputs: Weak<dyn PendingInputs>,
+    ) {
+        node.link
+            .on_cancel
+            .lock()
+            .get_or_insert_with(Box::default)
+            .inputs = Some(inputs);
+    }
+
     /// Records that the node follows what `forward` follows (its upstream), and
     /// that a cancellation stops `forward`.
     pub(crate) fn follow<T, E>(node: &Node<T, E, Hooks>, forward: Arc<dyn Cancel>) {
@@ -558,7 +578,11 @@ impl<T, E> Link<T, E> for Hooks {
             _ => {
                 let registered = node.link.on_cancel.lock();
                 let following = registered.as_ref().and_then(|r| r.following.clone());
+                let inputs = registered.as_ref().and_then(|r| r.inputs.clone());
                 drop(registered);
+                if let Some(inputs) = inputs.and_then(|inputs| inputs.upgrade()) {
+                    return Settling::Inputs(inputs.pending_inputs(core::SETTLING_SEARCH));
+                }
                 match following {
                     Some(forward) => match forward.source() {
                         Some(source) => Settling::Follows(source),
@@ -841,6 +865,8 @@ pub(crate) trait Observation: Send + Sync {
     /// Withdraws from the observed promise if its outcome has not arrived yet; the
     /// function then runs with `Input::Cancelled`, from the queue.
     fn cancel(self: Arc<Self>);
+    /// The observed promise, while its outcome has not arrived.
+    fn observed(&self) -> Option<Arc<dyn Graph>>;
 }
 
 impl<T, E, F> Observer<T, E, F>
@@ -918,6 +944,13 @@ where
             let key = self.reaction_key();
             context::schedule(self, None);
             core::withdraw(parent, (key, REACTION));
+        }
+    }
+
+    fn observed(&self) -> Option<Arc<dyn Graph>> {
+        match &*self.watch.lock() {
+            Slot::Waiting { parent, .. } => Some(parent.clone()),
+            _ => None,
         }
     }
 }

@@ -18,8 +18,8 @@ use std::task::{Context, Poll};
 use self::core::{Core, Graph, Input, Node, NodeDyn, NodeRef, Status, Waiter};
 #[doc(hidden)]
 pub use self::link::Next;
-pub(crate) use self::link::Observation;
 use self::link::{adopt, settle, settle_as, Hooks, Observer, ThenLink};
+pub(crate) use self::link::{Observation, PendingInputs};
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
 use crate::task::TaskRef;
@@ -907,6 +907,12 @@ impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
     /// Runs `hook` if the promise is cancelled (the resource to release).
     pub(crate) fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
         Hooks::add(self.node(), Box::new(hook));
+    }
+
+    /// Says that `inputs` settle the promise, for a loop's deadlock check (see
+    /// `core::settled_by_another_loop`).
+    pub(crate) fn settled_by_inputs(&self, inputs: std::sync::Weak<dyn PendingInputs>) {
+        Hooks::settled_by_inputs(self.node(), inputs);
     }
 
     /// Where to register what to release if the promise is cancelled; usable after
