@@ -494,6 +494,10 @@ impl Local {
         let mut waits = self.task_waits.borrow_mut();
         if waits.len() == waits.capacity() {
             waits.retain(wait_may_go_on);
+            // A task polled again while it waits on the same promise (woken by
+            // something else, in a `select`) records the wait again: once each.
+            let mut seen = std::collections::HashSet::new();
+            waits.retain(|(task, node)| seen.insert((task.as_ptr(), node.as_ptr().cast::<()>())));
         }
         waits.push((Arc::downgrade(task), node));
     }
@@ -643,6 +647,7 @@ pub(crate) fn report_panic(what: &str, payload: &(dyn std::any::Any + Send)) {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::time::Duration;
 
     use crate::{sleep, spawn_local, Error, EventLoop};
@@ -663,5 +668,37 @@ mod tests {
         let recorded = event_loop.local.task_waits.borrow().len();
         assert!(recorded > 0, "the waits were recorded");
         assert!(recorded < 64, "{recorded} of {waits} waits still recorded");
+    }
+
+    #[test]
+    fn a_wait_a_task_polls_again_and_again_is_recorded_once() {
+        let event_loop = EventLoop::new();
+        let polls = 1_000;
+        let task = spawn_local(async move {
+            // Polled again and again while it waits on the same promise, as a
+            // `select` with a busier branch would be.
+            let mut hour = std::pin::pin!(sleep(Duration::from_secs(3600)));
+            let mut left = polls;
+            std::future::poll_fn(move |cx| {
+                let _ = hour.as_mut().poll(cx);
+                left -= 1;
+                if left == 0 {
+                    return std::task::Poll::Ready(());
+                }
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            })
+            .await;
+            Ok::<_, Error>(())
+        });
+        let recorded = {
+            let local = &event_loop.local;
+            event_loop.block_on(task).unwrap();
+            local.task_waits.borrow().len()
+        };
+        assert!(
+            recorded < 64,
+            "{recorded} records of one wait polled {polls} times"
+        );
     }
 }
