@@ -5,35 +5,19 @@
 //! sharing the pool could be starved by it (or starve it). No timing assertions:
 //! every wait has a generous safety net.
 
+mod common;
+
 use std::sync::mpsc;
 use std::time::Duration;
 
-use thenable::{spawn_blocking, Error, Promise, MAX_BLOCKING_THREADS};
+use common::FullPool;
+use thenable::{spawn_blocking, Promise};
 
 const SAFETY_NET: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_job_cancelled_while_queued_never_runs_and_the_rest_do() {
-    // Fill every pool thread with a job that waits for the test's go-ahead.
-    let (started, all_started) = mpsc::channel::<()>();
-    let mut go_aheads = Vec::new();
-    let blockers: Vec<Promise<()>> = (0..MAX_BLOCKING_THREADS)
-        .map(|_| {
-            let started = started.clone();
-            let (go_ahead, wait) = mpsc::channel::<()>();
-            go_aheads.push(go_ahead);
-            spawn_blocking(move || {
-                started.send(()).unwrap();
-                wait.recv_timeout(SAFETY_NET)
-                    .map_err(|_| Error::msg("never told to go ahead"))
-            })
-        })
-        .collect();
-    for _ in 0..MAX_BLOCKING_THREADS {
-        all_started
-            .recv_timeout(SAFETY_NET)
-            .expect("the pool did not run MAX_BLOCKING_THREADS jobs at once");
-    }
+    let pool = FullPool::fill(SAFETY_NET);
 
     // Every thread is busy: these wait in the queue.
     let (ran, did_it_run) = mpsc::channel::<()>();
@@ -44,12 +28,7 @@ fn a_job_cancelled_while_queued_never_runs_and_the_rest_do() {
     let queued_after: Promise<&str> = spawn_blocking(|| Ok("ran after the pool freed up"));
     assert!(cancelled.cancel());
 
-    for go_ahead in go_aheads {
-        go_ahead.send(()).unwrap();
-    }
-    for blocker in blockers {
-        thenable::block_on(blocker).unwrap();
-    }
+    pool.release();
     assert_eq!(
         thenable::block_on(queued_after).unwrap(),
         "ran after the pool freed up"

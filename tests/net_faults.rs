@@ -9,27 +9,11 @@
 mod common;
 
 use std::io::{ErrorKind, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
+use common::child::{self, report};
 use common::net::{kind_of, pair_with_std_peer, run};
 use thenable::net::UdpSocket;
-
-const CHILD_MODE: &str = "THENABLE_NET_FAULTS_CHILD";
-
-/// This test binary, to be run as a child in `mode` (see
-/// [`child_process_entry_point`]).
-fn child(mode: &str) -> Command {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            "child_process_entry_point",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_MODE, mode);
-    command
-}
 
 /// The child succeeded and printed `expected`.
 fn assert_child_said(output: &std::process::Output, expected: &str) {
@@ -132,7 +116,10 @@ fn bytes_a_clone_buffered_through_async_buf_read_are_seen_by_the_other_handles()
 /// on. Run in a child process, which the signal would kill.
 #[test]
 fn a_write_to_a_reset_peer_is_an_error_even_where_sigpipe_is_not_ignored() {
-    let output = child("sigpipe").stdin(Stdio::null()).output().unwrap();
+    let output = child::command("sigpipe")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_child_said(&output, "child: rejected");
 }
 
@@ -176,7 +163,7 @@ fn write_to_reset_peer_with_default_sigpipe() {
             "{kind:?}"
         );
     }
-    println!("child: rejected {kind:?}");
+    report(format!("rejected {kind:?}"));
 }
 
 // ---------------------------------------------------------------------------
@@ -186,7 +173,7 @@ fn write_to_reset_peer_with_default_sigpipe() {
 /// `with_max_line_length(usize::MAX)` must read lines, not overflow.
 #[test]
 fn stdin_lines_without_a_limit_reads_to_the_end() {
-    let mut child = child("stdin-no-limit")
+    let mut child = child::command("stdin-no-limit")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -213,7 +200,7 @@ fn read_stdin_without_a_limit() {
         Ok::<_, thenable::Error>(got)
     })
     .unwrap();
-    println!("child: lines {got:?}");
+    report(format!("lines {got:?}"));
 }
 
 // ---------------------------------------------------------------------------
@@ -229,7 +216,10 @@ fn read_stdin_without_a_limit() {
 /// limit is lowered.
 #[test]
 fn accept_errors_from_running_out_of_descriptors_let_the_loop_run() {
-    let output = child("emfile").stdin(Stdio::null()).output().unwrap();
+    let output = child::command("emfile")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_child_said(&output, "child: the timer ran");
 }
 
@@ -289,14 +279,14 @@ fn accept_while_out_of_descriptors() {
         fired.load(Ordering::SeqCst),
         "{errors} accept errors in a row and the loop never ran its timer"
     );
-    println!("child: the timer ran after {errors} accept errors");
+    report(format!("the timer ran after {errors} accept errors"));
 }
 
 /// Not a test of its own: the entry point of the child processes the tests above
 /// start. Run by the test harness without the variable, it does nothing.
 #[test]
 fn child_process_entry_point() {
-    let Ok(mode) = std::env::var(CHILD_MODE) else {
+    let Some(mode) = child::mode() else {
         return;
     };
     match mode.as_str() {

@@ -8,122 +8,31 @@
 
 #![cfg(target_os = "linux")]
 
-use std::fmt::Display;
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::thread;
 use std::time::Duration;
 
+use common::child::{self, report, stdin_from_file, Child};
 use futures::StreamExt;
 use thenable::io::stdin_lines;
 use thenable::{Error, EventLoop};
 
-const SAFETY_NET: Duration = Duration::from_secs(60);
-const CHILD_MODE: &str = "THENABLE_STDIN_TEST_CHILD";
 const CHILD_LIMIT: &str = "THENABLE_STDIN_TEST_LIMIT";
-const EVENT_PREFIX: &str = "child: ";
 
 // ---- the parent side: the tests ----
 
-/// A running child and the events it reports.
-struct Child {
-    process: std::process::Child,
-    events: mpsc::Receiver<String>,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        // A test that failed half-way leaves no child behind waiting for input.
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
+/// This binary as a child in `mode`, its lines cut at `limit` bytes if given.
 fn start_child(mode: &str, stdin: Stdio, limit: Option<usize>) -> Child {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            "child_process_entry_point",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_MODE, mode)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut command = child::command(mode);
     if let Some(limit) = limit {
         command.env(CHILD_LIMIT, limit.to_string());
     }
-    let mut process = command.spawn().unwrap();
-    let stdout = BufReader::new(process.stdout.take().unwrap());
-    let (send, events) = mpsc::channel();
-    thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            // Anywhere in the line: the harness prints the test's name first.
-            if let Some((_, event)) = line.split_once(EVENT_PREFIX) {
-                if send.send(event.to_string()).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    Child { process, events }
-}
-
-impl Child {
-    fn write(&mut self, bytes: &[u8]) {
-        let stdin = self.process.stdin.as_mut().expect("stdin is a pipe");
-        stdin.write_all(bytes).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Closes the pipe: the child sees the end of input.
-    fn close_stdin(&mut self) {
-        drop(self.process.stdin.take());
-    }
-
-    /// The next event must be `expected`.
-    fn expect(&self, expected: &str) {
-        match self.events.recv_timeout(SAFETY_NET) {
-            Ok(event) => assert_eq!(event, expected),
-            Err(_) => panic!("the child never reported {expected:?}"),
-        }
-    }
-
-    /// Waits for the child to exit successfully; returns the events not expected yet.
-    fn finish(mut self) -> Vec<String> {
-        let mut waited = Duration::ZERO;
-        let status = loop {
-            if let Some(status) = self.process.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                waited < SAFETY_NET,
-                "the child did not exit: standard input kept its loop waiting"
-            );
-            thread::sleep(Duration::from_millis(10));
-            waited += Duration::from_millis(10);
-        };
-        assert!(status.success(), "the child failed: {status}");
-        // Its stdout is closed: the reader thread forwards what is left, then ends.
-        self.events.iter().collect()
-    }
-}
-
-fn stdin_from_file(contents: &[u8]) -> Stdio {
-    let path = std::env::temp_dir().join(format!(
-        "thenable-stdin-test-{}-{}",
-        std::process::id(),
-        contents.len()
-    ));
-    std::fs::write(&path, contents).unwrap();
-    let file = std::fs::File::open(&path).unwrap();
-    std::fs::remove_file(&path).unwrap(); // the open descriptor keeps the data
-    Stdio::from(file)
+    child::start(command, stdin)
 }
 
 /// Writes `input` to the child's stdin on another thread (a pipe holds only so
@@ -298,7 +207,7 @@ fn a_second_loop_reads_on_after_the_first_is_dropped() {
 /// start. Run by the test harness without the variable, it does nothing.
 #[test]
 fn child_process_entry_point() {
-    let Ok(mode) = std::env::var(CHILD_MODE) else {
+    let Some(mode) = child::mode() else {
         return;
     };
     match mode.as_str() {
@@ -309,10 +218,6 @@ fn child_process_entry_point() {
         "two-loops" => read_on_two_loops(),
         other => panic!("unknown child mode {other}"),
     }
-}
-
-fn report(event: impl Display) {
-    println!("{EVENT_PREFIX}{event}");
 }
 
 fn stdin_is_nonblocking() -> bool {

@@ -12,79 +12,25 @@
 
 mod common;
 
-use std::fmt::Display;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use common::child::{self, report, stdin_from_file, Child};
+use common::FullPool;
 use futures::future::{select, Either};
 use futures::StreamExt;
 use thenable::io::stdin_lines;
 use thenable::{spawn_blocking, Error, EventLoop, Promise};
 
-const SAFETY_NET: Duration = Duration::from_secs(60);
 /// How long a child waits for a line before it reports a hang (a safety net).
 const CHILD_SAFETY_NET: Duration = Duration::from_secs(20);
-const CHILD_MODE: &str = "THENABLE_STDIN_REVIEW_CHILD";
-const EVENT_PREFIX: &str = "child: ";
 
 // ---- the parent side ----
 
-struct Child {
-    process: std::process::Child,
-    events: mpsc::Receiver<String>,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
 fn start_child(mode: &str, stdin: Stdio) -> Child {
-    let mut process = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_entry_point",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_MODE, mode)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(process.stdout.take().unwrap());
-    let (send, events) = mpsc::channel();
-    thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if let Some((_, event)) = line.split_once(EVENT_PREFIX) {
-                if send.send(event.to_string()).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    Child { process, events }
-}
-
-impl Child {
-    fn write(&mut self, bytes: &[u8]) {
-        let stdin = self.process.stdin.as_mut().expect("stdin is a pipe");
-        stdin.write_all(bytes).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn expect(&self, expected: &str) {
-        match self.events.recv_timeout(SAFETY_NET) {
-            Ok(event) => assert_eq!(event, expected),
-            Err(_) => panic!("the child never reported {expected:?}"),
-        }
-    }
+    child::start(child::command(mode), stdin)
 }
 
 #[test]
@@ -113,18 +59,6 @@ fn a_file_read_in_flight_on_the_pool_when_its_loop_is_dropped_loses_no_line() {
     );
     child.expect("first loop gave up and was dropped");
     child.expect("lines: a,b,c");
-}
-
-fn stdin_from_file(contents: &[u8]) -> Stdio {
-    let path = std::env::temp_dir().join(format!(
-        "thenable-stdin-review-{}-{}",
-        std::process::id(),
-        contents.len()
-    ));
-    std::fs::write(&path, contents).unwrap();
-    let file = std::fs::File::open(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
-    Stdio::from(file)
 }
 
 // ---- the blocking pool ----
@@ -194,7 +128,7 @@ fn a_job_panicking_with_a_payload_whose_drop_panics_still_rejects_as_a_panic() {
 /// start. Run by the test harness without the variable, it does nothing.
 #[test]
 fn child_process_entry_point() {
-    let Ok(mode) = std::env::var(CHILD_MODE) else {
+    let Some(mode) = child::mode() else {
         return;
     };
     match mode.as_str() {
@@ -203,10 +137,6 @@ fn child_process_entry_point() {
         "pool-read-after-loop-dropped" => pool_read_after_loop_dropped(),
         other => panic!("unknown child mode {other}"),
     }
-}
-
-fn report(event: impl Display) {
-    println!("{EVENT_PREFIX}{event}");
 }
 
 /// `wanted`, or `None` once the safety net runs out.
@@ -279,23 +209,7 @@ fn show(outcome: Result<Option<String>, Error>) -> String {
 /// Standard input is a file, read on the pool; the pool is full, so the first read
 /// waits in its queue while the first loop gives up and is dropped.
 fn pool_read_after_loop_dropped() {
-    let (started, all_started) = mpsc::channel::<()>();
-    let mut go_aheads = Vec::new();
-    let blockers: Vec<Promise<()>> = (0..thenable::MAX_BLOCKING_THREADS)
-        .map(|_| {
-            let started = started.clone();
-            let (go_ahead, wait) = mpsc::channel::<()>();
-            go_aheads.push(go_ahead);
-            spawn_blocking(move || {
-                started.send(()).unwrap();
-                wait.recv_timeout(CHILD_SAFETY_NET)
-                    .map_err(|_| Error::msg("never told to go ahead"))
-            })
-        })
-        .collect();
-    for _ in 0..thenable::MAX_BLOCKING_THREADS {
-        all_started.recv_timeout(CHILD_SAFETY_NET).unwrap();
-    }
+    let pool = FullPool::fill(CHILD_SAFETY_NET);
 
     let mut lines = stdin_lines();
     let first = EventLoop::new();
@@ -312,12 +226,7 @@ fn pool_read_after_loop_dropped() {
     drop(first);
     report("first loop gave up and was dropped");
 
-    for go_ahead in go_aheads {
-        go_ahead.send(()).unwrap();
-    }
-    for blocker in blockers {
-        thenable::block_on(blocker).unwrap();
-    }
+    pool.release();
     // The queued read, if it still runs, moves the offset descriptor 0 shares.
     let mut waited = Duration::ZERO;
     while offset_of_stdin() == 0 && waited < CHILD_SAFETY_NET {

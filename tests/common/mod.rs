@@ -3,13 +3,15 @@
 //! and timer-driven work that shows whether it was cancelled.
 //!
 //! Each test file includes this with `mod common;`; `net` holds what the socket
-//! tests share.
+//! tests share, `child` the harness of tests that run a child process.
 
 // Every test binary compiles the whole module but uses only part of it.
 #![allow(dead_code)]
 
 #[cfg(unix)]
 pub mod net;
+
+pub mod child;
 
 use std::panic;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -182,4 +184,49 @@ pub fn hour_long_task<E: From<Error> + Send + 'static>(
         finished.bump();
         Ok(1)
     })
+}
+
+/// Every thread of the blocking pool, each held by a job that waits for its
+/// go-ahead. Fill the pool only in a process of its own (a test binary or a child
+/// process): tests sharing it would be starved.
+pub struct FullPool {
+    jobs: Vec<Promise<()>>,
+    go_aheads: Vec<mpsc::Sender<()>>,
+}
+
+impl FullPool {
+    /// Returns once every pool thread runs one of the jobs; a job that waits
+    /// longer than `safety_net` for its go-ahead fails.
+    pub fn fill(safety_net: Duration) -> FullPool {
+        let (started, all_started) = mpsc::channel::<()>();
+        let mut go_aheads = Vec::new();
+        let jobs = (0..thenable::MAX_BLOCKING_THREADS)
+            .map(|_| {
+                let started = started.clone();
+                let (go_ahead, wait) = mpsc::channel::<()>();
+                go_aheads.push(go_ahead);
+                thenable::spawn_blocking(move || {
+                    started.send(()).unwrap();
+                    wait.recv_timeout(safety_net)
+                        .map_err(|_| Error::msg("never told to go ahead"))
+                })
+            })
+            .collect();
+        for _ in 0..thenable::MAX_BLOCKING_THREADS {
+            all_started
+                .recv_timeout(safety_net)
+                .expect("the pool did not run MAX_BLOCKING_THREADS jobs at once");
+        }
+        FullPool { jobs, go_aheads }
+    }
+
+    /// Lets every job finish, and waits until they have.
+    pub fn release(self) {
+        for go_ahead in self.go_aheads {
+            go_ahead.send(()).unwrap();
+        }
+        for job in self.jobs {
+            thenable::block_on(job).unwrap();
+        }
+    }
 }
