@@ -229,11 +229,9 @@ where
 // ---------------------------------------------------------------------------
 
 /// A call whose output was cancelled: it stops waiting on its inputs.
-trait Abort: Send + Sync {
+/// (Its pending inputs are what settles the output, for [`core::Graph::settling`].)
+trait Abort: PendingInputs {
     fn abort(&self);
-    /// The first `limit` inputs that have not reported yet (see
-    /// [`core::Graph::settling`]).
-    fn pending_inputs(&self, limit: usize) -> Vec<Arc<dyn Graph>>;
 }
 
 /// The link of a [`Collect`] call's output: cancelling the output aborts the call.
@@ -390,7 +388,14 @@ where
         let ended = self.end();
         self.withdraw_from(ended.inputs);
     }
+}
 
+impl<P, T, E> PendingInputs for Collect<P, T, E>
+where
+    P: Policy<T, E>,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
     fn pending_inputs(&self, limit: usize) -> Vec<Arc<dyn Graph>> {
         let state = self.state.lock();
         state.inputs.iter().flatten().take(limit).cloned().collect()

@@ -34,9 +34,6 @@ struct Context {
     task: RefCell<Option<Arc<TaskWaker>>>,
     /// Where unhandled rejections go (`None`: stderr).
     unhandled_hook: RefCell<Option<UnhandledHook>>,
-    /// The promises `block_on`'s own future waits on as this loop's own business,
-    /// from its last poll (see [`block_on_waits_elsewhere`]).
-    block_on_waits: RefCell<Vec<std::sync::Weak<dyn Graph>>>,
 }
 
 impl Context {
@@ -49,7 +46,6 @@ impl Context {
             graveyard: RefCell::new(None),
             task: RefCell::new(None),
             unhandled_hook: RefCell::new(None),
-            block_on_waits: RefCell::new(Vec::new()),
         }
     }
 }
@@ -479,29 +475,9 @@ pub(crate) fn current_task_for(waker: &std::task::Waker) -> Option<Arc<TaskWaker
         .flatten()
 }
 
-/// Remembers that `block_on`'s own future waits on `node`, a wait that counted as
-/// this loop's own business when it was registered.
-pub(crate) fn record_block_on_wait(node: std::sync::Weak<dyn Graph>) {
-    let _ = CONTEXT.try_with(|cx| cx.block_on_waits.borrow_mut().push(node));
-}
-
-/// Forgets the waits of `block_on`'s future: it is about to be polled again, and
-/// registers what it still waits on.
-pub(crate) fn clear_block_on_waits() {
-    let _ = CONTEXT.try_with(|cx| cx.block_on_waits.borrow_mut().clear());
-}
-
-/// True if one of the waits of `block_on`'s future on loop `here`, which has run
-/// out of work, now depends on another loop's work (see [`waits_elsewhere`]).
-pub(crate) fn block_on_waits_elsewhere(here: u64) -> bool {
-    let waits = CONTEXT
-        .try_with(|cx| cx.block_on_waits.borrow().clone())
-        .unwrap_or_default();
-    waits_elsewhere(here, &waits)
-}
-
-/// True if one of `waits`, promises that tasks of loop `here` wait on and that
-/// counted as `here`'s own business when the waits registered, now depends on
+/// True if one of `waits`, promises that tasks of loop `here` (`block_on`'s
+/// future among them) wait on and that counted as `here`'s own business when the
+/// waits registered, now depends on
 /// another loop's work, `here` having run out of work. The search made when a
 /// wait registers saw the chain as it was then; since, the chain may have come to
 /// follow another loop's task (a handler returned one), or the job that takes it

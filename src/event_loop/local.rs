@@ -217,10 +217,10 @@ pub(crate) struct Local {
     unhandled: RefCell<Vec<Arc<dyn Graph>>>,
     /// Orphan reactions moved to `micro` and not yet run (see `orphans::in_flight`).
     orphans_taken: Cell<usize>,
-    /// Promises this loop's tasks wait on, which counted as its own business when
-    /// the waits registered: searched again when the loop runs out of work (see
-    /// `context::waits_elsewhere`). Those whose task or promise is gone are
-    /// dropped before the list grows.
+    /// Promises this loop's tasks (and `block_on`'s future) wait on, which counted
+    /// as its own business when the waits registered: searched again when the loop
+    /// runs out of work (see `context::waits_elsewhere`). Those whose task or
+    /// promise is gone are dropped before the list grows.
     task_waits: RefCell<Vec<TaskWait>>,
 }
 

@@ -125,7 +125,6 @@ impl EventLoop {
                     // reference is a waker held outside thenable.
                     let waker = Waker::from(task.clone());
                     let mut cx = Context::from_waker(&waker);
-                    context::clear_block_on_waits();
                     let (polled, _) =
                         context::polling_task(task.clone(), || future.as_mut().poll(&mut cx));
                     if let Poll::Ready(output) = polled {
@@ -144,7 +143,6 @@ impl EventLoop {
                     if !task.has_foreign_wakers()
                         && !orphans::undriven_resolvers_exist()
                         && !orphans::in_flight()
-                        && !context::block_on_waits_elsewhere(local.shared.id)
                         && !woken()
                     {
                         return Err(E::from(Error::deadlock(
@@ -159,7 +157,6 @@ impl EventLoop {
                 }
             }
         });
-        context::clear_block_on_waits();
         entered.unwrap_or_else(|()| Err(E::from(nested("block_on"))))
     }
 

@@ -622,24 +622,34 @@ pub(crate) struct Core<T, E> {
 // `Lock<State<T, E>>`. Tested by `the_lock_serializes_its_holders` below.
 unsafe impl<T: Send, E: Send> Sync for Core<T, E> {}
 
-/// What a settled core hands to one consumer.
+/// What a settled core hands to one consumer: the outcome itself to the last
+/// one, a copy to the others; `Err` if making it failed (a `Clone` that panicked,
+/// or a value already moved out, which only a handle that should not exist can
+/// ask for: a broken promise rather than a panic).
+#[inline(always)]
+fn take_or_copy<T, E>(
+    slot: &mut Option<Result<T, E>>,
+    last: bool,
+    copies: bool,
+    ops: Ops<T, E>,
+) -> Result<Result<T, E>, E> {
+    match (last, copies, slot.as_ref()) {
+        (false, true, Some(outcome)) => match ops(Op::Copy(outcome)) {
+            OpDone::Copied(copy) => Ok(copy),
+            OpDone::Failed(error) => Err(error),
+        },
+        _ => slot.take().ok_or_else(|| fail_with(ops, Error::broken())),
+    }
+}
+
+/// [`take_or_copy`], a failure to make it being a rejection.
 fn share<T, E>(
     slot: &mut Option<Result<T, E>>,
     last: bool,
     copies: bool,
     ops: Ops<T, E>,
 ) -> Result<T, E> {
-    match (last, copies, slot.as_ref()) {
-        (false, true, Some(outcome)) => match ops(Op::Copy(outcome)) {
-            OpDone::Copied(copy) => copy,
-            OpDone::Failed(error) => Err(error),
-        },
-        // A value already moved out can only be asked for again through a handle
-        // that should not exist; answer with a broken promise rather than panic.
-        _ => slot
-            .take()
-            .unwrap_or_else(|| Err(fail_with(ops, Error::broken()))),
-    }
+    take_or_copy(slot, last, copies, ops).unwrap_or_else(Err)
 }
 
 /// [`share`] for a promise rejected quietly (see [`Input::Quiet`]): the
@@ -652,19 +662,10 @@ fn share_quiet<T, E>(
     copies: bool,
     ops: Ops<T, E>,
 ) -> Input<T, E> {
-    let shared = match (last, copies, slot.as_ref()) {
-        (false, true, Some(outcome)) => match ops(Op::Copy(outcome)) {
-            OpDone::Copied(copy) => copy,
-            OpDone::Failed(error) => return Input::Rejected(error),
-        },
-        _ => match slot.take() {
-            Some(outcome) => outcome,
-            None => return Input::Rejected(fail_with(ops, Error::broken())),
-        },
-    };
-    match shared {
-        Ok(value) => Input::Fulfilled(value),
-        Err(error) => Input::Quiet(error),
+    match take_or_copy(slot, last, copies, ops) {
+        Ok(Ok(value)) => Input::Fulfilled(value),
+        Ok(Err(error)) => Input::Quiet(error),
+        Err(failure) => Input::Rejected(failure),
     }
 }
 

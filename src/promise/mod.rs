@@ -677,9 +677,7 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
                         // Looked at again if the loop runs out of work.
                         let wait: std::sync::Weak<dyn NodeDyn<T, E>> = Arc::downgrade(node);
                         let wait: std::sync::Weak<dyn Graph> = wait;
-                        if task.key == usize::MAX {
-                            context::record_block_on_wait(wait);
-                        } else if let Some(local) = context::local_loop(task.home.id) {
+                        if let Some(local) = context::local_loop(task.home.id) {
                             local.record_task_wait(&task, wait);
                         }
                     }
