@@ -26,6 +26,18 @@ fn pusher(log: &Log, event: &'static str) -> impl FnOnce() + Send + 'static {
     move || log.push(event)
 }
 
+/// Runs `body` on a fresh loop, then the loop until it is idle; returns what was
+/// logged (a hang fails through [`within`]).
+fn run_logged(body: impl FnOnce(&EventLoop, &Log) + Send + 'static) -> Vec<String> {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let log = Log::default();
+        body(&event_loop, &log);
+        event_loop.run().unwrap();
+        log.entries()
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Order against Node.js
 // ---------------------------------------------------------------------------
@@ -38,9 +50,7 @@ fn pusher(log: &Log, event: &'static str) -> impl FnOnce() + Send + 'static {
 // => A, mA, D, C
 #[test]
 fn a_timer_cleared_by_an_earlier_one_of_its_batch_never_fires_and_its_stale_id_clears_nothing() {
-    let log = within(|| {
-        let event_loop = EventLoop::new();
-        let log = Log::default();
+    let log = run_logged(|_, log| {
         let b = Rc::new(Cell::new(None));
         let (l, b_in_a) = (log.clone(), b.clone());
         set_timeout(ms(5), move || {
@@ -50,15 +60,13 @@ fn a_timer_cleared_by_an_earlier_one_of_its_batch_never_fires_and_its_stale_id_c
             set_timeout(Duration::ZERO, pusher(&l, "C"));
             queue_microtask(pusher(&l, "mA"));
         });
-        b.set(Some(set_timeout(ms(5), pusher(&log, "B"))));
+        b.set(Some(set_timeout(ms(5), pusher(log, "B"))));
         let (l, b_in_d) = (log.clone(), b.clone());
         set_timeout(ms(5), move || {
             l.push("D");
             // B's id names C's place now: it must not cancel C.
             assert!(!clear_timer(b_in_d.get().unwrap()));
         });
-        event_loop.run().unwrap();
-        log.entries()
     });
     assert_eq!(log, ["A", "mA", "D", "C"]);
 }
@@ -68,9 +76,7 @@ fn a_timer_cleared_by_an_earlier_one_of_its_batch_never_fires_and_its_stale_id_c
 // => i1, t
 #[test]
 fn an_interval_cleared_in_its_own_callback_fires_once_and_its_place_can_be_reused() {
-    let log = within(|| {
-        let event_loop = EventLoop::new();
-        let log = Log::default();
+    let log = run_logged(|_, log| {
         let id = Rc::new(Cell::new(None));
         let (l, me) = (log.clone(), id.clone());
         let mut n = 0;
@@ -83,8 +89,6 @@ fn an_interval_cleared_in_its_own_callback_fires_once_and_its_place_can_be_reuse
                 set_timeout(Duration::ZERO, pusher(&l, "t"));
             }
         })));
-        event_loop.run().unwrap();
-        log.entries()
     });
     assert_eq!(log, ["i1", "t"]);
 }
@@ -95,23 +99,19 @@ fn an_interval_cleared_in_its_own_callback_fires_once_and_its_place_can_be_reuse
 // => I, X
 #[test]
 fn an_interval_and_timeouts_of_one_batch_clear_each_other_in_scheduling_order() {
-    let log = within(|| {
-        let event_loop = EventLoop::new();
-        let log = Log::default();
+    let log = run_logged(|_, log| {
         let t = Rc::new(Cell::new(None));
         let (l, t_in_i) = (log.clone(), t.clone());
         let id = set_interval(ms(5), move || {
             l.push("I");
             clear_timer(t_in_i.get().unwrap());
         });
-        t.set(Some(set_timeout(ms(5), pusher(&log, "T"))));
+        t.set(Some(set_timeout(ms(5), pusher(log, "T"))));
         let l = log.clone();
         set_timeout(ms(5), move || {
             l.push("X");
             assert!(clear_timer(id));
         });
-        event_loop.run().unwrap();
-        log.entries()
     });
     assert_eq!(log, ["I", "X"]);
 }
@@ -121,17 +121,13 @@ fn an_interval_and_timeouts_of_one_batch_clear_each_other_in_scheduling_order() 
 // => m, I, T0
 #[test]
 fn inside_a_timer_callback_an_immediate_runs_before_a_zero_timeout() {
-    let log = within(|| {
-        let event_loop = EventLoop::new();
-        let log = Log::default();
+    let log = run_logged(|_, log| {
         let l = log.clone();
         set_timeout(ms(2), move || {
             set_timeout(Duration::ZERO, pusher(&l, "T0"));
             set_immediate(pusher(&l, "I"));
             queue_microtask(pusher(&l, "m"));
         });
-        event_loop.run().unwrap();
-        log.entries()
     });
     assert_eq!(log, ["m", "I", "T0"]);
 }
@@ -222,9 +218,7 @@ fn a_century_timer_cleared_from_another_thread_through_a_handle_lets_run_return(
 
 #[test]
 fn timers_set_from_another_thread_through_a_handle_fire_in_order_on_the_loop() {
-    let log = within(|| {
-        let event_loop = EventLoop::new();
-        let log = Log::default();
+    let log = run_logged(|event_loop, log| {
         let (handle, l) = (event_loop.handle(), log.clone());
         let loop_thread = thread::current().id();
         thread::spawn(move || {
@@ -239,8 +233,6 @@ fn timers_set_from_another_thread_through_a_handle_fire_in_order_on_the_loop() {
         })
         .join()
         .unwrap();
-        event_loop.run().unwrap();
-        log.entries()
     });
     assert_eq!(log, ["a", "b", "c"]);
 }
