@@ -1,6 +1,7 @@
 //! `io::stdin_lines` and the blocking pool under faults: requests that outlive the
-//! loop that started serving them, a pool read in flight when its loop goes, a
-//! panic payload whose drop panics, and pool jobs whose promise was cancelled.
+//! loop that started serving them, a stream waiting on another thread's server, a
+//! panic in the server, a pool read in flight when its loop goes, a panic payload
+//! whose drop panics, and pool jobs whose promise was cancelled.
 //!
 //! Stdin is tested through child processes, as in `tests/stdin.rs`: each test runs
 //! this binary again (only `child_process_entry_point`, chosen by an environment
@@ -12,8 +13,11 @@
 
 mod common;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::Duration;
 
@@ -49,6 +53,38 @@ fn a_request_whose_serving_loop_was_dropped_breaks_and_its_line_goes_to_the_next
     child.expect("the old request broke");
     child.write(b"one\n");
     child.expect(r#"a new request got Some("one")"#);
+}
+
+#[test]
+fn a_stream_waiting_on_another_threads_server_serves_itself_once_that_loop_is_dropped() {
+    let mut child = start_child("stream-on-another-thread", Stdio::piped());
+    child.expect("the stream waits on the other thread");
+    child.expect("the serving loop was dropped");
+    // The stream's request went with that loop's server: the stream must hear of
+    // it, on its own thread, and ask again to be served there.
+    child.write(b"one\n");
+    child.expect(r#"the stream got "one""#);
+}
+
+#[test]
+fn a_panic_in_the_server_rejects_every_waiting_and_later_request_with_it() {
+    let mut child = start_child("server-panics", Stdio::piped());
+    child.expect("three requests wait");
+    child.write(b"one\n");
+    // The line went to the first request, whose waker then panicked in the server.
+    child.expect(r#"the first request got Some("one")"#);
+    child.expect("the promised request: panic: panicked: [expected test panic] woken");
+    child.expect("the stream's request: panic: panicked: [expected test panic] woken");
+    child.expect("the same error for both: true");
+    // Reported once, as a read error is: then the stream ends.
+    child.expect("then the stream: None");
+    child.expect("a later request: panic: panicked: [expected test panic] woken");
+    // Standard input itself was released: a new reader reads on.
+    child.expect("a new reader waits");
+    child.write(b"two\n");
+    child.expect(r#"a new reader got Some("two")"#);
+    child.close_stdin();
+    child.finish();
 }
 
 #[test]
@@ -135,6 +171,9 @@ fn child_process_entry_point() {
         "stream-after-loop-dropped" => stream_after_loop_dropped(),
         "promise-after-loop-dropped" => promise_after_loop_dropped(),
         "pool-read-after-loop-dropped" => pool_read_after_loop_dropped(),
+        "stream-on-another-thread" => stream_on_another_thread(),
+        // Inside `within`, which keeps the provoked panic off stderr.
+        "server-panics" => common::within_for(2 * CHILD_SAFETY_NET, server_panics),
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -145,6 +184,11 @@ async fn or_hang<T>(wanted: impl std::future::Future<Output = T> + Unpin) -> Opt
         Either::Left((value, _)) => Some(value),
         Either::Right(_) => None,
     }
+}
+
+/// Polls `future` once, with the waker of the task that awaits this.
+async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
 }
 
 /// No input is written before the first loop gives up, so its short wait always
@@ -204,6 +248,135 @@ fn show(outcome: Result<Option<String>, Error>) -> String {
         Ok(line) => format!("{line:?}"),
         Err(error) => format!("error: {error}"),
     }
+}
+
+/// The request made first starts the server on the first loop; the stream's
+/// request, made on another thread, queues behind it. Then the first loop goes.
+fn stream_on_another_thread() {
+    let mut lines = stdin_lines();
+    let first = EventLoop::new();
+    let promised = lines.next_line();
+    first
+        .block_on(thenable::sleep(Duration::from_millis(20)))
+        .unwrap();
+    // Dropped, not cancelled: the request stays first in line.
+    drop(promised);
+    let (queued, is_queued) = mpsc::channel();
+    let other = thread::spawn(move || {
+        let second = EventLoop::new();
+        second
+            .block_on(async move {
+                let mut next = lines.next();
+                assert!(
+                    poll_once(&mut next).await.is_pending(),
+                    "no input was written"
+                );
+                queued.send(()).unwrap();
+                Ok::<_, Error>(or_hang(next).await)
+            })
+            .unwrap()
+    });
+    is_queued.recv().unwrap();
+    report("the stream waits on the other thread");
+    drop(first);
+    report("the serving loop was dropped");
+    match other.join().unwrap() {
+        Some(Some(Ok(line))) => report(format!("the stream got {line:?}")),
+        Some(other) => report(format!("the stream got {other:?}")),
+        None => report("the stream waited for ever"),
+    }
+}
+
+/// A waker that panics when woken: the server that settles its request unwinds.
+struct PanicsWhenWoken;
+
+impl Wake for PanicsWhenWoken {
+    fn wake(self: Arc<Self>) {
+        panic!("{} woken", common::MARK);
+    }
+}
+
+fn describe(outcome: &Result<Option<String>, Error>) -> String {
+    match outcome {
+        Ok(line) => format!("{line:?}"),
+        Err(error) if error.is_panic() => format!("panic: {error}"),
+        Err(error) if error.is_broken() => format!("broken: {error}"),
+        Err(error) => format!("error: {error}"),
+    }
+}
+
+/// Three requests wait (one awaited through a waker that panics, one promised,
+/// the stream's own); the line the test writes makes the server panic.
+fn server_panics() {
+    let mut lines = stdin_lines();
+    let event_loop = EventLoop::new();
+    event_loop
+        .block_on(async {
+            let mut bomb = lines.next_line();
+            let waker = Waker::from(Arc::new(PanicsWhenWoken));
+            let polled = Pin::new(&mut bomb).poll(&mut Context::from_waker(&waker));
+            assert!(polled.is_pending(), "no input was written");
+            // Awaited from the start, as the stream's request is: a rejection
+            // nobody waits for would be reported as unhandled.
+            let mut promised = lines.next_line();
+            assert!(poll_once(&mut promised).await.is_pending());
+            let mut streamed = lines.next();
+            assert!(poll_once(&mut streamed).await.is_pending());
+            report("three requests wait");
+
+            let bomb = or_hang(bomb).await;
+            match bomb {
+                Some(outcome) => report(format!("the first request got {}", describe(&outcome))),
+                None => report("the first request waited for ever"),
+            }
+            let promised_error = match or_hang(promised).await {
+                Some(outcome) => {
+                    report(format!("the promised request: {}", describe(&outcome)));
+                    outcome.err()
+                }
+                None => {
+                    report("the promised request waited for ever");
+                    None
+                }
+            };
+            let streamed_error = match or_hang(streamed).await {
+                Some(Some(outcome)) => {
+                    let outcome = outcome.map(Some);
+                    report(format!("the stream's request: {}", describe(&outcome)));
+                    outcome.err()
+                }
+                Some(None) => {
+                    report("the stream's request: the end");
+                    None
+                }
+                None => {
+                    report("the stream's request waited for ever");
+                    None
+                }
+            };
+            let same = match (promised_error, streamed_error) {
+                (Some(a), Some(b)) => a.same_as(&b),
+                _ => false,
+            };
+            report(format!("the same error for both: {same}"));
+            match or_hang(lines.next()).await {
+                Some(next) => report(format!("then the stream: {next:?}")),
+                None => report("then the stream waited for ever"),
+            }
+            match or_hang(lines.next_line()).await {
+                Some(outcome) => report(format!("a later request: {}", describe(&outcome))),
+                None => report("a later request waited for ever"),
+            }
+
+            let fresh = stdin_lines();
+            report("a new reader waits");
+            match or_hang(fresh.next_line()).await {
+                Some(outcome) => report(format!("a new reader got {}", describe(&outcome))),
+                None => report("a new reader waited for ever"),
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
 }
 
 /// Standard input is a file, read on the pool; the pool is full, so the first read

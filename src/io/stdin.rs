@@ -9,13 +9,16 @@
 //! for other programs: where it has to switch the shared mode, it switches it back.
 //!
 //! Requests are served in order by one task per [`StdinLines`], so each line goes to
-//! exactly one request, in the order the requests were made.
+//! exactly one request, in the order the requests were made. However that task
+//! ends, every request it leaves settles: broken if its loop was dropped (the
+//! stream's own request is then made again), the panic's error if it panicked.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll, Waker};
@@ -27,7 +30,7 @@ use rustix::fs::{FileType, OFlags};
 use super::Async;
 use crate::blocking::spawn_blocking;
 use crate::error::Error;
-use crate::event_loop::context;
+use crate::event_loop::{contained, context};
 use crate::promise::{internal, Promise, Settler};
 
 /// The longest line [`stdin_lines`] accepts by default, in bytes, not counting the
@@ -51,6 +54,13 @@ const READ_CHUNK: usize = 16 * 1024;
 /// wrapped [`io::Error`] has kind [`InvalidData`](io::ErrorKind::InvalidData);
 /// reading goes on with the next line. The stream ends at the end of input, and
 /// after a read error (reported once: retrying a hung-up terminal fails for ever).
+///
+/// Should the task serving the requests panic (a waker that panics when its
+/// request is settled, say), what it had read ahead can no longer be trusted:
+/// every request waiting then rejects with that panic ([`Error::is_panic`]), and
+/// so does every later one ([`next_line`](StdinLines::next_line)); the stream
+/// reports it once and ends. Standard input itself is released, and a new
+/// `StdinLines` reads on from wherever the input then stands.
 ///
 /// Keep one `StdinLines` for the whole program: input it has read ahead (a few
 /// kilobytes at most) belongs to it, is lost when it is dropped, and is not seen by
@@ -118,6 +128,7 @@ pub fn stdin_lines() -> StdinLines {
             next_request_id: 0,
             serving: false,
             server: None,
+            failed: None,
         })),
         current: None,
         ended: false,
@@ -147,7 +158,9 @@ impl StdinLines {
     /// still takes its line. A request is served on the loop of the first request
     /// made while none was being served; if that loop is dropped first, the promise
     /// breaks ([`Error::is_broken`]) and its line goes to the next request (the
-    /// stream's own request is served on the loop it is next polled on instead).
+    /// stream's own request is made again, first in line, and served on the loop
+    /// the stream is polled on). After a panic in the task serving the requests
+    /// (see [`StdinLines`]) the promise is rejected at once with that panic.
     ///
     /// ```
     /// # // This example gets its own standard input, a file of two lines.
@@ -173,21 +186,30 @@ impl StdinLines {
         self.request(false)
     }
 
-    /// Queues a request; `for_stream` marks the stream's own, which outlives a
-    /// dropped serving loop (see [`Server`]'s `Drop`).
-    fn request(&self, for_stream: bool) -> Promise<Option<String>> {
-        let (promise, settler) = internal::<Option<String>, Error>();
+    /// Queues a request, at the front when `first_in_line` (the stream's own,
+    /// made again because its server went; it came before any request queued now).
+    fn request(&self, first_in_line: bool) -> Promise<Option<String>> {
+        let (promise, mut settler) = internal::<Option<String>, Error>();
         let hooks = settler.cancel_hooks();
         let id = {
             let mut queue = self.queue.lock();
+            if let Some(error) = queue.failed.clone() {
+                drop(queue);
+                settler.settle(Err(error));
+                return promise;
+            }
             let id = queue.next_request_id;
             queue.next_request_id += 1;
-            queue.requests.push_back(LineRequest {
+            let request = LineRequest {
                 id,
                 settler,
                 cancelled: false,
-                for_stream,
-            });
+            };
+            if first_in_line {
+                queue.requests.push_front(request);
+            } else {
+                queue.requests.push_back(request);
+            }
             id
         };
         let queue = Arc::downgrade(&self.queue);
@@ -242,27 +264,43 @@ impl Stream for StdinLines {
         if this.ended {
             return Poll::Ready(None);
         }
-        if this.current.is_some() {
-            // Its server may have gone with the loop it ran on: serve it here.
-            this.serve();
+        let mut asked_again = false;
+        loop {
+            let request = match &mut this.current {
+                Some(request) => request,
+                None => {
+                    let request = this.request(false);
+                    this.current.insert(request)
+                }
+            };
+            let outcome = ready!(Pin::new(request).poll(cx));
+            this.current = None;
+            return Poll::Ready(match outcome {
+                Ok(Some(line)) => Some(Ok(line)),
+                Ok(None) => {
+                    this.ended = true;
+                    None
+                }
+                // Only a server that went unfinished (its loop dropped) breaks a
+                // request: ask again, first in line, for a server on this loop.
+                // Once: should that one break at once too (no loop here can run
+                // a server), the caller hears of it rather than this spinning.
+                Err(error) if error.is_broken() && !asked_again => {
+                    asked_again = true;
+                    this.current = Some(this.request(true));
+                    continue;
+                }
+                Err(error) => {
+                    // Only a panic in the server rejects a request with a panic,
+                    // and it rejects every later one too: reported once, then the
+                    // end, as a read error is.
+                    if error.is_panic() {
+                        this.ended = true;
+                    }
+                    Some(Err(error))
+                }
+            });
         }
-        let request = match &mut this.current {
-            Some(request) => request,
-            None => {
-                let request = this.request(true);
-                this.current.insert(request)
-            }
-        };
-        let outcome = ready!(Pin::new(request).poll(cx));
-        this.current = None;
-        Poll::Ready(match outcome {
-            Ok(Some(line)) => Some(Ok(line)),
-            Ok(None) => {
-                this.ended = true;
-                None
-            }
-            Err(error) => Some(Err(error)),
-        })
     }
 }
 
@@ -300,15 +338,15 @@ struct LineQueue {
     serving: bool,
     /// The server's waker, so a cancelled request can make it look again.
     server: Option<Waker>,
+    /// A server panicked, leaving `reader` in a state nobody can vouch for: no
+    /// server starts again, and every request rejects with this.
+    failed: Option<Error>,
 }
 
 struct LineRequest {
     id: u64,
     settler: Settler<Option<String>, Error>,
     cancelled: bool,
-    /// The stream's own request, which it polls again on whatever loop it is next
-    /// polled on.
-    for_stream: bool,
 }
 
 /// The cancellation hook of request `id`: marks it, wakes the server to drop it.
@@ -338,6 +376,21 @@ impl Future for Server {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Caught here rather than by the task: the task's wrapper would only drop
+        // the server, as a dropped loop does, and its requests would break with the
+        // panic's message lost (and the reader would be used again as it was left).
+        match catch_unwind(AssertUnwindSafe(|| self.serve(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => {
+                self.fail(Error::panic(payload));
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+impl Server {
+    fn serve(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             let mut queue = self.queue.lock();
             let withdrawn = queue.take_cancelled();
@@ -367,6 +420,30 @@ impl Future for Server {
             }
         }
     }
+
+    /// Serving panicked, perhaps half-way through an update of the reader: the
+    /// queue is marked failed, so no server reads with that reader again, and
+    /// every request in it rejects with the panic. Standard input is released (a
+    /// pollable source deregistered, its mode restored), for a new reader.
+    fn fail(&mut self, error: Error) {
+        self.finished = true;
+        let (requests, reader) = {
+            // Not held by the panic: its guard was dropped as it unwound.
+            let mut queue = self.queue.lock();
+            queue.failed = Some(error.clone());
+            queue.serving = false;
+            queue.server = None;
+            let fresh = LineReader::new(queue.reader.max_line_length);
+            let reader = std::mem::replace(&mut queue.reader, fresh);
+            (std::mem::take(&mut queue.requests), reader)
+        };
+        drop(reader);
+        for mut request in requests {
+            contained(SETTLING_A_REQUEST, || {
+                request.settler.settle(Err(error.clone()))
+            });
+        }
+    }
 }
 
 impl Drop for Server {
@@ -374,13 +451,15 @@ impl Drop for Server {
         if self.finished {
             return;
         }
-        // Dropped unfinished: its loop was dropped. A pollable source is registered
-        // with that loop's reactor, which nobody will poll again: close it, so the
-        // next request (on another loop) opens standard input afresh. (A read on the
-        // pool is kept: it may hold bytes read already.) A promised request would
-        // wait for ever for a server nobody starts: it breaks, as the promise of a
-        // task of that loop does. The stream's own request stays queued, for the
-        // server its next poll starts.
+        // Dropped unfinished: its loop was dropped (its task with it). A pollable
+        // source is registered with that loop's reactor, which nobody will poll
+        // again: close it, so the next request (on another loop) opens standard
+        // input afresh. (A read on the pool is kept: it may hold bytes read
+        // already.) The reader is as a finished poll left it, fit to read on. A
+        // request would wait for ever for a server nobody starts: each breaks, as
+        // the promise of a task of that loop does. The stream, woken by that, asks
+        // again (see `poll_next`), wherever it is polled: it may be waiting on
+        // another thread, for a server of this loop.
         let (released, broken) = {
             let mut queue = self.queue.lock();
             queue.serving = false;
@@ -389,15 +468,19 @@ impl Drop for Server {
                 Some(StdinSource::Pollable { .. }) => queue.reader.source.take(),
                 _ => None,
             };
-            let (broken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut queue.requests)
-                .into_iter()
-                .partition(|r| !r.for_stream);
-            queue.requests = kept.into();
-            (released, broken)
+            (released, std::mem::take(&mut queue.requests))
         };
-        drop((released, broken));
+        drop(released);
+        for request in broken {
+            contained(SETTLING_A_REQUEST, || drop(request));
+        }
     }
 }
+
+/// What a panic is reported as when settling one of the requests a server leaves
+/// panics: a waker that panics belongs to that request's consumer, and the other
+/// requests are settled all the same.
+const SETTLING_A_REQUEST: &str = "waking a standard input request";
 
 impl LineQueue {
     fn take_cancelled(&mut self) -> Vec<LineRequest> {
@@ -438,6 +521,8 @@ impl LineReader {
     }
 
     fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<String>, Error>> {
+        #[cfg(test)]
+        tests::maybe_panic();
         loop {
             if let Some(line) = self.take_line() {
                 return Poll::Ready(line.map(Some));
@@ -762,5 +847,130 @@ impl Drop for NonBlockingStdin {
                 let _ = rustix::fs::fcntl_setfl(&self.file, flags - OFlags::NONBLOCK);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::EventLoop;
+
+    thread_local! {
+        /// Makes every read of lines on this thread panic, with the queue's lock
+        /// held and before standard input is touched (the tests' own input is
+        /// not theirs to read).
+        static PANIC_WHILE_READING: Cell<bool> = const { Cell::new(false) };
+    }
+
+    const INJECTED: &str = "a panic injected into the server";
+
+    pub(super) fn maybe_panic() {
+        if PANIC_WHILE_READING.get() {
+            panic!("{INJECTED}");
+        }
+    }
+
+    /// Runs `f` on a thread of its own where reading panics; fails if it is still
+    /// running after a minute (a request nobody settles) rather than hang.
+    fn with_reads_panicking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (done, finished) = mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            PANIC_WHILE_READING.set(true);
+            let _ = done.send(f());
+        });
+        match finished.recv_timeout(Duration::from_secs(60)) {
+            Ok(value) => {
+                worker.join().unwrap();
+                value
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(worker.join().unwrap_err())
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("a request was left waiting"),
+        }
+    }
+
+    fn next(lines: &mut StdinLines) -> impl Future<Output = Option<Result<String, Error>>> + '_ {
+        std::future::poll_fn(move |cx| Pin::new(&mut *lines).poll_next(cx))
+    }
+
+    #[test]
+    fn a_panic_while_reading_rejects_every_waiting_request_with_it() {
+        let (first, second, idle) = with_reads_panicking(|| {
+            let event_loop = EventLoop::new();
+            let lines = stdin_lines();
+            let (first, second) = (lines.next_line(), lines.next_line());
+            let first = event_loop.block_on(first).unwrap_err();
+            let second = event_loop.block_on(second).unwrap_err();
+            let queue = lines.queue.lock();
+            (first, second, !queue.serving && queue.requests.is_empty())
+        });
+        assert!(first.is_panic(), "rejected with {first}");
+        assert!(first.to_string().contains(INJECTED), "{first}");
+        assert!(second.same_as(&first), "rejected with {second}");
+        assert!(idle, "nothing is left queued or serving");
+    }
+
+    #[test]
+    fn after_a_panic_the_stream_reports_it_once_then_ends_and_later_requests_reject_at_once() {
+        let (reported, after, started, later) = with_reads_panicking(|| {
+            let event_loop = EventLoop::new();
+            let mut lines = stdin_lines();
+            let mut next_item = || {
+                event_loop
+                    .block_on(async { Ok::<_, Error>(next(&mut lines).await) })
+                    .unwrap()
+            };
+            let reported = next_item();
+            let after = next_item();
+            let later = lines.next_line();
+            let started = lines.queue.lock().serving;
+            let later = event_loop.block_on(later);
+            (reported, after, started, later)
+        });
+        let reported = match reported {
+            Some(Err(error)) => error,
+            other => panic!("the stream gave {other:?}"),
+        };
+        assert!(reported.is_panic(), "rejected with {reported}");
+        assert!(
+            after.is_none(),
+            "the stream ends after the panic: {after:?}"
+        );
+        assert!(!started, "a request after the panic starts no server");
+        let later = later.unwrap_err();
+        assert!(later.same_as(&reported), "rejected with {later}");
+    }
+
+    struct PanicsWhenWoken;
+
+    impl std::task::Wake for PanicsWhenWoken {
+        fn wake(self: Arc<Self>) {
+            panic!("a waker that panics");
+        }
+    }
+
+    #[test]
+    fn a_waker_that_panics_as_the_panic_is_reported_keeps_no_other_request_from_it() {
+        let last = with_reads_panicking(|| {
+            let event_loop = EventLoop::new();
+            let lines = stdin_lines();
+            event_loop
+                .block_on(async {
+                    let mut first = lines.next_line();
+                    let waker = Waker::from(Arc::new(PanicsWhenWoken));
+                    let polled = Pin::new(&mut first).poll(&mut Context::from_waker(&waker));
+                    assert!(polled.is_pending());
+                    Ok::<_, Error>(lines.next_line().await)
+                })
+                .unwrap()
+        });
+        let last = last.unwrap_err();
+        assert!(last.is_panic(), "rejected with {last}");
+        assert!(last.to_string().contains(INJECTED), "{last}");
     }
 }
