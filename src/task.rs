@@ -19,7 +19,7 @@ use pin_project_lite::pin_project;
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
 use crate::promise::core::{Graph, Link, Node, Settling, Status};
-use crate::promise::Settler;
+use crate::promise::{Settled, Settler};
 
 /// The waker of one task.
 pub(crate) struct TaskWaker {
@@ -258,9 +258,42 @@ pub(crate) fn output_future<F, T, E, L>(
     }
 }
 
+/// What a task's future ends with, and how it settles the task's promise: a
+/// `Result` (a user's task), or, for the library's own tasks, a [`Settled`],
+/// whose rejection may be quiet: cancellation travelling on (see
+/// `core::Input::Quiet`), which an `await` would have turned into an ordinary
+/// rejection of the task's own.
+pub(crate) trait TaskOutput<T, E> {
+    fn settle_task<L: Link<T, E>>(self, settler: &mut Settler<T, E, L>);
+}
+
+impl<T: Send + 'static, E: Send + 'static> TaskOutput<T, E> for Result<T, E> {
+    #[inline]
+    fn settle_task<L: Link<T, E>>(self, settler: &mut Settler<T, E, L>) {
+        settler.settle(self);
+    }
+}
+
+/// A cancellation passed on (an input of the task cancelled elsewhere) rejects
+/// quietly with [`Error::cancelled`], as it does for `all`.
+impl<T: Send + 'static, E: Send + 'static> TaskOutput<T, E> for Settled<T, E> {
+    fn settle_task<L: Link<T, E>>(self, settler: &mut Settler<T, E, L>) {
+        match self {
+            Settled::Fulfilled(value) => settler.settle(Ok(value)),
+            Settled::Rejected(error) => settler.settle(Err(error)),
+            Settled::Quiet(error) => settler.settle_as(Err(error), true),
+            Settled::Cancelled => {
+                let cancelled = settler.fail(Error::cancelled());
+                settler.settle_as(Err(cancelled), true);
+            }
+        }
+    }
+}
+
 impl<F, T, E, L> Future for TaskFuture<F, T, E, L>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future,
+    F::Output: TaskOutput<T, E>,
     T: Send + 'static,
     E: Send + 'static,
     L: Link<T, E>,
@@ -272,24 +305,24 @@ where
         let StageProjection::Running { future } = this.stage.as_mut().project() else {
             return Poll::Ready(());
         };
-        let outcome = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+        let mut output = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(outcome)) => outcome,
-            Err(payload) => {
-                let settler = this.settler.as_ref();
-                let settler = settler.expect("the settler stays until the future is done");
-                Err(settler.fail(Error::panic(payload)))
-            }
+            Ok(Poll::Ready(output)) => Ok(output),
+            Err(payload) => Err(Error::panic(payload)),
         };
         // The future is dropped before its promise settles, as an `async` block's
         // locals are before it returns; a destructor that panics rejects it.
-        let dropped = catch_unwind(AssertUnwindSafe(|| this.stage.set(Stage::Done)));
-        let outcome = match (dropped, this.settler.as_ref()) {
-            (Err(payload), Some(settler)) => Err(settler.fail(Error::panic(payload))),
-            _ => outcome,
-        };
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| this.stage.set(Stage::Done))) {
+            output = Err(Error::panic(payload));
+        }
         if let Some(mut settler) = this.settler.take() {
-            settler.settle(outcome);
+            match output {
+                Ok(output) => output.settle_task(&mut settler),
+                Err(panic) => {
+                    let panic = settler.fail(panic);
+                    settler.settle(Err(panic));
+                }
+            }
         }
         Poll::Ready(())
     }

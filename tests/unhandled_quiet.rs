@@ -10,11 +10,13 @@ mod common;
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use common::within;
+use common::HOUR;
 use thenable::{
-    all, any_with, as_completed, race, reset_unhandled_rejection_hook,
-    set_unhandled_rejection_hook, shield, Error, EventLoop, Promise,
+    all, any_with, as_completed, map_concurrent, race, reset_unhandled_rejection_hook, retry,
+    set_unhandled_rejection_hook, shield, sleep, Error, EventLoop, Promise,
 };
 
 /// A user error type, as an application defines one: the library's failures
@@ -155,6 +157,125 @@ fn a_cancelled_input_reaching_an_output_dropped_at_once_is_not_reported() {
     assert_eq!(seen, 0);
 }
 
+#[test]
+fn a_timeout_of_a_quiet_rejection_is_not_reported() {
+    let seen = reports(|event_loop| {
+        let (consumed, cancelled, _resolver) = input();
+        let limited = all([consumed]).timeout(HOUR);
+        assert!(cancelled.cancel());
+        event_loop.run().unwrap();
+        assert!(limited.is_rejected(), "the `all` it limits rejected");
+        // Passed on further, still quiet.
+        drop(limited.map(|values| values.len()));
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn a_timeout_of_a_cancelled_promise_is_cancelled_not_reported() {
+    let seen = reports(|event_loop| {
+        let (consumed, cancelled, _resolver) = input();
+        let limited = consumed.timeout(HOUR);
+        assert!(cancelled.cancel());
+        event_loop.run().unwrap();
+        assert!(limited.is_cancelled());
+        drop(limited);
+    });
+    assert_eq!(seen, 0);
+}
+
+/// One item's promise (the items are the promises themselves, mapped to
+/// themselves) cancelled elsewhere, or rejected quietly because its own input
+/// was: the combinator passes cancellation on.
+#[test]
+fn a_map_concurrent_whose_item_was_cancelled_elsewhere_is_not_reported() {
+    for started_first in [false, true] {
+        let seen = reports(move |event_loop| {
+            let (consumed, cancelled, _resolver) = input();
+            let (other, _other_resolver) = Promise::<i32, MyErr>::pending();
+            let output = map_concurrent([consumed, other], 2, |item| item);
+            if started_first {
+                // Timers run after microtasks: by then the items are started.
+                event_loop.block_on(sleep(Duration::ZERO)).unwrap();
+                assert!(output.is_pending());
+            }
+            assert!(cancelled.cancel());
+            event_loop.run().unwrap();
+            assert!(output.is_rejected());
+            drop(output.map(|values| values.len()));
+        });
+        assert_eq!(seen, 0, "started before the cancellation: {started_first}");
+    }
+}
+
+#[test]
+fn a_map_concurrent_whose_item_rejected_quietly_is_not_reported() {
+    let seen = reports(|_| {
+        let (consumed, cancelled, _resolver) = input();
+        let (other, other_resolver) = Promise::<i32, MyErr>::pending();
+        drop(map_concurrent([all([consumed]), all([other])], 2, |item| {
+            item
+        }));
+        cancelled.cancel();
+        other_resolver
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn a_retry_whose_last_attempt_was_cancelled_elsewhere_is_not_reported() {
+    // One attempt, or three, each getting the promise cancelled elsewhere (a
+    // clone of it), or rejected quietly because its input was.
+    for attempts in [1, 3] {
+        let seen = reports(move |_| {
+            let (consumed, cancelled, _resolver) = input();
+            assert!(cancelled.cancel());
+            drop(retry(attempts, [Duration::ZERO; 2], move || {
+                consumed.clone()
+            }));
+            let (consumed, cancelled, resolver) = input();
+            drop(retry(attempts, [Duration::ZERO; 2], move || {
+                all([consumed.clone()])
+            }));
+            assert!(cancelled.cancel());
+            resolver
+        });
+        assert_eq!(seen, 0, "{attempts} attempts");
+    }
+}
+
+#[test]
+fn with_error_a_map_concurrent_or_retry_of_a_cancelled_promise_is_not_reported() {
+    let seen = reports(|_| {
+        let (promise, resolver) = Promise::<i32>::pending();
+        let mapped = map_concurrent([promise.clone()], 1, |item| item);
+        let attempt = promise.clone();
+        let retried = retry(2, [Duration::ZERO], move || attempt.clone());
+        let limited = all([promise.clone()]).timeout(HOUR);
+        promise.cancel();
+        drop((mapped, retried, limited));
+        resolver
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn what_a_task_passes_on_quietly_is_still_the_reason_handlers_see() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let (promise, _resolver) = Promise::<i32, MyErr>::pending();
+        let mapped = map_concurrent([promise.clone()], 1, |item| item);
+        let attempt = promise.clone();
+        let retried = retry(1, [], move || attempt.clone());
+        let limited = all([promise.clone()]).timeout(HOUR);
+        promise.cancel();
+        let cancelled = |outcome: Result<_, MyErr>| matches!(outcome, Err(MyErr::Lib(error)) if error.is_cancelled());
+        assert!(cancelled(event_loop.block_on(mapped).map(drop)));
+        assert!(cancelled(event_loop.block_on(retried).map(drop)));
+        assert!(cancelled(event_loop.block_on(limited).map(drop)));
+    });
+}
+
 // ---------------------------------------------------------------------------
 // (b) The same rejection passed on along a chain
 // ---------------------------------------------------------------------------
@@ -225,6 +346,49 @@ fn a_user_rejection_through_a_combinator_and_a_chain_is_reported_once() {
         other_resolver
     });
     assert_eq!(seen, 1);
+}
+
+#[test]
+fn a_user_rejection_through_timeout_map_concurrent_or_retry_is_reported_once_each() {
+    let seen = reports(|_| {
+        drop(Promise::<i32, MyErr>::rejected(MyErr::Mine("limited")).timeout(HOUR));
+        drop(map_concurrent([MyErr::Mine("mapped")], 1, |reason| {
+            Promise::<i32, MyErr>::rejected(reason)
+        }));
+        drop(retry(1, [], || {
+            Promise::<i32, MyErr>::rejected(MyErr::Mine("retried"))
+        }));
+    });
+    assert_eq!(seen, 3);
+}
+
+#[test]
+fn a_cancelled_promise_before_a_genuine_rejection_does_not_silence_it() {
+    // `map_concurrent`: a quiet item and a genuine failure that settles first;
+    // `retry`: a cancelled first attempt, then a genuine failure; and a timeout
+    // that fires: each output is a rejection of its own, reported.
+    let seen = reports(|_| {
+        let (consumed, cancelled, _resolver) = input();
+        drop(map_concurrent(
+            [
+                Promise::rejected(MyErr::Mine("first")),
+                all([consumed]).map(|values| values[0]),
+            ],
+            2,
+            |item| item,
+        ));
+        assert!(cancelled.cancel());
+        let (consumed, cancelled, _resolver) = input();
+        assert!(cancelled.cancel());
+        let mut first = Some(consumed);
+        drop(retry(2, [Duration::ZERO], move || {
+            first
+                .take()
+                .unwrap_or_else(|| Promise::rejected(MyErr::Mine("last")))
+        }));
+        drop(sleep(HOUR).map_err(MyErr::from).timeout(Duration::ZERO));
+    });
+    assert_eq!(seen, 3);
 }
 
 #[test]

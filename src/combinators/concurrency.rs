@@ -15,7 +15,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::time::delay;
-use crate::{spawn, Error, Promise};
+use crate::event_loop::spawn_passing_on;
+use crate::promise::Settled;
+use crate::{Error, Promise};
 
 /// Calls `f` on every item with at most `limit` of the returned promises pending
 /// at any time (bluebird's `Promise.map` with `concurrency`), and fulfils with
@@ -59,7 +61,7 @@ where
             "map_concurrent: the limit must be at least 1 (with 0, nothing could ever start)",
         )));
     }
-    spawn(MapConcurrent {
+    spawn_passing_on(MapConcurrent {
         items: Some(items.into_iter()),
         f,
         limit,
@@ -98,17 +100,19 @@ where
     map_concurrent(items, 1, f)
 }
 
-/// Outcomes recorded by the watchers' handlers, in the order they settled.
-type Finished<U, E> = Arc<Mutex<Vec<(usize, Result<U, E>)>>>;
+/// How the started promises ended, by item index, in the order they settled.
+type Finished<U, E> = Arc<Mutex<Vec<(usize, Settled<U, E>)>>>;
 
 /// The task behind [`map_concurrent`].
 ///
-/// Each started promise gets a watcher (`then_or_catch`) that records its outcome
-/// in `finished`, and the task is registered as the watcher's waiter by polling it
-/// once. A watcher settles right after recording, which wakes the task, and the
-/// task then reads `finished`: each wake costs the outcomes it brings, not a poll
-/// of every promise in flight. Waiting on our own promises (rather than storing a
-/// waker) also keeps the loop's deadlock detection working.
+/// Each started promise gets a watcher ([`Promise::watched_by`]) that records how
+/// it ended in `finished`, and the task is registered as the watcher's waiter by
+/// polling it once. A watcher settles right after recording, which wakes the task,
+/// and the task then reads `finished`: each wake costs the outcomes it brings, not
+/// a poll of every promise in flight. Waiting on our own promises (rather than
+/// storing a waker) also keeps the loop's deadlock detection working. A promise
+/// cancelled elsewhere, or rejected quietly, is cancellation travelling on: the
+/// result rejects quietly too (see `core::Input::Quiet`).
 struct MapConcurrent<Items, F, U, E> {
     /// `None` once exhausted (or after a failure: no more items are taken).
     items: Option<Items>,
@@ -135,17 +139,9 @@ where
     fn start(&mut self, item: Items::Item, cx: &mut Context<'_>) {
         let index = self.results.len();
         self.results.push(None);
-        let (on_value, on_error) = (self.finished.clone(), self.finished.clone());
-        let mut watcher = (self.f)(item).then_or_catch(
-            move |value| {
-                on_value.lock().push((index, Ok(value)));
-                Ok(())
-            },
-            move |error| {
-                on_error.lock().push((index, Err(error)));
-                Ok(())
-            },
-        );
+        let finished = self.finished.clone();
+        let mut watcher =
+            (self.f)(item).watched_by(move |settled| finished.lock().push((index, settled)));
         // Handlers never run inline, so this is pending: it registers the task.
         if Pin::new(&mut watcher).poll(cx).is_pending() {
             self.in_flight.insert(index, watcher);
@@ -167,34 +163,20 @@ where
     U: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    type Output = Result<Vec<U>, E>;
+    type Output = Settled<Vec<U>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let finished = std::mem::take(&mut *this.finished.lock());
-        if finished.is_empty() {
-            // A wake that brought no outcome: a watcher may have been cancelled
-            // (its item's promise was cancelled elsewhere), which runs neither of
-            // its handlers. That counts as a rejection, as an input cancelled
-            // elsewhere does for `all`.
-            let cancelled = this
-                .in_flight
-                .iter()
-                .find(|(_, watcher)| watcher.is_cancelled())
-                .map(|(index, _)| *index);
-            if let Some(index) = cancelled {
-                this.in_flight.remove(&index);
-                this.cancel_in_flight();
-                return Poll::Ready(Err(E::from(Error::cancelled())));
-            }
-        }
-        for (index, outcome) in finished {
+        for (index, settled) in finished {
             this.in_flight.remove(&index);
-            match outcome {
+            match value(settled) {
                 Ok(value) => this.results[index] = Some(value),
-                Err(error) => {
+                // An item cancelled elsewhere counts as a rejection, as an input
+                // cancelled elsewhere does for `all`.
+                Err(failure) => {
                     this.cancel_in_flight();
-                    return Poll::Ready(Err(error));
+                    return Poll::Ready(failure);
                 }
             }
         }
@@ -210,7 +192,9 @@ where
         if this.items.is_none() && this.in_flight.is_empty() {
             let values = std::mem::take(&mut this.results).into_iter().collect();
             let values: Option<Vec<U>> = values;
-            return Poll::Ready(Ok(values.expect("every item taken has fulfilled")));
+            return Poll::Ready(Settled::Fulfilled(
+                values.expect("every item taken has fulfilled"),
+            ));
         }
         Poll::Pending
     }
@@ -395,24 +379,40 @@ where
         )));
     }
     let mut pauses = backoff.into_iter();
-    spawn(async move {
+    // The attempts' ends are passed on as they are: a last attempt cancelled
+    // elsewhere, or rejected quietly, rejects the result quietly.
+    spawn_passing_on(async move {
         let mut made = 0;
         loop {
             made += 1;
-            let error = match CancelOnDrop::new(attempt()).await {
-                Ok(value) => return Ok(value),
-                Err(error) => error,
+            let failure = match value(CancelOnDrop::new(attempt()).await) {
+                Ok(value) => return Settled::Fulfilled(value),
+                Err(failure) => failure,
             };
             if made == attempts {
-                return Err(error);
+                return failure;
             }
             let Some(pause) = pauses.next() else {
-                return Err(error);
+                return failure;
             };
-            drop(error);
-            CancelOnDrop::new(delay(pause, ()).map_err(E::from)).await?;
+            drop(failure);
+            if let Err(failure) = value(CancelOnDrop::new(delay(pause, ()).map_err(E::from)).await)
+            {
+                return failure;
+            }
         }
     })
+}
+
+/// The value, or the failure as the end of a promise of another type, to pass
+/// on as it is (a quiet rejection or a cancellation staying what it was).
+fn value<T, U, E>(settled: Settled<T, E>) -> Result<T, Settled<U, E>> {
+    match settled {
+        Settled::Fulfilled(value) => Ok(value),
+        Settled::Rejected(error) => Err(Settled::Rejected(error)),
+        Settled::Quiet(error) => Err(Settled::Quiet(error)),
+        Settled::Cancelled => Err(Settled::Cancelled),
+    }
 }
 
 /// Awaits a promise and cancels it if dropped before it settled, so that a task
@@ -430,15 +430,17 @@ impl<T, E> CancelOnDrop<T, E> {
     }
 }
 
-impl<T: Send + 'static, E: Send + 'static> Future for CancelOnDrop<T, E> {
-    type Output = Result<T, E>;
+/// Gives how the promise ended, a quiet rejection or a cancellation included,
+/// for the task to pass on.
+impl<T: Send + 'static, E: From<Error> + Send + 'static> Future for CancelOnDrop<T, E> {
+    type Output = Settled<T, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, E>> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Settled<T, E>> {
         let promise = self
             .promise
             .as_mut()
             .expect("CancelOnDrop polled after it completed");
-        let outcome = Pin::new(promise).poll(cx);
+        let outcome = promise.poll_settled(cx);
         if outcome.is_ready() {
             self.promise = None;
         }

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 
 use super::concurrency::cancelled;
 use crate::event_loop::clear_timer_on_its_loop;
+use crate::promise::{Observation, Settled};
 use crate::timer::LONGEST_DELAY;
 use crate::{clear_timer, set_interval, set_timeout, sleep, Error, Promise, TimerId};
 
@@ -79,9 +80,9 @@ where
             return self;
         }
         let (limited, resolver) = Promise::pending();
-        // The consumer attached to `self`, kept to cancel it: `then_or_catch`
-        // consumes `self`, and cancelling its only consumer cancels it.
-        let watcher: Arc<Mutex<Option<Promise<(), E>>>> = Arc::default();
+        // The observation of `self`, kept to withdraw it, which cancels `self`
+        // unless something else consumes it.
+        let watcher: Arc<Mutex<Option<Arc<dyn Observation>>>> = Arc::default();
         let timer = set_timeout(limit, {
             let resolver = resolver.clone();
             let watcher = watcher.clone();
@@ -90,29 +91,26 @@ where
                 cancel_watcher(&watcher);
             }
         });
-        let (on_value, on_error, on_cancel) =
-            (resolver.clone(), resolver.clone(), resolver.clone());
-        let watching = self
-            .then_or_catch(
-                move |value| {
-                    clear_timer_on_its_loop(timer);
-                    on_value.resolve(value);
-                    Ok(())
-                },
-                move |error| {
-                    clear_timer_on_its_loop(timer);
-                    on_error.reject(error);
-                    Ok(())
-                },
-            )
-            // Runs also when `self` was cancelled by someone else: then the result
-            // is cancelled too, as a child of `self` would be.
-            .finally(move || {
-                if !on_cancel.is_done() {
-                    clear_timer_on_its_loop(timer);
-                    on_cancel.resolve_with(cancelled());
-                }
-            });
+        let on_settled = resolver.clone();
+        // Watched rather than chained on: a quiet rejection (cancellation
+        // travelling on) is passed on quietly, where a `catch` would have made
+        // it a rejection of its own.
+        let watching = self.watch(move |settled| {
+            // Done when the timer fired or the result was cancelled: this is
+            // then the observation's withdrawal.
+            if on_settled.is_done() {
+                return;
+            }
+            clear_timer_on_its_loop(timer);
+            match settled {
+                Settled::Fulfilled(value) => on_settled.resolve(value),
+                Settled::Rejected(error) => on_settled.reject(error),
+                Settled::Quiet(error) => on_settled.reject_quietly(error),
+                // Cancelled by someone else: the result is cancelled too, as a
+                // child of `self` would be.
+                Settled::Cancelled => on_settled.resolve_with(cancelled()),
+            };
+        });
         *watcher.lock() = Some(watching);
         let watcher = Arc::downgrade(&watcher);
         resolver.on_cancel(move || {
@@ -126,9 +124,9 @@ where
     }
 }
 
-/// Cancels the watched promise, if still there, with the lock released first (the
+/// Withdraws the observation, if still there, with the lock released first (the
 /// cancellation runs `on_cancel` and `finally` callbacks of other promises).
-fn cancel_watcher<E: Send + 'static>(watcher: &Mutex<Option<Promise<(), E>>>) {
+fn cancel_watcher(watcher: &Mutex<Option<Arc<dyn Observation>>>) {
     let watching = watcher.lock().take();
     if let Some(watching) = watching {
         watching.cancel();

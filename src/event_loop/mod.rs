@@ -27,8 +27,8 @@ use self::local::Stop;
 pub(crate) use self::local::{contained, report_panic, Job, Local, SendJob, Shared};
 use crate::error::Error;
 use crate::promise::core::{Link, Node, Settling};
-use crate::promise::{self, Promise};
-use crate::task::{catch_panics, output_future, TaskLink, TaskWaker};
+use crate::promise::{self, Promise, Settled};
+use crate::task::{catch_panics, output_future, TaskLink, TaskOutput, TaskWaker};
 use crate::timer::{Callback, Fire, TimerId};
 
 /// A single-threaded event loop: microtasks (promise reactions), immediates,
@@ -328,7 +328,8 @@ fn start_task<F, T, E>(
     settler: promise::Settler<T, E, TaskLink>,
 ) -> impl FnOnce(&Arc<TaskWaker>) -> std::pin::Pin<Box<dyn Future<Output = ()>>>
 where
-    F: Future<Output = Result<T, E>> + 'static,
+    F: Future + 'static,
+    F::Output: TaskOutput<T, E>,
     T: Send + 'static,
     E: Send + 'static,
 {
@@ -403,6 +404,30 @@ where
 pub fn spawn_local<F, T, E>(future: F) -> Promise<T, E>
 where
     F: Future<Output = Result<T, E>> + 'static,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    spawn_here(future)
+}
+
+/// [`spawn`] for the library's own tasks that pass on how what they waited on
+/// ended: a [`Settled::Quiet`] or [`Settled::Cancelled`] output rejects the
+/// task's promise quietly (cancellation travelling on, never reported as
+/// unhandled), where a task's `Err` is a rejection of its own.
+pub(crate) fn spawn_passing_on<F, T, E>(future: F) -> Promise<T, E>
+where
+    F: Future<Output = Settled<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    spawn_here(future)
+}
+
+/// A task of this thread's loop, settling its promise with `future`'s output.
+fn spawn_here<F, T, E>(future: F) -> Promise<T, E>
+where
+    F: Future + 'static,
+    F::Output: TaskOutput<T, E>,
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {

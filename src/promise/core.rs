@@ -487,6 +487,53 @@ fn fail_with<T, E>(ops: Ops<T, E>, error: Error) -> E {
     }
 }
 
+/// How a settled promise ended, beyond its outcome (see [`Taken`]).
+#[derive(Clone, Copy)]
+pub(crate) enum End {
+    Outcome,
+    Quiet,
+    Cancelled,
+}
+
+/// The form in which [`Core::poll_take`] takes a settled promise's outcome: a
+/// `Result`, as an `await` gives it, or an [`Input`], as a consumer receives it
+/// (a quiet rejection as `Input::Quiet`, a cancellation as `Input::Cancelled`),
+/// for the library's tasks that pass on cancellation travelling on.
+pub(crate) trait Taken<T, E> {
+    /// Takes (or copies) the outcome in `slot`, which ended as `end`.
+    fn take(
+        slot: &mut Option<Result<T, E>>,
+        last: bool,
+        copies: bool,
+        ops: Ops<T, E>,
+        end: End,
+    ) -> Self;
+}
+
+impl<T, E> Taken<T, E> for Result<T, E> {
+    #[inline(always)]
+    fn take(slot: &mut Option<Self>, last: bool, copies: bool, ops: Ops<T, E>, _: End) -> Self {
+        share(slot, last, copies, ops)
+    }
+}
+
+impl<T, E> Taken<T, E> for Input<T, E> {
+    fn take(
+        slot: &mut Option<Result<T, E>>,
+        last: bool,
+        copies: bool,
+        ops: Ops<T, E>,
+        end: End,
+    ) -> Self {
+        match end {
+            // Nothing to take: the reason made for an `await` stays in the slot.
+            End::Cancelled => Input::Cancelled,
+            End::Quiet => share_quiet(slot, last, copies, ops),
+            End::Outcome => Input::outcome(share(slot, last, copies, ops)),
+        }
+    }
+}
+
 /// What settling does for one waiter, once the lock is released.
 enum Serve<T, E> {
     Run(Arc<dyn Runnable>),
@@ -938,16 +985,17 @@ impl<T, E> Core<T, E> {
     }
 
     /// The `Future` side: takes the outcome (consuming the handle) or registers the
-    /// waker. `waiter` is only called when the promise is still pending.
+    /// waker. `waiter` is only called when the promise is still pending. `R` is
+    /// the form the outcome is taken in (see [`Taken`]).
     ///
     /// `may_take` is asked before a settled outcome is taken: the awaiting task may
     /// want to yield first (an `await` costs a tick). It runs under the lock and
     /// must not touch this promise.
-    pub(crate) fn poll_take(
+    pub(crate) fn poll_take<R: Taken<T, E>>(
         &self,
         waiter: impl FnOnce(bool) -> Waiter<T, E>,
         may_take: impl FnOnce() -> bool,
-    ) -> Option<Result<T, E>> {
+    ) -> Option<R> {
         let mut inner = self.lock();
         inner.handled = true;
         let has_resolver = inner.has_resolver;
@@ -969,10 +1017,17 @@ impl<T, E> Core<T, E> {
                 inner.handles -= 1;
                 let last = inner.handles == 0;
                 let (copies, ops) = (inner.copies, *inner.ops);
+                let end = if inner.cancelled {
+                    End::Cancelled
+                } else if inner.quiet() {
+                    End::Quiet
+                } else {
+                    End::Outcome
+                };
                 let State::Settled(slot) = &mut inner.state else {
                     unreachable!()
                 };
-                Some(share(slot, last, copies, ops))
+                Some(R::take(slot, last, copies, ops, end))
             }
         }
     }

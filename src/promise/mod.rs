@@ -97,13 +97,28 @@ impl<T, E> IntoPromise<T, E> for Promise<T, E> {
     }
 }
 
-/// How a promise ended, as [`Promise::watch`] reports it.
+/// How a promise ended, as [`Promise::watch`] reports it (and
+/// [`Promise::watched_by`], [`Promise::poll_settled`]); also what the library's
+/// own tasks end with, to pass that on (see `task::TaskOutput`).
 pub(crate) enum Settled<T, E> {
     Fulfilled(T),
     Rejected(E),
     /// See `core::Input::Quiet`.
     Quiet(E),
     Cancelled,
+}
+
+impl<T, E: From<Error>> Settled<T, E> {
+    /// How the promise that gave `input` ended; the loop gone counts as broken.
+    fn of(input: Input<T, E>) -> Self {
+        match input {
+            Input::Fulfilled(value) => Settled::Fulfilled(value),
+            Input::Rejected(error) => Settled::Rejected(error),
+            Input::Quiet(error) => Settled::Quiet(error),
+            Input::Cancelled => Settled::Cancelled,
+            Input::Abandoned => Settled::Rejected(E::from(Error::broken())),
+        }
+    }
 }
 
 /// The [`core::Ops`] of a promise: the library's failures as `E`; no copies.
@@ -273,19 +288,38 @@ where
         F: FnOnce(Settled<T, E>) + Send + 'static,
     {
         Observer::attach(self.take_node(), move |input| {
-            let settled = match input {
-                Input::Fulfilled(value) => Settled::Fulfilled(value),
-                Input::Rejected(error) => Settled::Rejected(error),
-                Input::Quiet(error) => Settled::Quiet(error),
-                Input::Cancelled => Settled::Cancelled,
-                Input::Abandoned => Settled::Rejected(E::from(Error::broken())),
-            };
+            let settled = Settled::of(input);
             // The watchers are the library's own; one that panics must not take
             // the loop down.
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| watcher(settled))) {
                 crate::event_loop::report_panic("a combinator", &*payload);
             }
         })
+    }
+
+    /// [`watch`](Self::watch) through a promise derived from this one, which
+    /// fulfils once `watcher` has run: for a task, which waits on that promise
+    /// (our own, so the loop can tell a deadlock; a waker stored by the watcher
+    /// would count as foreign). Cancelling it withdraws from this promise, as
+    /// cancelling a `then` child does; `watcher` then sees `Settled::Cancelled`.
+    pub(crate) fn watched_by<F>(self, watcher: F) -> Promise<(), E>
+    where
+        F: FnOnce(Settled<T, E>) + Send + 'static,
+    {
+        self.chain(move |input| {
+            guarded(|| {
+                watcher(Settled::of(input));
+                Next::Settled(Ok(()))
+            })
+        })
+    }
+
+    /// Polls this promise as a future, but gives its end as a consumer sees it: a
+    /// quiet rejection as `Settled::Quiet` and a cancellation as
+    /// `Settled::Cancelled`, which an `await` turns into a plain `Err`. For the
+    /// library's tasks that pass on cancellation travelling on.
+    pub(crate) fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<Settled<T, E>> {
+        self.poll_as::<Input<T, E>>(cx).map(Settled::of)
     }
 
     /// Runs `on_fulfilled` with the value once this promise fulfils; a rejection
@@ -625,6 +659,14 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
     type Output = Result<T, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_as(cx)
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Promise<T, E> {
+    /// The `Future` side, the outcome taken as an `R` (see `core::Taken`).
+    #[inline]
+    fn poll_as<R: core::Taken<T, E>>(&mut self, cx: &mut Context<'_>) -> Poll<R> {
         let node = self
             .node
             .as_ref()
@@ -662,7 +704,7 @@ impl<T: Send + 'static, E: Send + 'static> Future for Promise<T, E> {
             }
             None => Waiter::Waker(cx.waker().clone()),
         };
-        let taken = node.core().poll_take(waiter, may_take);
+        let taken = node.core().poll_take::<R>(waiter, may_take);
         match taken {
             Some(outcome) => {
                 // `poll_take` consumed the handle: forget it without releasing it.
@@ -752,6 +794,18 @@ where
     /// ```
     pub fn reject(&self, error: E) -> bool {
         self.settle(Err(error))
+    }
+
+    /// [`reject`](Self::reject), quietly: the library's own resolvers passing on
+    /// cancellation travelling on (see `core::Input::Quiet`).
+    pub(crate) fn reject_quietly(&self, error: E) -> bool {
+        let link = &self.node.link;
+        if !link.finish() {
+            return false;
+        }
+        settle_as(&self.node(), Err(error), true, link.home());
+        link.release_home();
+        true
     }
 
     /// Makes the promise follow `other`: it settles as `other` settles. `false` if
