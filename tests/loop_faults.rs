@@ -118,24 +118,39 @@ impl Future for ReadyThenPanicOnDrop {
 }
 
 #[test]
-fn a_resolver_settled_after_its_loop_is_gone_contains_a_panicking_handler_drop() {
-    within(|| {
+fn a_handler_whose_promises_loop_is_gone_runs_late_and_its_panicking_drop_is_contained() {
+    // Abandoned, the handler's destructor used to panic before its child settled,
+    // and awaiting the child hung.
+    within_for(HANG, || {
         let event_loop = EventLoop::new();
         let (promise, resolver) = Promise::<u32>::pending();
         let bomb = PanicOnDrop;
-        // Dropping the derived promise leaves the handler attached.
-        drop(promise.then(move |v| {
+        let child = promise.then(move |v| {
             let _keep = &bomb;
             Ok(v)
-        }));
+        });
+        let handle = event_loop.handle();
         drop(event_loop);
-        // The reaction is sent to the loop it belongs to, which is gone: it is
-        // abandoned there, dropping the handler, whose destructor panics.
+        // The reaction is no work of the loop that is gone: settled after it, it
+        // is an orphan, and `resolve` only queues it.
         let resolved = thread::spawn(move || resolver.resolve(1)).join();
-        assert!(
-            matches!(resolved, Ok(true)),
-            "the handler's panic unwound out of `resolve`"
-        );
+        assert!(matches!(resolved, Ok(true)), "`resolve` unwound");
+        // The handler runs where the child is awaited; its destructor's panic
+        // rejects the child instead of unwinding into that loop.
+        let error = EventLoop::new().block_on(child).unwrap_err();
+        assert!(error.is_panic(), "{error:?}");
+        // Work sent to the loop that is gone is abandoned where it is sent: a
+        // task's future whose destructor panics must not unwind into `spawn`.
+        let spawned = thread::spawn(move || {
+            let bomb = PanicOnDrop;
+            handle.spawn(async move {
+                let _keep = &bomb;
+                Ok::<u32, Error>(1)
+            })
+        })
+        .join();
+        let task = spawned.expect("`spawn` unwound");
+        assert!(EventLoop::new().block_on(task).unwrap_err().is_broken());
     });
 }
 

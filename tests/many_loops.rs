@@ -681,3 +681,106 @@ fn a_chain_on_a_resolver_of_an_exited_threads_default_loop_runs_its_handler() {
         assert!(settler.join().unwrap());
     });
 }
+
+// ---------------------------------------------------------------------------
+// A promise whose home loop was dropped, settled afterwards
+// ---------------------------------------------------------------------------
+
+/// A pending promise made while a loop of its own was current, and that loop
+/// dropped: the resolver outlives its home, as one kept by a pool does after the
+/// worker loop that asked for it is gone.
+fn pending_of_a_dropped_loop() -> (Promise<u64>, Resolver<u64>) {
+    let home = EventLoop::new();
+    let pending = Promise::<u64>::pending();
+    drop(home);
+    pending
+}
+
+#[test]
+fn a_then_attached_after_its_home_loop_was_dropped_gets_the_value_await_gets() {
+    within(|| {
+        let (promise, resolver) = pending_of_a_dropped_loop();
+        let here = EventLoop::new();
+        let doubled = promise.clone().map(|v| v * 2);
+        let settler = thread::spawn(move || resolver.resolve(21));
+        let (awaited, doubled) = here
+            .block_on(async move { Ok::<_, Error>(join(promise, doubled).await) })
+            .unwrap();
+        assert!(settler.join().unwrap());
+        assert_eq!(awaited.unwrap(), 21);
+        assert_eq!(doubled.unwrap(), 42);
+    });
+}
+
+#[test]
+fn a_then_attached_on_a_running_loop_to_a_promise_of_a_dropped_loop_runs_its_handler() {
+    within(|| {
+        let (promise, resolver) = pending_of_a_dropped_loop();
+        let (worker, thread) = worker();
+        let (made, child) = mpsc::channel();
+        assert!(worker.post(move || made.send(promise.then(|v| Ok(v + 1))).unwrap()));
+        let child: Promise<u64> = child.recv().unwrap();
+        // Settled on a thread that runs no loop: the worker, or whichever loop
+        // waits next, runs the handler.
+        assert!(resolver.resolve(41));
+        assert_eq!(EventLoop::new().block_on(child).unwrap(), 42);
+        drop(worker);
+        thread.join().unwrap();
+    });
+}
+
+#[test]
+fn a_then_attached_before_its_home_loop_was_dropped_runs_once_the_promise_settles() {
+    within(|| {
+        let home = EventLoop::new();
+        let (promise, resolver) = Promise::<u64>::pending();
+        // Attached to a pending promise, not queued in the loop: the loop's drop
+        // has nothing of it to abandon.
+        let ran = common::Counter::default();
+        let count = ran.clone();
+        let child = promise.then(move |v| {
+            count.bump();
+            Ok(v + 1)
+        });
+        drop(home);
+        assert_eq!(ran.get(), 0);
+        let settler = thread::spawn(move || resolver.resolve(1));
+        assert_eq!(EventLoop::new().block_on(child).unwrap(), 2);
+        assert!(settler.join().unwrap());
+        assert_eq!(ran.get(), 1);
+    });
+}
+
+/// The order in which a `then` handler and a microtask queued after the promise
+/// is resolved run, when the promise is resolved inside a task of a running
+/// loop; `pending` makes the promise once that loop exists.
+fn order_of_a_resolve_on_the_running_loop(
+    pending: fn() -> (Promise<u64>, Resolver<u64>),
+) -> Vec<String> {
+    let log = common::Log::default();
+    let event_loop = EventLoop::new();
+    let (promise, resolver) = pending();
+    let (handler, microtask) = (log.clone(), log.clone());
+    let child = promise.then(move |v| {
+        handler.push(format!("then {v}"));
+        Ok(v)
+    });
+    event_loop
+        .block_on(async move {
+            resolver.resolve(1);
+            thenable::queue_microtask(move || microtask.push("microtask"));
+            child.await
+        })
+        .unwrap();
+    log.entries()
+}
+
+#[test]
+fn a_promise_of_a_dropped_loop_resolved_on_a_running_loop_reacts_in_that_loops_order() {
+    within(|| {
+        let homed_here = order_of_a_resolve_on_the_running_loop(Promise::<u64>::pending);
+        assert_eq!(homed_here, ["then 1", "microtask"]);
+        let homeless = order_of_a_resolve_on_the_running_loop(pending_of_a_dropped_loop);
+        assert_eq!(homeless, homed_here);
+    });
+}

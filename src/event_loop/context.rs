@@ -78,7 +78,8 @@ enum Target {
 /// The one place that decides where a reaction runs.
 ///
 /// - With a loop running on this thread, there, unless the reaction's home loop
-///   belongs to another thread (then that loop's injector, or the orphans).
+///   belongs to another thread and is still there (then that loop's injector, or
+///   the orphans).
 /// - With none running: the home loop if it is one of this thread's own
 ///   `EventLoop`s, or, for a reaction with no home, the newest of them (it will run
 ///   when that loop runs). Work bound for this thread's *default* loop, which only
@@ -97,6 +98,10 @@ fn target(cx: &Context, home: Option<&LoopRef>) -> Target {
             {
                 Target::Local(running)
             }
+            // A home that is gone takes no work: settled here, its promise's
+            // reactions are this loop's, in this loop's order, as a promise
+            // without a home's are.
+            Some(home) if home.is_closed() => Target::Local(running),
             Some(_) => Target::Elsewhere,
         };
     }
@@ -180,15 +185,17 @@ pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
 }
 
 /// Queues a reaction whose home loop is not one of this thread's: on that loop if
-/// a thread drives it (or abandoned with it if it was dropped), else as an orphan.
+/// a thread drives it, else as an orphan.
 ///
-/// A thread's default loop that went with its thread was dropped by nobody: the
-/// promises it was the home of (made on a thread that ran no loop, then handed
-/// on) are awaited elsewhere, and their reactions go on as orphans there.
+/// A home loop that is gone (dropped, or a thread's default loop gone with its
+/// thread) abandoned what was queued in it when it went; a reaction that comes
+/// later was never its work. Its promise outlived it, and is awaited or chained
+/// elsewhere: an `await` gets the outcome wherever it waits, so a `then` does
+/// too, as an orphan run by whichever loop waits next.
 fn send_elsewhere(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
     match home {
-        Some(home) if home.is_exited_default() => orphans::push(job, None),
-        Some(home) if home.is_driven() || home.is_closed() => home.inject(SendJob::Run(job)),
+        Some(home) if home.is_closed() => orphans::push(job, None),
+        Some(home) if home.is_driven() => home.inject(SendJob::Run(job)),
         _ => orphans::push(job, home),
     }
 }
@@ -349,12 +356,7 @@ pub(crate) fn ambient() -> Rc<Local> {
 
 /// This thread's default loop, made now if need be.
 fn default_loop(default: &mut Option<EventLoop>) -> Rc<Local> {
-    let event_loop = default.get_or_insert_with(|| {
-        let event_loop = EventLoop::new();
-        event_loop.local.shared.mark_default();
-        event_loop
-    });
-    event_loop.local.clone()
+    default.get_or_insert_with(EventLoop::new).local.clone()
 }
 
 pub(crate) fn register_created(local: &Rc<Local>) {

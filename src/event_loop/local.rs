@@ -76,9 +76,6 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// A thread is inside `run`, `block_on` or a poll that drives this loop.
     driven: AtomicBool,
-    /// A thread's default loop (made when nothing else was there), which nobody
-    /// drops on purpose: it goes when its thread exits.
-    default: AtomicBool,
 }
 
 impl Shared {
@@ -96,11 +93,16 @@ impl Shared {
             }
         };
         if let Some(job) = refused {
-            // Abandoning drops a handler, user code, on whatever thread settled
-            // the promise: its panic must not unwind into that thread's `resolve`.
-            context::with_graveyard(|| {
-                contained("an abandoned reaction", || Job::from(job).abandon())
-            });
+            match job {
+                // Closed since the sender looked: a reaction that arrives after
+                // the loop went was never its work (see `context::send_elsewhere`).
+                SendJob::Run(job) => orphans::push(job, None),
+                // Abandoning drops user code (a posted closure, a task's future)
+                // on whatever thread sent it: its panic must not unwind there.
+                job => context::with_graveyard(|| {
+                    contained("an abandoned job", || Job::from(job).abandon())
+                }),
+            }
             return;
         }
         self.has_injected.store(true, Ordering::Release);
@@ -152,15 +154,6 @@ impl Shared {
                 orphans::notify_driven_loops();
             }
         }
-    }
-
-    pub(crate) fn mark_default(&self) {
-        self.default.store(true, Ordering::Release);
-    }
-
-    /// A thread's default loop that is gone with its thread (see [`Shared::default`]).
-    pub(crate) fn is_exited_default(&self) -> bool {
-        self.is_closed() && self.default.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -239,7 +232,6 @@ impl Local {
             keep_alive: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             driven: AtomicBool::new(false),
-            default: AtomicBool::new(false),
         });
         orphans::register(&shared);
         Local {

@@ -40,7 +40,10 @@ use crate::timer::{Callback, Fire, TimerId};
 /// `EventLoop` of this thread, or else the thread's default loop.
 ///
 /// Dropping a loop abandons its queued work: promises waiting on it settle as
-/// broken, handlers that had not run never run, and task futures are dropped.
+/// broken, handlers queued on it never run, and task futures are dropped. A
+/// promise made by [`Promise::pending`] while it was current outlives it:
+/// settled later, its handlers run on the loop running where it is settled, or
+/// else on whichever loop waits next.
 ///
 /// ```
 /// use std::cell::RefCell;

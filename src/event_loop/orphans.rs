@@ -61,7 +61,10 @@ pub(crate) fn notify_driven_loops() {
 
 /// True if a loop nobody drives has live resolvers: their reactions would become
 /// orphans that a waiting loop runs, so waiting is not a deadlock. A loop that is
-/// gone does not count: the reactions its resolvers send it are abandoned.
+/// gone does not count: its resolvers' reactions become orphans too, but a wait
+/// on one of its promises is seen by the wait's own search (a live resolver of a
+/// loop not of this thread is another loop's work), and nothing else waits on
+/// them.
 pub(crate) fn undriven_resolvers_exist() -> bool {
     LOOPS
         .lock()
