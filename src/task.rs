@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake};
 
@@ -30,6 +30,11 @@ pub(crate) struct TaskWaker {
     /// Clones of this waker held by our own promises (see [`TaskRef`]): the rest of
     /// the clones belong to code the loop cannot see, which might wake it any time.
     internal: AtomicUsize,
+    /// Clones held by our own promises for waits that count as another loop's work
+    /// ([`TaskRef::count_as_remote`]): foreign, until the loop finds them on its
+    /// own work after all. A `u32`, which fits beside the flags: a word would
+    /// make the waker an 80-byte allocation (a 96-byte chunk), not a 72-byte one.
+    remote: AtomicU32,
     /// The promise this task settles, for chaining-cycle detection.
     output: Option<Weak<dyn Graph>>,
     /// An `await` of an already settled promise yielded during the last poll (see
@@ -53,6 +58,7 @@ impl TaskWaker {
             key,
             scheduled: AtomicBool::new(true),
             internal: AtomicUsize::new(0),
+            remote: AtomicU32::new(0),
             output,
             yield_requested: AtomicBool::new(false),
             yield_granted: AtomicBool::new(false),
@@ -105,10 +111,25 @@ impl TaskWaker {
         false
     }
 
-    /// True when code outside thenable's promises holds this waker, so the task may
-    /// be woken by something the loop does not know about.
+    /// True when code outside thenable's promises holds this waker, or one of our
+    /// promises whose wait counts as another loop's work, so the task may be woken
+    /// by something the loop does not know about.
     pub(crate) fn has_foreign_wakers(self: &Arc<Self>) -> bool {
         Arc::strong_count(self) > LOOP_REFS + self.internal.load(Ordering::Acquire)
+    }
+
+    /// [`has_foreign_wakers`](Self::has_foreign_wakers), not counting the waits on
+    /// another loop's work: code outside thenable's promises holds this waker, or
+    /// one of our promises whose live resolver may be used by another thread.
+    pub(crate) fn has_unseen_wakers(self: &Arc<Self>) -> bool {
+        let ours = self.internal.load(Ordering::Acquire) + self.remote_waits() as usize;
+        Arc::strong_count(self) > LOOP_REFS + ours
+    }
+
+    /// How many of our promises hold this waker for a wait that counts as another
+    /// loop's work (see [`TaskRef::count_as_remote`]).
+    pub(crate) fn remote_waits(&self) -> u32 {
+        self.remote.load(Ordering::Acquire)
     }
 }
 
@@ -128,19 +149,34 @@ impl Wake for TaskWaker {
 pub(crate) struct TaskRef {
     /// Taken only by [`wake`](Self::wake), which consumes the `TaskRef`.
     task: Option<Arc<TaskWaker>>,
-    internal: bool,
+    counted: Counted,
+}
+
+/// How a [`TaskRef`] counts for its loop's deadlock check.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// The wait is the loop's own business (`TaskWaker::internal`).
+    Internal,
+    /// The wait is on another loop's work, as far as the last search saw
+    /// (`TaskWaker::remote`).
+    Remote,
+    /// Foreign for good: the promise has a live resolver.
+    Foreign,
 }
 
 impl TaskRef {
     /// `internal` is false when the promise has a live resolver that another thread
     /// may use: then the wait is not a deadlock, and the loop must stay alive.
     pub(crate) fn new(task: Arc<TaskWaker>, internal: bool) -> Self {
-        if internal {
+        let counted = if internal {
             task.internal.fetch_add(1, Ordering::AcqRel);
-        }
+            Counted::Internal
+        } else {
+            Counted::Foreign
+        };
         TaskRef {
             task: Some(task),
-            internal,
+            counted,
         }
     }
 
@@ -156,11 +192,27 @@ impl TaskRef {
         Arc::ptr_eq(self.task(), task)
     }
 
-    /// Stops counting as an internal waker: what the task waits on may be settled
-    /// by another loop.
-    pub(crate) fn count_as_foreign(&mut self) {
-        if std::mem::take(&mut self.internal) {
-            self.task().internal.fetch_sub(1, Ordering::AcqRel);
+    /// Counts as a wait on another loop's work instead of an internal waker: what
+    /// the task waits on may be settled by another loop.
+    pub(crate) fn count_as_remote(&mut self) {
+        if self.counted == Counted::Internal {
+            self.counted = Counted::Remote;
+            let task = self.task();
+            task.remote.fetch_add(1, Ordering::AcqRel);
+            task.internal.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Counts as an internal waker again, after [`count_as_remote`]: what the task
+    /// waits on has come to be its own loop's work.
+    ///
+    /// [`count_as_remote`]: Self::count_as_remote
+    pub(crate) fn count_as_own(&mut self) {
+        if self.counted == Counted::Remote {
+            self.counted = Counted::Internal;
+            let task = self.task();
+            task.internal.fetch_add(1, Ordering::AcqRel);
+            task.remote.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -180,8 +232,14 @@ impl TaskRef {
     /// Stops counting as an internal waker, and gives the task back.
     fn release(&mut self) -> Option<Arc<TaskWaker>> {
         let task = self.task.take()?;
-        if self.internal {
-            task.internal.fetch_sub(1, Ordering::AcqRel);
+        match self.counted {
+            Counted::Internal => {
+                task.internal.fetch_sub(1, Ordering::AcqRel);
+            }
+            Counted::Remote => {
+                task.remote.fetch_sub(1, Ordering::AcqRel);
+            }
+            Counted::Foreign => {}
         }
         Some(task)
     }

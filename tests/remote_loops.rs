@@ -1,7 +1,9 @@
 //! Waiting on another loop's work: a loop that runs out of work of its own while
 //! it waits on a task, a timer or a resolver of a loop another thread drives is
 //! not deadlocked, since that loop may still settle what it waits on. A wait on
-//! nothing but its own stuck work still is, however busy the other loop.
+//! nothing but its own stuck work still is, however busy the other loop, and so
+//! is one the other loop moves onto this loop's stuck work later: the loop looks
+//! at such waits again while only they keep it alive.
 //!
 //! The waits below are registered before the other loop starts (it waits for
 //! `go`), so that each test takes the same path every run.
@@ -12,9 +14,12 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::within;
+use common::{within, within_for};
 use futures::future::join;
-use thenable::{all, sleep, spawn_local, Error, EventLoop, LoopHandle, Promise};
+use thenable::{
+    all, queue_microtask, shield, sleep, spawn_blocking, spawn_local, Error, EventLoop, LoopHandle,
+    Promise,
+};
 
 /// A loop on a thread of its own: it starts once `go` is sent, and runs until the
 /// last handle to it is dropped and its work is done.
@@ -201,5 +206,256 @@ fn a_wait_on_stuck_work_of_its_own_is_a_deadlock_while_another_loop_is_busy() {
         assert_eq!(event_loop.block_on(busy).unwrap(), 1);
         drop(handle);
         thread.join().unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// A wait counted as another loop's when it registered, looked at again later
+// ---------------------------------------------------------------------------
+
+/// The safety net of the tests below, whose bug was a hang: fail well before the
+/// default limit.
+const HANG: Duration = Duration::from_secs(10);
+
+/// How long the worker stays busy in the tests that wait on it for long: long
+/// enough for this loop to look at its wait again several times meanwhile (it
+/// does so every few milliseconds at first, then less and less often). Never
+/// part of an assertion: the outcome is the same however long it really takes.
+const LONG: Duration = Duration::from_millis(300);
+
+/// A task of the current loop that never finishes and that nothing can wake: a
+/// future that keeps no waker.
+fn stuck_task() -> Promise<u64> {
+    spawn_local(async {
+        std::future::pending::<()>().await;
+        Ok::<u64, Error>(0)
+    })
+}
+
+/// A chain that waits on a task of the worker (so the wait on it counts as the
+/// worker's work when it registers), whose handler, run on the worker, makes it
+/// follow `then`.
+fn moved_onto(handle: &LoopHandle, then: Promise<u64>) -> Promise<u64> {
+    slow_task(handle, 1).then(move |_| then)
+}
+
+#[test]
+fn a_chain_a_remote_handler_moves_onto_stuck_work_of_this_loop_is_a_deadlock() {
+    within_for(HANG, || {
+        let worker = worker();
+        let event_loop = EventLoop::new();
+        let chain = moved_onto(&worker.handle, stuck_task());
+        let Worker { handle, go, thread } = worker;
+        let outcome = event_loop.block_on(async move {
+            let start = async move {
+                go.send(()).unwrap();
+                Ok::<_, Error>(())
+            };
+            let (outcome, started) = join(chain, start).await;
+            started?;
+            outcome
+        });
+        // The worker is still there (this thread holds a handle to it): the wait
+        // is on this loop's own stuck work all the same.
+        assert!(!handle.is_closed());
+        assert!(outcome.unwrap_err().is_deadlock());
+        drop(handle);
+        thread.join().unwrap();
+    });
+}
+
+#[test]
+fn run_returns_when_a_task_waits_on_a_chain_moved_onto_stuck_work_of_this_loop() {
+    within_for(HANG, || {
+        let Worker { handle, go, thread } = worker();
+        let event_loop = EventLoop::new();
+        let chain = moved_onto(&handle, stuck_task());
+        let (seen, got) = mpsc::channel();
+        event_loop
+            .block_on(async {
+                drop(spawn_local(async move {
+                    let outcome = chain.await;
+                    seen.send(outcome.is_ok()).unwrap();
+                    Ok::<_, Error>(())
+                }));
+                // The task runs from the microtask queue, before this timer fires.
+                sleep(Duration::from_millis(1)).await
+            })
+            .unwrap();
+        // The task waits on the chain, counted as the worker's work: start it.
+        go.send(()).unwrap();
+        event_loop.run().unwrap();
+        assert_eq!(
+            got.try_recv(),
+            Err(mpsc::TryRecvError::Empty),
+            "the task never finishes, yet `run` returned"
+        );
+        drop(handle);
+        thread.join().unwrap();
+    });
+}
+
+#[test]
+fn a_chain_moved_onto_stuck_work_of_this_loop_by_a_loop_now_gone_is_a_deadlock() {
+    within_for(HANG, || {
+        let Worker { handle, go, thread } = worker();
+        let event_loop = EventLoop::new();
+        let chain = moved_onto(&handle, stuck_task());
+        // The worker returns from `run` once its task and handler are done, and
+        // its loop is dropped with its thread.
+        drop(handle);
+        let outcome = event_loop.block_on(async move {
+            let gone = async move {
+                go.send(()).unwrap();
+                spawn_blocking(move || {
+                    thread.join().unwrap();
+                    Ok::<_, Error>(())
+                })
+                .await
+            };
+            // The chain is polled first: its wait registers while the worker's
+            // task is pending; the worker is gone before this loop runs out of
+            // work.
+            let (outcome, gone) = join(chain, gone).await;
+            gone?;
+            outcome
+        });
+        assert!(outcome.unwrap_err().is_deadlock());
+    });
+}
+
+#[test]
+fn a_long_wait_on_a_busy_remote_loop_is_not_a_deadlock() {
+    within_for(HANG, || {
+        let worker = worker();
+        let remote = worker.handle.clone();
+        // Each step keeps the worker busy for a while: a timer of its task, its
+        // handler blocking its thread, then another task of its own that the
+        // chain is moved onto.
+        let chain = worker
+            .handle
+            .spawn(async {
+                sleep(LONG).await?;
+                Ok::<u64, Error>(20)
+            })
+            .then(move |v| {
+                thread::sleep(LONG);
+                remote.spawn(async move {
+                    sleep(LONG).await?;
+                    Ok::<u64, Error>(v + 1)
+                })
+            })
+            .map(|v| v * 2);
+        assert_eq!(worker.await_here(chain).unwrap(), 42);
+    });
+}
+
+#[test]
+fn run_waits_for_a_task_of_its_own_that_awaits_a_busy_remote_loop_for_long() {
+    within_for(HANG, || {
+        let Worker { handle, go, thread } = worker();
+        let remote = handle.spawn(async {
+            sleep(LONG).await?;
+            Ok::<u64, Error>(5)
+        });
+        let event_loop = EventLoop::new();
+        let (seen, got) = mpsc::channel();
+        event_loop
+            .block_on(async {
+                drop(spawn_local(async move {
+                    let value = remote.map(|v| v + 1).await?;
+                    seen.send(value).unwrap();
+                    Ok::<_, Error>(())
+                }));
+                sleep(Duration::from_millis(1)).await
+            })
+            .unwrap();
+        go.send(()).unwrap();
+        event_loop.run().unwrap();
+        assert_eq!(
+            got.try_recv(),
+            Ok(6),
+            "`run` returned before its task finished"
+        );
+        drop(handle);
+        thread.join().unwrap();
+    });
+}
+
+/// A task of the worker that fulfils with `value` after [`slow_task`]s do, and
+/// leaves the worker busy for [`LONG`] as it does: whatever its promise's
+/// settling queues on the worker (a combinator deciding its output) waits behind
+/// that.
+fn task_leaving_its_loop_busy(handle: &LoopHandle, value: u64) -> Promise<u64> {
+    handle.spawn(async move {
+        sleep(Duration::from_millis(10)).await?;
+        queue_microtask(|| thread::sleep(LONG));
+        Ok::<_, Error>(value)
+    })
+}
+
+#[test]
+fn all_whose_output_is_queued_on_a_busy_remote_loop_is_not_a_deadlock() {
+    within_for(HANG, || {
+        let worker = worker();
+        let tasks = [
+            task_leaving_its_loop_busy(&worker.handle, 40),
+            slow_task(&worker.handle, 2),
+        ];
+        let sum = all(tasks).map(|values| values.iter().sum::<u64>());
+        assert_eq!(worker.await_here(sum).unwrap(), 42);
+    });
+}
+
+#[test]
+fn a_tuple_all_whose_inputs_reported_to_a_busy_remote_loop_is_not_a_deadlock() {
+    within_for(HANG, || {
+        let worker = worker();
+        let both = all((
+            task_leaving_its_loop_busy(&worker.handle, 40),
+            slow_task(&worker.handle, 2),
+        ));
+        let sum = both.map(|(a, b)| a + b);
+        assert_eq!(worker.await_here(sum).unwrap(), 42);
+    });
+}
+
+#[test]
+fn a_chain_moved_onto_a_promise_the_search_cannot_see_into_still_waits() {
+    within_for(HANG, || {
+        let worker = worker();
+        let remote = worker.handle.clone();
+        // A shielded promise is settled by a settler of the library's own, which
+        // the search does not enter: it cannot tell whose work that is.
+        let chain = slow_task(&worker.handle, 20).then(move |v| {
+            shield(remote.spawn(async move {
+                sleep(LONG).await?;
+                Ok::<u64, Error>(v + 1)
+            }))
+        });
+        assert_eq!(worker.await_here(chain).unwrap(), 21);
+    });
+}
+
+#[test]
+fn a_wait_found_on_remote_work_only_later_still_waits_when_it_moves_out_of_sight() {
+    within_for(HANG, || {
+        let worker = worker();
+        let remote = worker.handle.clone();
+        // When the wait registers, the chain's handler is queued here: it counts
+        // as this loop's own. The handler makes it follow the worker's work,
+        // which this loop finds once it runs out of work; then the worker's
+        // handler moves it onto a shielded promise, which the search cannot see
+        // into.
+        let chain = Promise::<()>::resolved(()).then(move |()| {
+            let more = remote.clone();
+            slow_task(&remote, 20).then(move |v| {
+                shield(more.spawn(async move {
+                    sleep(LONG).await?;
+                    Ok::<u64, Error>(v + 1)
+                }))
+            })
+        });
+        assert_eq!(worker.await_here(chain).unwrap(), 21);
     });
 }

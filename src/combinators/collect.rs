@@ -247,7 +247,10 @@ impl<T, E> Link<T, E> for AbortLink {
 
     fn settling(node: &Node<T, E, Self>) -> Settling {
         match node.link.0.upgrade() {
-            Some(call) => Settling::Inputs(call.pending_inputs(core::SETTLING_SEARCH)),
+            Some(call) => Settling::of_inputs(
+                call.pending_inputs(core::SETTLING_SEARCH),
+                node.core.status(),
+            ),
             None => Settling::Unknown,
         }
     }

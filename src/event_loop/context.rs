@@ -477,23 +477,15 @@ pub(crate) fn current_task_for(waker: &std::task::Waker) -> Option<Arc<TaskWaker
         .flatten()
 }
 
-/// True if one of `waits`, promises that tasks of loop `here` (`block_on`'s
-/// future among them) wait on and that counted as `here`'s own business when the
-/// waits registered, now depends on
-/// another loop's work, `here` having run out of work. The search made when a
-/// wait registers saw the chain as it was then; since, the chain may have come to
-/// follow another loop's task (a handler returned one), or the job that takes it
-/// further may sit on another loop's queue (its parent settled there just before
-/// the wait registered).
+/// Whether a job queued for the chain of a wait of loop `here`, which has run out
+/// of work, is known to be on another thread's loop (the `idle` of
+/// [`core::settled_by_another_loop`]).
 ///
 /// A job queued on another loop of this thread would never run while `here`
 /// waits: if one of them has work queued, a queued job is not known to be
 /// another thread's, and counts as `here`'s own (as when the wait registered).
-pub(crate) fn waits_elsewhere(here: u64, waits: &[std::sync::Weak<dyn Graph>]) -> bool {
-    if waits.is_empty() {
-        return false;
-    }
-    let idle = CONTEXT
+pub(crate) fn others_idle(here: u64) -> bool {
+    CONTEXT
         .try_with(|cx| {
             !cx.created
                 .borrow()
@@ -501,9 +493,5 @@ pub(crate) fn waits_elsewhere(here: u64, waits: &[std::sync::Weak<dyn Graph>]) -
                 .filter_map(Weak::upgrade)
                 .any(|local| local.shared.id != here && local.has_ready_work())
         })
-        .unwrap_or(false);
-    waits
-        .iter()
-        .filter_map(std::sync::Weak::upgrade)
-        .any(|node| core::settled_by_another_loop(&*node, here, idle))
+        .unwrap_or(false)
 }

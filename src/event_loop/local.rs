@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{context, orphans};
-use crate::promise::core::{self, Graph, Runnable};
+use crate::promise::core::{self, Graph, Runnable, Whose};
 use crate::reactor::Reactor;
 use crate::task::TaskWaker;
 use crate::timer::{Callback, Due, Timers};
@@ -210,15 +210,71 @@ pub(crate) struct Local {
     unhandled: RefCell<Vec<Arc<dyn Graph>>>,
     /// Orphan reactions moved to `micro` and not yet run (see `orphans::in_flight`).
     orphans_taken: Cell<usize>,
-    /// Promises this loop's tasks (and `block_on`'s future) wait on, which counted
-    /// as its own business when the waits registered: searched again when the loop
-    /// runs out of work (see `context::waits_elsewhere`). Those whose task or
-    /// promise is gone are dropped before the list grows.
+    /// Promises this loop's tasks (and `block_on`'s future) wait on. Those that
+    /// count as its own business are searched again whenever the loop runs out of
+    /// work (see `own_waits_moved_elsewhere`); those that count as another loop's
+    /// work, while only such waits keep the loop alive (see [`Recheck`]). Those
+    /// whose task or promise is gone are dropped before the list grows.
     task_waits: RefCell<Vec<TaskWait>>,
+    /// When the waits on other loops' work are looked at again, while nothing
+    /// else keeps the loop alive.
+    recheck: Cell<Option<Recheck>>,
+    /// The task of the `block_on` running this loop, if any (it is not in the
+    /// task table).
+    block_on_task: RefCell<Option<Weak<TaskWaker>>>,
 }
 
-/// A task, and a promise it waits on.
-type TaskWait = (Weak<TaskWaker>, Weak<dyn Graph>);
+/// A task, a promise it waits on, and whether that wait counted as another
+/// loop's work (its `TaskRef` counts as remote) when it was last looked at.
+struct TaskWait {
+    task: Weak<TaskWaker>,
+    node: Weak<dyn Graph>,
+    remote: bool,
+}
+
+/// What keeps a loop with nothing queued and no timer alive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Alive {
+    /// Nothing: it is idle.
+    No,
+    /// A live resolver or handle, armed I/O, a waker held outside thenable: any
+    /// of them may bring work at any time.
+    Yes,
+    /// Only waits on other loops' work, as the searches last saw them.
+    Elsewhere,
+}
+
+/// The next look at the waits on other loops' work of a loop that only they keep
+/// alive.
+///
+/// A wait counted as another loop's work when it registered may come to wait on
+/// this loop's own stuck work (the other loop's handler returns one of this
+/// loop's promises, and that loop may be gone since): nothing wakes this loop
+/// then, so it wakes itself to search again. The first look comes
+/// [`FIRST_RECHECK`] after the loop ran out of work, then at doubling intervals
+/// up to [`LAST_RECHECK`]: a wait that got stuck is told "deadlock" within about
+/// a second of it (at once, for a test or a short program), and a long wait on a
+/// busy loop costs six wake-ups in its first second and one a second after,
+/// each a search of at most [`core::SETTLING_SEARCH`] nodes per wait. Wake-ups
+/// from the other loop do not put the next look off, so a stream of replies
+/// cannot hide a wait that got stuck. None of this happens while the loop has
+/// work, a timer or anything else that keeps it alive; once it has run out of
+/// work and finds such a reason (or none), the interval starts again from the
+/// first.
+#[derive(Clone, Copy)]
+struct Recheck {
+    at: Instant,
+    interval: Duration,
+}
+
+/// See [`Recheck`]: short enough that a deadlock is told before a person would
+/// notice the wait, long enough that a wait on another loop's reply, most often
+/// there in microseconds, seldom costs a wake-up.
+const FIRST_RECHECK: Duration = Duration::from_millis(10);
+/// See [`Recheck`]: how late a deadlock may be told, after a long wait that was
+/// legitimate until then; and one wake-up a second costs a waiting loop nothing
+/// one could measure.
+const LAST_RECHECK: Duration = Duration::from_secs(1);
 
 impl Local {
     pub(crate) fn new() -> Local {
@@ -245,6 +301,8 @@ impl Local {
             unhandled: RefCell::new(Vec::new()),
             orphans_taken: Cell::new(0),
             task_waits: RefCell::new(Vec::new()),
+            recheck: Cell::new(None),
+            block_on_task: RefCell::new(None),
         }
     }
 
@@ -467,40 +525,175 @@ impl Local {
 
     /// Something outside the queues may still bring work: a live resolver or loop
     /// handle, I/O a task waits for, or a task whose waker is held by code the loop
-    /// cannot see.
-    fn kept_alive(&self) -> bool {
+    /// cannot see; or only (as far as the searches saw) another loop's work that a
+    /// task or `block_on`'s future waits on.
+    fn kept_alive(&self) -> Alive {
         if self.shared.keep_alive.load(Ordering::Acquire) > 0
             || self.shared.reactor.has_armed_sources()
         {
-            return true;
+            return Alive::Yes;
         }
-        let foreign = self.tasks.borrow().iter().any(|slot| match slot {
-            TaskSlot::Taken(entry) => entry.future.is_some() && entry.task.has_foreign_wakers(),
-            TaskSlot::Free { .. } => false,
-        });
-        foreign || self.task_waits_elsewhere()
+        match self.tasks_keep_alive() {
+            Alive::No if self.own_waits_moved_elsewhere() => self.tasks_keep_alive(),
+            alive => alive,
+        }
     }
 
-    /// A task of this loop waits on `node`, a wait that counted as the loop's own.
-    pub(crate) fn record_task_wait(&self, task: &Arc<TaskWaker>, node: Weak<dyn Graph>) {
+    /// Whether the tasks keep the loop alive: one with a waker held outside
+    /// thenable (`Yes`), or one waiting on another loop's work (`Elsewhere`).
+    fn tasks_keep_alive(&self) -> Alive {
+        let mut remote = false;
+        for slot in self.tasks.borrow().iter() {
+            if let TaskSlot::Taken(entry) = slot {
+                if entry.future.is_some() {
+                    if entry.task.has_unseen_wakers() {
+                        return Alive::Yes;
+                    }
+                    remote |= entry.task.remote_waits() > 0;
+                }
+            }
+        }
+        // `block_on`'s own wakers held outside thenable are its business (it
+        // waits for them once the loop is idle); its waits on other loops' work
+        // are looked at again as the tasks' are.
+        let block_on = self.block_on_task.borrow().as_ref().and_then(Weak::upgrade);
+        remote |= block_on.is_some_and(|task| task.remote_waits() > 0);
+        if remote {
+            Alive::Elsewhere
+        } else {
+            Alive::No
+        }
+    }
+
+    /// How long to sleep with nothing queued and no timer: `Some(None)`, for ever,
+    /// while something keeps the loop alive; a while, while only waits on other
+    /// loops' work do (see [`Recheck`]); `None`: the loop is idle.
+    fn idle_timeout(&self) -> Option<Option<Duration>> {
+        let mut alive = self.kept_alive();
+        if alive == Alive::Elsewhere {
+            let now = Instant::now();
+            let interval = match self.recheck.get() {
+                None => FIRST_RECHECK,
+                Some(recheck) if now < recheck.at => return Some(Some(recheck.at - now)),
+                Some(recheck) => {
+                    self.recheck_remote_waits();
+                    alive = self.kept_alive();
+                    (recheck.interval * 2).min(LAST_RECHECK)
+                }
+            };
+            if alive == Alive::Elsewhere {
+                let at = now + interval;
+                self.recheck.set(Some(Recheck { at, interval }));
+                return Some(Some(interval));
+            }
+        }
+        self.recheck.set(None);
+        (alive == Alive::Yes).then_some(None)
+    }
+
+    /// A task of this loop waits on `node`; `remote` if that wait counted as one
+    /// on another loop's work, not as the loop's own.
+    pub(crate) fn record_task_wait(
+        &self,
+        task: &Arc<TaskWaker>,
+        node: Weak<dyn Graph>,
+        remote: bool,
+    ) {
         let mut waits = self.task_waits.borrow_mut();
         if waits.len() == waits.capacity() {
             waits.retain(wait_may_go_on);
             // A task polled again while it waits on the same promise (woken by
             // something else, in a `select`) records the wait again: once each.
             let mut seen = std::collections::HashSet::new();
-            waits.retain(|(task, node)| seen.insert((task.as_ptr(), node.as_ptr().cast::<()>())));
+            waits.retain(|wait| {
+                seen.insert((
+                    wait.task.as_ptr(),
+                    wait.node.as_ptr().cast::<()>(),
+                    wait.remote,
+                ))
+            });
         }
-        waits.push((Arc::downgrade(task), node));
+        waits.push(TaskWait {
+            task: Arc::downgrade(task),
+            node,
+            remote,
+        });
     }
 
-    fn task_waits_elsewhere(&self) -> bool {
-        let waits: Vec<Weak<dyn Graph>> = {
-            let mut waits = self.task_waits.borrow_mut();
-            waits.retain(wait_may_go_on);
-            waits.iter().map(|(_, node)| node.clone()).collect()
-        };
-        context::waits_elsewhere(self.shared.id, &waits)
+    /// The recorded waits counted as another loop's work (`remote`) or not, with
+    /// their place in the list, upgraded. No borrow is held during the searches
+    /// that follow, and the promises are dropped after the last one: a promise
+    /// dropped there may run destructors.
+    fn recorded_waits(&self, remote: bool) -> Vec<(usize, Arc<TaskWaker>, Arc<dyn Graph>)> {
+        let mut waits = self.task_waits.borrow_mut();
+        waits.retain(wait_may_go_on);
+        let chosen = waits.iter().enumerate();
+        let chosen = chosen.filter(|(_, wait)| wait.remote == remote);
+        chosen
+            .filter_map(|(i, wait)| Some((i, wait.task.upgrade()?, wait.node.upgrade()?)))
+            .collect()
+    }
+
+    /// Marks the recorded wait at `i` (as [`recorded_waits`] found it: nothing
+    /// the searches or the recounts do records a wait) as `remote` or not.
+    ///
+    /// [`recorded_waits`]: Self::recorded_waits
+    fn mark_wait(&self, i: usize, remote: bool) {
+        if let Some(wait) = self.task_waits.borrow_mut().get_mut(i) {
+            wait.remote = remote;
+        }
+    }
+
+    /// Searches again from the waits that counted as this loop's own business,
+    /// the loop having run out of work: the chain may have come to follow another
+    /// loop's task since (a handler returned one), or the job that takes it
+    /// further may sit on another loop's queue (its parent settled there just
+    /// before the wait registered). Those now found on another loop's work count
+    /// as such from now on, as if the wait had registered so. True if any did.
+    fn own_waits_moved_elsewhere(&self) -> bool {
+        let own = self.recorded_waits(false);
+        if own.is_empty() {
+            return false;
+        }
+        let here = self.shared.id;
+        let idle = context::others_idle(here);
+        let mut moved = false;
+        for (i, task, node) in &own {
+            // A wait that is over (its task was woken, or polls something else
+            // now) keeps nothing alive.
+            if core::settled_by_another_loop(&**node, here, idle) && node.recount_wait(task, true) {
+                self.mark_wait(*i, true);
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    /// Searches again from the waits that counted as another loop's work, the
+    /// loop having nothing else to do: those the search now finds on nothing but
+    /// this thread's loops' work (the chain moved here) count as the loop's own
+    /// from now on, and are searched again as such whenever it runs out of work.
+    /// A wait the search cannot see through (a promise settled by a settler of
+    /// the library's own, say a `scope`'s) stays counted as another loop's: that
+    /// loop may still be about to settle it.
+    fn recheck_remote_waits(&self) {
+        let remote = self.recorded_waits(true);
+        if remote.is_empty() {
+            return;
+        }
+        let here = self.shared.id;
+        let idle = context::others_idle(here);
+        for (i, task, node) in &remote {
+            if core::whose_work(&**node, here, idle) == Whose::Own {
+                node.recount_wait(task, false);
+                self.mark_wait(*i, false);
+            }
+        }
+    }
+
+    /// `block_on` runs this loop for `task` (`None`: it returned).
+    pub(crate) fn set_block_on_task(&self, task: Option<Weak<TaskWaker>>) {
+        *self.block_on_task.borrow_mut() = task;
     }
 
     /// Turns the loop until `done()`, or until nothing could ever bring more work
@@ -530,10 +723,11 @@ impl Local {
                 Some(Duration::ZERO)
             } else if let Some(deadline) = self.timers.borrow_mut().next_deadline() {
                 Some(deadline.saturating_duration_since(Instant::now()))
-            } else if self.kept_alive() {
-                None
             } else {
-                return Stop::Idle;
+                match self.idle_timeout() {
+                    Some(timeout) => timeout,
+                    None => return Stop::Idle,
+                }
             };
             if !block && timeout != Some(Duration::ZERO) {
                 return Stop::Stalled;
@@ -608,8 +802,8 @@ impl Drop for Local {
 }
 
 /// A recorded task wait whose task and promise both still exist.
-fn wait_may_go_on((task, node): &TaskWait) -> bool {
-    task.strong_count() > 0 && node.strong_count() > 0
+fn wait_may_go_on(wait: &TaskWait) -> bool {
+    wait.task.strong_count() > 0 && wait.node.strong_count() > 0
 }
 
 /// Drops what a cancelled task left, as a cancellation; a destructor that panics

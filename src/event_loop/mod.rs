@@ -120,6 +120,15 @@ impl EventLoop {
         let local = &self.local;
         let entered = context::enter(local, || {
             let task = Arc::new(TaskWaker::new(local.shared.clone(), usize::MAX, None));
+            // Its waits on other loops' work keep the loop alive as a task's do.
+            local.set_block_on_task(Some(Arc::downgrade(&task)));
+            struct Done<'a>(&'a Local);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.set_block_on_task(None);
+                }
+            }
+            let _done = Done(local);
             let mut future = std::pin::pin!(catch_panics(future.into_future(), E::from));
             loop {
                 if task.scheduled.swap(false, Ordering::AcqRel) {

@@ -70,6 +70,8 @@ pub(crate) trait Graph: Send + Sync {
     /// Whose work settles this node, as far as a wait's deadlock check needs to
     /// know (see [`settled_by_another_loop`]).
     fn settling(&self) -> Settling;
+    /// See [`Core::recount_wait`].
+    fn recount_wait(&self, task: &Arc<TaskWaker>, remote: bool) -> bool;
 }
 
 /// See [`Graph::settling`].
@@ -89,9 +91,38 @@ pub(crate) enum Settling {
     Unknown,
 }
 
+impl Settling {
+    /// The settling of a combinator's output (`status`) whose `pending` inputs
+    /// are those still to report. With none left while the output is pending,
+    /// the job that decides it (the collector's, or an input's observer) is
+    /// queued where the last input settled, maybe behind a long job of a busy
+    /// loop.
+    pub(crate) fn of_inputs(pending: Vec<Arc<dyn Graph>>, status: Status) -> Settling {
+        match status {
+            Status::Pending if pending.is_empty() => Settling::Queued,
+            Status::Pending => Settling::Inputs(pending),
+            _ => Settling::Unknown,
+        }
+    }
+}
+
 /// How many nodes [`settled_by_another_loop`] looks at, at most: an `await` of a
 /// long chain must not cost a walk along all of it.
 pub(crate) const SETTLING_SEARCH: usize = 64;
+
+/// Whose work settles a node, as far as a short search upstream can tell (see
+/// [`whose_work`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Whose {
+    /// A loop of another thread's, on some path.
+    Another,
+    /// Only this thread's loops', on every path: `here`'s own work, or that of
+    /// another loop of its thread, which cannot run while `here` waits.
+    Own,
+    /// Neither: a path ends where the search cannot see, or the search was cut
+    /// short.
+    Unknown,
+}
 
 /// True when `node` waits, within a short upstream search, on the work of a loop
 /// of another thread than `here`'s: a task or timer of that loop, or a live
@@ -104,25 +135,42 @@ pub(crate) const SETTLING_SEARCH: usize = 64;
 /// `idle` says that `here` has run out of work: then a job queued for a node of
 /// the chain ([`Settling::Queued`]) is on another loop's queue, which will run it.
 pub(crate) fn settled_by_another_loop(node: &dyn Graph, here: u64, idle: bool) -> bool {
+    whose_work(node, here, idle) == Whose::Another
+}
+
+/// The search of [`settled_by_another_loop`], telling also whether every path
+/// it took ends in work of this thread's loops ([`Whose::Own`]): that, and only
+/// that, shows a wait once found on another loop's work to be stuck on this
+/// thread's now.
+pub(crate) fn whose_work(node: &dyn Graph, here: u64, idle: bool) -> Whose {
     let mut pending = Vec::new();
+    let mut seen_through = true;
     let mut next = node.settling();
     for _ in 0..SETTLING_SEARCH {
         match next {
-            Settling::Loop(id) if id != here && context::local_loop(id).is_none() => return true,
-            Settling::Queued if idle => return true,
+            Settling::Loop(id) if id != here && context::local_loop(id).is_none() => {
+                return Whose::Another
+            }
+            Settling::Queued if idle => return Whose::Another,
             Settling::Follows(source) => {
                 next = source.settling();
                 continue;
             }
-            Settling::Inputs(inputs) => pending.extend(inputs),
-            Settling::Loop(_) | Settling::Queued | Settling::Unknown => {}
+            Settling::Inputs(inputs) => {
+                // A list cut at the limit may leave inputs out.
+                seen_through &= inputs.len() < SETTLING_SEARCH;
+                pending.extend(inputs);
+            }
+            Settling::Loop(_) => {}
+            Settling::Queued | Settling::Unknown => seen_through = false,
         }
         match pending.pop() {
             Some(input) => next = input.settling(),
-            None => return false,
+            None if seen_through => return Whose::Own,
+            None => return Whose::Unknown,
         }
     }
-    false
+    Whose::Unknown
 }
 
 /// What a reaction receives.
@@ -300,6 +348,10 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
 
     fn settling(&self) -> Settling {
         L::settling(self)
+    }
+
+    fn recount_wait(&self, task: &Arc<TaskWaker>, remote: bool) -> bool {
+        self.core.recount_wait(task, remote)
     }
 }
 
@@ -1033,18 +1085,26 @@ impl<T, E> Core<T, E> {
     }
 
     /// The wait of `task` registered on this promise counts as one on another
-    /// loop's work (see [`settled_by_another_loop`]), not as its own loop's.
-    pub(crate) fn count_wait_as_foreign(&self, task: &Arc<TaskWaker>) {
+    /// loop's work (see [`settled_by_another_loop`]) if `remote`, as its own
+    /// loop's business if not. False if `task` does not wait here (any more).
+    pub(crate) fn recount_wait(&self, task: &Arc<TaskWaker>, remote: bool) -> bool {
         let mut inner = self.lock();
+        let mut found = false;
         if let State::Pending(waiters) = &mut inner.state {
             for waiter in waiters.iter_mut() {
                 if let Waiter::Task(registered) = waiter {
                     if registered.is_of(task) {
-                        registered.count_as_foreign();
+                        found = true;
+                        if remote {
+                            registered.count_as_remote();
+                        } else {
+                            registered.count_as_own();
+                        }
                     }
                 }
             }
         }
+        found
     }
 
     /// A `Promise` handle was dropped without consuming the outcome. Returns true

@@ -581,7 +581,8 @@ impl<T, E> Link<T, E> for Hooks {
                 let inputs = registered.as_ref().and_then(|r| r.inputs.clone());
                 drop(registered);
                 if let Some(inputs) = inputs.and_then(|inputs| inputs.upgrade()) {
-                    return Settling::Inputs(inputs.pending_inputs(core::SETTLING_SEARCH));
+                    let pending = inputs.pending_inputs(core::SETTLING_SEARCH);
+                    return Settling::of_inputs(pending, node.core.status());
                 }
                 match following {
                     Some(forward) => match forward.source() {

@@ -713,15 +713,17 @@ impl<T: Send + 'static, E: Send + 'static> Promise<T, E> {
             }
             None => {
                 if let Some(task) = internal_wait {
-                    if core::settled_by_another_loop(&**node, task.home.id, false) {
-                        node.core().count_wait_as_foreign(&task);
-                    } else {
-                        // Looked at again if the loop runs out of work.
-                        let wait: std::sync::Weak<dyn NodeDyn<T, E>> = Arc::downgrade(node);
-                        let wait: std::sync::Weak<dyn Graph> = wait;
-                        if let Some(local) = context::local_loop(task.home.id) {
-                            local.record_task_wait(&task, wait);
-                        }
+                    let remote = core::settled_by_another_loop(&**node, task.home.id, false);
+                    if remote {
+                        node.core().recount_wait(&task, true);
+                    }
+                    // Looked at again: a wait of the loop's own when it runs out of
+                    // work, one on another loop's work while only such waits keep it
+                    // alive (the chain may move on).
+                    let wait: std::sync::Weak<dyn NodeDyn<T, E>> = Arc::downgrade(node);
+                    let wait: std::sync::Weak<dyn Graph> = wait;
+                    if let Some(local) = context::local_loop(task.home.id) {
+                        local.record_task_wait(&task, wait, remote);
                     }
                 }
                 if let Some(local) = idle_loop {
