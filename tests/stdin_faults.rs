@@ -1,7 +1,8 @@
 //! `io::stdin_lines` and the blocking pool under faults: requests that outlive the
 //! loop that started serving them, a stream waiting on another thread's server, a
-//! panic in the server, a pool read in flight when its loop goes, a panic payload
-//! whose drop panics, and pool jobs whose promise was cancelled.
+//! panic in the server, a pool read in flight when its loop goes, requests
+//! cancelled on another thread as they are served, a panic payload whose drop
+//! panics, and pool jobs whose promise was cancelled.
 //!
 //! Stdin is tested through child processes, as in `tests/stdin.rs`: each test runs
 //! this binary again (only `child_process_entry_point`, chosen by an environment
@@ -16,7 +17,7 @@ mod common;
 use std::future::Future;
 use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Barrier};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::Duration;
@@ -97,6 +98,20 @@ fn a_file_read_in_flight_on_the_pool_when_its_loop_is_dropped_loses_no_line() {
     child.expect("lines: a,b,c");
 }
 
+/// Rounds of [`RACE_REQUESTS`] requests, every other one cancelled on another
+/// thread just as the one before it has its line.
+const RACE_ROUNDS: usize = 200;
+const RACE_REQUESTS: usize = 32;
+
+#[test]
+fn requests_cancelled_on_another_thread_as_lines_are_served_lose_no_line() {
+    let total = RACE_ROUNDS * RACE_REQUESTS;
+    let input: String = (0..total).map(|n| format!("{n}\n")).collect();
+    let child = start_child("cancelled-as-served", stdin_from_file(input.as_bytes()));
+    child.expect(&format!("{total} lines, the first out of place: None"));
+    child.finish();
+}
+
 // ---- the blocking pool ----
 
 /// Reports its drop.
@@ -172,6 +187,7 @@ fn child_process_entry_point() {
         "promise-after-loop-dropped" => promise_after_loop_dropped(),
         "pool-read-after-loop-dropped" => pool_read_after_loop_dropped(),
         "stream-on-another-thread" => stream_on_another_thread(),
+        "cancelled-as-served" => cancelled_as_served(),
         // Inside `within`, which keeps the provoked panic off stderr.
         "server-panics" => common::within_for(2 * CHILD_SAFETY_NET, server_panics),
         other => panic!("unknown child mode {other}"),
@@ -377,6 +393,67 @@ fn server_panics() {
             Ok::<_, Error>(())
         })
         .unwrap();
+}
+
+/// Standard input is a file of numbered lines, read on the pool: whole chunks of
+/// lines are served at once, so the odd requests are often cancelled after the
+/// server took them from the queue and before their line reached them.
+fn cancelled_as_served() {
+    let lines = stdin_lines();
+    let event_loop = EventLoop::new();
+    let mut got = Vec::new();
+    let mut take = |outcome: Result<Option<String>, Error>| match outcome {
+        Ok(Some(line)) => {
+            got.push(line);
+            true
+        }
+        Ok(None) => false,
+        Err(error) => {
+            got.push(format!("error: {error}"));
+            true
+        }
+    };
+    for _ in 0..RACE_ROUNDS {
+        let requests: Vec<_> = (0..RACE_REQUESTS).map(|_| lines.next_line()).collect();
+        let start = Arc::new(Barrier::new(2));
+        let go = start.clone();
+        let canceller = thread::spawn(move || {
+            go.wait();
+            let cancelled: Vec<bool> = (0..requests.len())
+                .map(|i| {
+                    if i % 2 == 0 {
+                        return false;
+                    }
+                    // The one before is never cancelled: it is served in the end.
+                    while requests[i - 1].is_pending() {
+                        std::hint::spin_loop();
+                    }
+                    requests[i].cancel()
+                })
+                .collect();
+            (requests, cancelled)
+        });
+        start.wait();
+        event_loop.run().unwrap();
+        let (requests, cancelled) = canceller.join().unwrap();
+        for (request, cancelled) in requests.into_iter().zip(cancelled) {
+            // One cancelled too late has its line.
+            if !cancelled {
+                take(event_loop.block_on(request));
+            }
+        }
+    }
+    // The lines left, the cancelled requests' among them, go to new requests.
+    while take(event_loop.block_on(lines.next_line())) {}
+    let out_of_place = got
+        .iter()
+        .enumerate()
+        .find(|(n, line)| **line != n.to_string())
+        .map(|(n, line)| format!("{line:?} as line {n}"));
+    report(format!(
+        "{} lines, the first out of place: {out_of_place:?}",
+        got.len()
+    ));
 }
 
 /// Standard input is a file, read on the pool; the pool is full, so the first read

@@ -416,7 +416,16 @@ impl Server {
             drop(withdrawn);
             match served {
                 None => return Poll::Pending,
-                Some((mut request, outcome)) => request.settler.settle(outcome),
+                Some((request, outcome)) => {
+                    #[cfg(test)]
+                    tests::before_settling();
+                    // Cancelled (on another thread) since it left the queue, too
+                    // late for `withdraw` to find it: its line is still the next
+                    // one, for the next request.
+                    if let Some(outcome) = request.settler.settle_or_give_back(outcome, false) {
+                        self.queue.lock().reader.give_back(outcome);
+                    }
+                }
             }
         }
     }
@@ -499,6 +508,10 @@ impl LineQueue {
 struct LineReader {
     /// Opened on first use, on the loop of the task that reads.
     source: Option<StdinSource>,
+    /// What the last poll gave, back from a request cancelled before it reached
+    /// it: the next poll gives it again. (One at most: the server polls again
+    /// before it settles another request.)
+    given_back: Option<Result<Option<String>, Error>>,
     buffer: Vec<u8>,
     /// How much of `buffer` is known to hold no newline.
     searched: usize,
@@ -512,6 +525,7 @@ impl LineReader {
     fn new(max_line_length: usize) -> LineReader {
         LineReader {
             source: None,
+            given_back: None,
             buffer: Vec::new(),
             searched: 0,
             discarding: false,
@@ -523,6 +537,9 @@ impl LineReader {
     fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<String>, Error>> {
         #[cfg(test)]
         tests::maybe_panic();
+        if let Some(outcome) = self.given_back.take() {
+            return Poll::Ready(outcome);
+        }
         loop {
             if let Some(line) = self.take_line() {
                 return Poll::Ready(line.map(Some));
@@ -548,6 +565,12 @@ impl LineReader {
                 Err(error) => return Poll::Ready(Err(self.fail(error))),
             }
         }
+    }
+
+    /// Keeps `outcome`, which the last poll gave, for the next poll.
+    fn give_back(&mut self, outcome: Result<Option<String>, Error>) {
+        debug_assert!(self.given_back.is_none(), "two outcomes given back");
+        self.given_back = Some(outcome);
     }
 
     /// A read error ends the input: reported once, then the end. (Retrying could
@@ -852,7 +875,7 @@ impl Drop for NonBlockingStdin {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -874,12 +897,51 @@ mod tests {
         }
     }
 
-    /// Runs `f` on a thread of its own where reading panics; fails if it is still
-    /// running after a minute (a request nobody settles) rather than hang.
-    fn with_reads_panicking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    thread_local! {
+        /// What happens, one action per request, as this thread's server is about
+        /// to settle a request it has taken from the queue, outside the queue's
+        /// lock: the moment at which another thread may cancel that request.
+        static BEFORE_SETTLING: RefCell<VecDeque<Box<dyn FnOnce()>>> =
+            const { RefCell::new(VecDeque::new()) };
+    }
+
+    pub(super) fn before_settling() {
+        let action = BEFORE_SETTLING.with_borrow_mut(VecDeque::pop_front);
+        if let Some(action) = action {
+            action();
+        }
+    }
+
+    /// Queues an action for [`before_settling`]: cancelling `request` from
+    /// another thread. Reports whether that cancelled it.
+    fn cancel_as_it_is_served(request: Promise<Option<String>>) -> mpsc::Receiver<bool> {
+        let (report, cancelled) = mpsc::channel();
+        BEFORE_SETTLING.with_borrow_mut(|actions| {
+            actions.push_back(Box::new(move || {
+                let cancelled = std::thread::spawn(move || request.cancel());
+                let _ = report.send(cancelled.join().unwrap());
+            }))
+        });
+        cancelled
+    }
+
+    /// A reader that has read `input` already, and the end of input after it: the
+    /// tests' own standard input is not theirs to read.
+    fn reading(input: &str) -> StdinLines {
+        let lines = stdin_lines();
+        {
+            let mut queue = lines.queue.lock();
+            queue.reader.buffer.extend_from_slice(input.as_bytes());
+            queue.reader.at_end = true;
+        }
+        lines
+    }
+
+    /// Runs `f` on a thread of its own; fails if it is still running after a
+    /// minute (a request nobody settles) rather than hang.
+    fn bounded<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
         let (done, finished) = mpsc::channel();
         let worker = std::thread::spawn(move || {
-            PANIC_WHILE_READING.set(true);
             let _ = done.send(f());
         });
         match finished.recv_timeout(Duration::from_secs(60)) {
@@ -892,6 +954,14 @@ mod tests {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => panic!("a request was left waiting"),
         }
+    }
+
+    /// [`bounded`], on a thread where reading panics.
+    fn with_reads_panicking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        bounded(move || {
+            PANIC_WHILE_READING.set(true);
+            f()
+        })
     }
 
     fn next(lines: &mut StdinLines) -> impl Future<Output = Option<Result<String, Error>>> + '_ {
@@ -972,5 +1042,73 @@ mod tests {
         let last = last.unwrap_err();
         assert!(last.is_panic(), "rejected with {last}");
         assert!(last.to_string().contains(INJECTED), "{last}");
+    }
+
+    /// What each request got, shown as a test compares it.
+    fn shown(outcome: Result<Option<String>, Error>) -> String {
+        match outcome {
+            Ok(Some(line)) => line,
+            Ok(None) => "the end".to_string(),
+            Err(error) => format!("error: {error}"),
+        }
+    }
+
+    #[test]
+    fn a_line_whose_request_is_cancelled_as_it_is_served_goes_to_the_next_request() {
+        let (cancelled, got) = bounded(|| {
+            let event_loop = EventLoop::new();
+            let lines = reading("one\ntwo\n");
+            let cancelled = cancel_as_it_is_served(lines.next_line());
+            let later = [lines.next_line(), lines.next_line(), lines.next_line()];
+            let got = later.map(|request| shown(event_loop.block_on(request)));
+            (cancelled.try_recv(), got)
+        });
+        assert_eq!(cancelled, Ok(true), "cancelled before its line reached it");
+        assert_eq!(got, ["one", "two", "the end"]);
+    }
+
+    #[test]
+    fn a_line_given_back_with_no_request_waiting_goes_to_the_next_request_made() {
+        let (cancelled, idle, got) = bounded(|| {
+            let event_loop = EventLoop::new();
+            let lines = reading("one\ntwo\n");
+            let cancelled = cancel_as_it_is_served(lines.next_line());
+            event_loop.run().unwrap();
+            let idle = {
+                let queue = lines.queue.lock();
+                !queue.serving && queue.requests.is_empty()
+            };
+            let got = [(); 3].map(|()| shown(event_loop.block_on(lines.next_line())));
+            (cancelled.try_recv(), idle, got)
+        });
+        assert_eq!(cancelled, Ok(true), "cancelled before its line reached it");
+        assert!(idle, "the server ended once nobody waited");
+        assert_eq!(got, ["one", "two", "the end"]);
+    }
+
+    #[test]
+    fn an_outcome_given_back_twice_over_still_goes_out_first_errors_too() {
+        let (cancelled, got) = bounded(|| {
+            let event_loop = EventLoop::new();
+            let lines = reading("too long\nok\n").with_max_line_length(3);
+            let first = cancel_as_it_is_served(lines.next_line());
+            let second = cancel_as_it_is_served(lines.next_line());
+            let later = [lines.next_line(), lines.next_line(), lines.next_line()];
+            let got = later.map(|request| shown(event_loop.block_on(request)));
+            ([first.try_recv(), second.try_recv()], got)
+        });
+        assert_eq!(
+            cancelled,
+            [Ok(true), Ok(true)],
+            "both were cancelled in time"
+        );
+        assert_eq!(
+            got,
+            [
+                "error: standard input: line longer than 3 bytes",
+                "ok",
+                "the end"
+            ]
+        );
     }
 }
