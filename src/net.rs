@@ -61,6 +61,9 @@ use crate::promise::Promise;
 
 /// How much a buffered read asks the socket for at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// A read into a smaller buffer than this reads this much ahead (see
+/// [`read_buffered`]).
+const READ_AHEAD: usize = 2048;
 /// The most a single buffered read asks for, however much `read_exact` wants.
 const MAX_READ_CHUNK: usize = 1024 * 1024;
 /// The most one `recv_from` makes room for, however large its limit: no UDP
@@ -1034,17 +1037,38 @@ impl AsyncRead for TcpStream {
         // (the copy goes stale and is dropped by the next `poll_fill_buf`).
         let ticket = &mut this.trait_waits.read;
         this.shared.poll_io(cx, ticket, &mut |buffers, socket| {
-            let (inbound, mut socket) = buffers.reader(socket);
-            if inbound.is_empty() {
-                socket.read(buf)
-            } else {
-                let n = inbound.len().min(buf.len());
-                buf[..n].copy_from_slice(&inbound.filled()[..n]);
-                inbound.consume(n);
-                Ok(n)
-            }
+            let (inbound, socket) = buffers.reader(socket);
+            read_buffered(inbound, socket, buf)
         })
     }
+}
+
+/// `poll_read`'s operation: from what is buffered, else from the socket. A read
+/// into a buffer smaller than [`READ_AHEAD`] reads that much ahead, keeping the
+/// rest: a read that drains the socket then comes back short, and the next one
+/// waits for readiness without a system call that would fail (see
+/// [`SocketReader`]). A client reading 64-byte replies, as `echo`'s, saves a
+/// `recvfrom` per reply.
+fn read_buffered(
+    inbound: &mut ReadBuffer,
+    mut socket: impl Read,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    if !inbound.is_empty() {
+        let n = inbound.len().min(buf.len());
+        buf[..n].copy_from_slice(&inbound.filled()[..n]);
+        inbound.consume(n);
+        return Ok(n);
+    }
+    if buf.len() >= READ_AHEAD {
+        return socket.read(buf);
+    }
+    let mut ahead = [0u8; READ_AHEAD];
+    let n = socket.read(&mut ahead)?;
+    let given = n.min(buf.len());
+    buf[..given].copy_from_slice(&ahead[..given]);
+    inbound.extend(&ahead[given..n]);
+    Ok(given)
 }
 
 impl AsyncBufRead for TcpStream {
@@ -1146,6 +1170,10 @@ impl ReadBuffer {
 
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
     }
 
     fn consume(&mut self, n: usize) {
@@ -1478,6 +1506,55 @@ mod tests {
         queue.send_until(&mut out, second).unwrap();
         assert_eq!(out.0, b"abcdefghij");
         assert!(queue.chunks.is_empty());
+    }
+
+    #[test]
+    fn a_small_read_reads_ahead_so_that_the_next_one_after_it_drained_makes_no_system_call() {
+        let listener = std_net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std_net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mine, _) = listener.accept().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let mut buffers = StreamBuffers::default();
+        let wait_until_readable = |len: usize| {
+            let mut peeked = [0u8; 16];
+            while !matches!(mine.peek(&mut peeked), Ok(n) if n >= len) {
+                std::thread::yield_now();
+            }
+        };
+        let read = |buffers: &mut StreamBuffers, buf: &mut [u8]| {
+            let (inbound, socket) = buffers.reader(&mine);
+            read_buffered(inbound, socket, buf)
+        };
+
+        // Read ahead: the 4-byte read takes all 6 bytes there, the rest is kept.
+        peer.write_all(b"abcdef").unwrap();
+        wait_until_readable(6);
+        let mut four = [0u8; 4];
+        assert_eq!(read(&mut buffers, &mut four).unwrap(), 4);
+        assert_eq!(&four, b"abcd");
+        peer.write_all(b"g").unwrap();
+        wait_until_readable(1);
+        assert_eq!(read(&mut buffers, &mut four).unwrap(), 2);
+        assert_eq!(&four[..2], b"ef");
+        // The socket read came back short, so this read answers `WouldBlock`
+        // without asking the kernel, which has a byte (the caller waits for
+        // readiness, reported at once): read straight into 4 bytes, the first
+        // read would have been a full one, and this one a system call.
+        let skipped = read(&mut buffers, &mut four).unwrap_err();
+        assert_eq!(skipped.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(read(&mut buffers, &mut four).unwrap(), 1);
+        assert_eq!(four[0], b'g');
+
+        // A buffer of `READ_AHEAD` bytes or more is read into directly (after
+        // the shortcut that the 1-byte read set up again).
+        let big = vec![7u8; READ_AHEAD + 10];
+        peer.write_all(&big).unwrap();
+        wait_until_readable(16);
+        let skipped = read(&mut buffers, &mut four).unwrap_err();
+        assert_eq!(skipped.kind(), io::ErrorKind::WouldBlock);
+        let mut into = vec![0u8; READ_AHEAD];
+        let n = read(&mut buffers, &mut into).unwrap();
+        assert!(n > 0 && buffers.inbound.is_empty());
     }
 
     #[test]
