@@ -245,6 +245,176 @@ fn after_a_cancelled_tasks_destructor_panicked_dropping_a_handle_still_cancels_n
 }
 
 // ---------------------------------------------------------------------------
+// Handlers whose captures panic when dropped unused (rule 6, rule 5)
+// ---------------------------------------------------------------------------
+
+/// A child whose handler holds a [`PanicOnDrop`] it never gets to run with: the
+/// parent's outcome is the kind that handler does not take.
+type UnusedHandler = fn(PanicOnDrop) -> Promise<i32>;
+
+/// Every combinator with a handler that an outcome can leave unused.
+fn unused_handlers() -> Vec<(&'static str, UnusedHandler)> {
+    fn offline() -> Promise<i32> {
+        Promise::rejected(Error::msg("offline"))
+    }
+    vec![
+        ("then on a rejection", |bomb| {
+            offline().then(move |v| {
+                let _keep = &bomb;
+                Ok(v)
+            })
+        }),
+        ("map on a rejection", |bomb| {
+            offline().map(move |v| {
+                let _keep = &bomb;
+                v
+            })
+        }),
+        ("catch on a value", |bomb| {
+            Promise::resolved(1).catch(move |e| {
+                let _keep = &bomb;
+                Err(e)
+            })
+        }),
+        ("map_err on a value", |bomb| {
+            Promise::resolved(1).map_err(move |e| {
+                let _keep = &bomb;
+                e
+            })
+        }),
+        ("then_or_catch on a value", |bomb| {
+            Promise::resolved(1).then_or_catch(Ok, move |e| {
+                let _keep = &bomb;
+                Err(e)
+            })
+        }),
+        ("then_or_catch on a rejection", |bomb| {
+            offline().then_or_catch(
+                move |v| {
+                    let _keep = &bomb;
+                    Ok(v)
+                },
+                Err,
+            )
+        }),
+    ]
+}
+
+#[test]
+fn a_handler_left_unused_whose_captures_panic_when_dropped_rejects_its_child_with_the_panic() {
+    // Dropped outside the guard that a handler's own body runs in, the panic used
+    // to unwind out of `block_on`, leaving the child pending.
+    within_for(HANG, || {
+        for (case, make) in unused_handlers() {
+            let event_loop = EventLoop::new();
+            let child = make(PanicOnDrop);
+            let outcome = catch_unwind(AssertUnwindSafe(|| event_loop.block_on(child)));
+            let Ok(outcome) = outcome else {
+                panic!("{case}: the drop's panic unwound out of `block_on`");
+            };
+            // As a handler whose body panics (or whose captures panic as it
+            // returns) rejects its child: the parent's outcome is lost.
+            let error = outcome.expect_err(case);
+            assert!(error.is_panic(), "{case}: {error:?}");
+            let next = Promise::<i32>::resolved(2).map(|v| v + 1);
+            assert_eq!(event_loop.block_on(next).unwrap(), 3, "{case}");
+        }
+    });
+}
+
+#[test]
+fn a_cancelled_handler_whose_captures_panic_when_dropped_stays_cancelled() {
+    within_for(HANG, || {
+        let event_loop = EventLoop::new();
+        let (parent, _resolver) = Promise::<i32>::pending();
+        let bomb = PanicOnDrop;
+        let child = parent.then(move |v| {
+            let _keep = &bomb;
+            Ok(v)
+        });
+        // Cancelling queues the link to see the cancellation, which drops the
+        // handler unrun; cancelling the parent in turn lets its resolver go.
+        assert!(child.cancel());
+        let run = catch_unwind(AssertUnwindSafe(|| event_loop.run()));
+        assert!(
+            matches!(run, Ok(Ok(()))),
+            "the drop's panic unwound out of `run`"
+        );
+        assert!(child.is_cancelled());
+        assert!(event_loop.block_on(child).unwrap_err().is_cancelled());
+    });
+}
+
+#[test]
+fn handlers_whose_captures_panic_when_dropped_with_their_loop_leave_their_children_broken() {
+    // Abandoned with the loop, the handler is dropped before the child settles:
+    // its panic used to leave the child pending, and awaiting it hung.
+    within_for(HANG, || {
+        let event_loop = EventLoop::new();
+        // Each queued when the loop goes (their parents are settled already).
+        let mut children: Vec<(&str, Promise<i32>)> = unused_handlers()
+            .into_iter()
+            .map(|(case, make)| (case, make(PanicOnDrop)))
+            .collect();
+        let bomb = PanicOnDrop;
+        children.push((
+            "then on a value",
+            Promise::resolved(1).then(move |v| {
+                let _keep = &bomb;
+                Ok(v)
+            }),
+        ));
+        // A fan-out settled after its handlers were attached: its reactions are
+        // queued as one job.
+        let (shared, resolver) = Promise::<i32>::pending();
+        for case in ["a fan-out's first", "a fan-out's second"] {
+            let bomb = PanicOnDrop;
+            children.push((
+                case,
+                shared.clone().then(move |v| {
+                    let _keep = &bomb;
+                    Ok(v)
+                }),
+            ));
+        }
+        drop(shared);
+        assert!(resolver.resolve(1));
+        children.push(("a plain map", Promise::resolved(1).map(|v| v + 1)));
+        let dropping = catch_unwind(AssertUnwindSafe(move || drop(event_loop)));
+        assert!(
+            dropping.is_ok(),
+            "a handler's drop panicked out of the loop's drop"
+        );
+        let next = EventLoop::new();
+        for (case, child) in children {
+            let error = next.block_on(child).expect_err(case);
+            assert!(error.is_broken(), "{case}: {error:?}");
+        }
+    });
+}
+
+#[test]
+fn a_value_that_panics_when_dropped_with_its_loop_leaves_the_work_queued_after_it_broken() {
+    within_for(HANG, || {
+        let event_loop = EventLoop::new();
+        // Queued first: the resolver's promise follows one holding the value,
+        // which the loop's drop frees.
+        let (followed, resolver) = Promise::<PanicOnDrop>::pending();
+        assert!(resolver.resolve_with(Promise::resolved(PanicOnDrop)));
+        let after = Promise::<i32>::resolved(1).map(|v| v + 1);
+        let dropping = catch_unwind(AssertUnwindSafe(move || drop(event_loop)));
+        assert!(
+            dropping.is_ok(),
+            "a value's drop panicked out of the loop's drop"
+        );
+        let next = EventLoop::new();
+        assert!(next.block_on(after).unwrap_err().is_broken());
+        let followed = next.block_on(followed).err().expect("`followed` is broken");
+        assert!(followed.is_broken(), "{followed:?}");
+    });
+}
+
+// ---------------------------------------------------------------------------
 // Wakers held elsewhere, woken late
 // ---------------------------------------------------------------------------
 

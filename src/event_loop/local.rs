@@ -56,7 +56,8 @@ impl Job {
     fn abandon(self) {
         match self {
             Job::Run(job) => job.abandon(),
-            Job::Batch(jobs) => jobs.into_iter().for_each(|job| job.abandon()),
+            // One at a time, as the loop's drop abandons its jobs.
+            Job::Batch(jobs) => jobs.into_iter().for_each(abandon_contained),
             Job::Poll(_) => {} // the task itself is dropped with the task table
             Job::Call(f) => drop(f),
         }
@@ -770,12 +771,16 @@ impl Drop for Local {
         };
         // Everything still queued is abandoned: promises waiting on it settle as
         // broken, handlers do not run, futures are dropped (running destructors).
+        // One job at a time: a destructor that panics must not skip the jobs
+        // after it, whose promises would then stay pending for ever.
         context::with_graveyard(|| {
             let micro = std::mem::take(self.micro.get_mut());
-            micro.into_iter().for_each(Job::abandon);
-            injected
-                .into_iter()
-                .for_each(|job| Job::from(job).abandon());
+            for job in micro {
+                contained("an abandoned job", || job.abandon());
+            }
+            for job in injected {
+                contained("an abandoned job", || Job::from(job).abandon());
+            }
             drop(std::mem::take(self.immediates.get_mut()));
             for timer in self.timers.get_mut().take_all() {
                 if let Callback::Fire(target) = timer {
@@ -812,6 +817,11 @@ fn drop_cancelled<T>(value: T) {
     contained("a cancelled task's destructor", || {
         core::run_cancellation(|| drop(value))
     });
+}
+
+/// Abandons one reaction of a batch; a panic is reported, and the rest go on.
+fn abandon_contained(job: Arc<dyn Runnable>) {
+    contained("an abandoned reaction", || job.abandon());
 }
 
 /// Runs user code the loop (or a settling) must survive: a panic is reported, not

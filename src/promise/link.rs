@@ -7,6 +7,7 @@
 //! promise, through a forwarder), and a chaining cycle is refused before it can
 //! hang.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -19,6 +20,7 @@ use super::core::{
 use super::Promise;
 use crate::error::Error;
 use crate::event_loop::context::{self, LoopRef};
+use crate::event_loop::{contained, report_panic};
 
 /// What a handler produced: a settled outcome, or a promise to adopt.
 pub enum Next<T, E> {
@@ -425,7 +427,17 @@ where
     fn abandon(self: Arc<Self>) {
         let step = self.link.slot.lock().take_step();
         match step {
-            Some(Queued::Handle(f, _)) => self.complete(f(Input::Abandoned)),
+            Some(Queued::Handle(f, input)) => {
+                // No handler runs now, but dropping it and its input is user code:
+                // a panic is reported, and the child breaks all the same.
+                contained("a value's drop", || drop(input));
+                let next = catch_unwind(AssertUnwindSafe(|| f(Input::Abandoned)));
+                let next = next.unwrap_or_else(|payload| {
+                    report_panic("an abandoned handler's drop", &*payload);
+                    Next::Settled(Err(self.core.fail(Error::broken())))
+                });
+                self.complete(next)
+            }
             Some(Queued::Follow(_)) | Some(Queued::Forward(_)) => {
                 let _ = self.core.settle_broken(None);
             }
@@ -694,10 +706,13 @@ impl<T: Send + 'static, E: Send + 'static> Runnable for Forward<T, E> {
     }
 
     fn abandon(self: Arc<Self>) {
-        *self.step.lock() = Step::Done;
+        let step = std::mem::replace(&mut *self.step.lock(), Step::Done);
         if let Some(target) = self.take_target() {
             let _ = target.core().settle_broken(None);
         }
+        // Only now: the promise or outcome it held may be the last of a value
+        // whose drop panics, and the target must be broken by then.
+        drop(step);
     }
 }
 
