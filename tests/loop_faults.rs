@@ -13,7 +13,7 @@ use std::task::{Poll, Waker};
 use std::thread;
 use std::time::Duration;
 
-use common::{within, within_for, Counter, DropCounter, HOUR, MARK};
+use common::{child, within, within_for, Counter, DropCounter, HOUR, MARK};
 use thenable::{sleep, spawn, Error, EventLoop, Promise};
 
 /// Long enough for a test whose bug is a hang to show it, and far longer than any
@@ -495,4 +495,41 @@ fn a_promise_whose_tokio_waiter_is_gone_settles_from_another_thread_and_is_still
             .expect("the tokio task put it back");
         assert_eq!(EventLoop::new().block_on(p).unwrap(), 5);
     });
+}
+
+// ---------------------------------------------------------------------------
+// Panics only a report can tell of (run in a child, whose standard error is read)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_finally_callback_that_panics_on_a_cancelled_promise_is_reported() {
+    // Its child is cancelled and takes no rejection: the report on standard
+    // error is all there is of the panic (it was lost without a word).
+    let output = child::command("finally-panics-on-cancel").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the child failed: {stderr}");
+    assert!(
+        stderr.contains("thenable: a finally callback panicked: the callback's panic"),
+        "standard error: {stderr}"
+    );
+}
+
+fn finally_panics_on_a_cancelled_promise() {
+    let event_loop = EventLoop::new();
+    let (p, _r) = Promise::<i32>::pending();
+    let after = p.clone().finally(|| panic!("the callback's panic"));
+    assert!(p.cancel());
+    event_loop.run().unwrap();
+    assert!(after.is_cancelled());
+}
+
+#[test]
+fn child_process_entry_point() {
+    let Some(mode) = child::mode() else {
+        return;
+    };
+    match mode.as_str() {
+        "finally-panics-on-cancel" => finally_panics_on_a_cancelled_promise(),
+        other => panic!("unknown child mode {other}"),
+    }
 }

@@ -1,9 +1,7 @@
 //! The promise core under stress: chaining cycles through resolvers,
 //! unhandled-rejection reports (a rejection settled on another thread, made
 //! before any loop, let go by a cancelled follower), `Error`'s source chain, deep
-//! resolver chains, and orders checked against Node.js 20. (A fault found with
-//! these is not fixed yet, see "Not done yet" in `docs/design.md`: a combinator
-//! of a user error type rejected by a cancelled input is reported as unhandled.)
+//! resolver chains, and orders checked against Node.js 20.
 
 mod common;
 
@@ -136,10 +134,6 @@ fn a_rejection_from_another_thread_that_nobody_handles_is_reported() {
     });
 }
 
-// `all` over promises with a user error type: an input cancelled makes the
-// output reject with the cancellation (as `E::from(Error::cancelled())`), which
-// for `E = Error` is not reported (tests/cancellation.rs); for any other `E` the
-// report cannot tell it is a cancellation, and reports it.
 #[test]
 fn a_rejection_let_go_by_a_cancelled_follower_is_not_reported() {
     within(|| {

@@ -483,10 +483,13 @@ where
                 on_settled();
                 pass_on(Next::Quiet(error))
             }),
-            Input::Cancelled => guarded(|| {
-                on_settled();
+            // A cancelled child takes no rejection: a panic is reported instead.
+            Input::Cancelled => {
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(on_settled)) {
+                    crate::event_loop::report_panic("a finally callback", &*payload);
+                }
                 Next::Cancelled
-            }),
+            }
             Input::Abandoned => broken(),
         })
     }
