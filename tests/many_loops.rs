@@ -784,3 +784,34 @@ fn a_promise_of_a_dropped_loop_resolved_on_a_running_loop_reacts_in_that_loops_o
         assert_eq!(homeless, homed_here);
     });
 }
+
+/// [`order_of_a_resolve_on_the_running_loop`], the promise resolved before the
+/// loop runs, between two microtasks queued on it (as in Node.js, the handler
+/// runs between them).
+fn order_of_a_resolve_before_the_loop_runs(
+    pending: fn() -> (Promise<u64>, Resolver<u64>),
+) -> Vec<String> {
+    let log = common::Log::default();
+    let event_loop = EventLoop::new();
+    let (promise, resolver) = pending();
+    let (handler, before, after) = (log.clone(), log.clone(), log.clone());
+    let child = promise.then(move |v| {
+        handler.push(format!("then {v}"));
+        Ok(v)
+    });
+    thenable::queue_microtask(move || before.push("before"));
+    resolver.resolve(1);
+    thenable::queue_microtask(move || after.push("after"));
+    event_loop.block_on(child).unwrap();
+    log.entries()
+}
+
+#[test]
+fn a_promise_of_a_dropped_loop_resolved_before_a_loop_runs_reacts_in_that_loops_order() {
+    within(|| {
+        let homed_here = order_of_a_resolve_before_the_loop_runs(Promise::<u64>::pending);
+        assert_eq!(homed_here, ["before", "then 1", "after"]);
+        let homeless = order_of_a_resolve_before_the_loop_runs(pending_of_a_dropped_loop);
+        assert_eq!(homeless, homed_here);
+    });
+}

@@ -792,6 +792,75 @@ fn combinators_settle_at_the_tick_native_ones_do() {
     );
 }
 
+// `timeout` settles as `Promise.race` with a timer does: its output's handlers
+// run one tick after the input's, whether the input settles later or was
+// settled already, fulfilled or rejected (the timer never fires here, and is
+// removed once the input settles).
+//
+// const log = [];
+// const timeout = (p, ms) => Promise.race([p,
+//   new Promise((_, rej) => setTimeout(() => rej(new Error('timeout')), ms))]);
+// let ra, rb;
+// const a = new Promise((r) => (ra = r));
+// const b = new Promise((_, r) => (rb = r));
+// timeout(a, 1000).then((v) => log.push('limited ' + v));
+// a.then((v) => log.push('a ' + v));
+// timeout(b, 1000).catch((e) => log.push('limited ' + e.message));
+// b.catch((e) => log.push('b ' + e.message));
+// const c = Promise.resolve(3);
+// timeout(c, 1000).then((v) => log.push('limited ' + v));
+// c.then((v) => log.push('c ' + v));
+// Promise.resolve().then(() => log.push('m1')).then(() => log.push('m2'))
+//   .then(() => log.push('m3'));
+// ra(1);
+// rb(new Error('no'));
+//
+// node: ["c 3","m1","a 1","b no","limited 3","m2","limited 1","limited no","m3"]
+#[test]
+fn timeout_settles_at_the_tick_a_race_with_a_timer_does() {
+    // Bounded: a timer left behind would keep `run` going for an hour.
+    common::within(|| {
+        let event_loop = EventLoop::new();
+        let log = Log::default();
+        let hour = std::time::Duration::from_secs(3600);
+        let (a, resolve_a) = Promise::<u64>::pending();
+        let (b, resolver_b) = Promise::<u64>::pending();
+        let _limited_a = a.clone().timeout(hour).then(log.value("limited"));
+        let _a = a.then(log.value("a"));
+        let (l, l2) = (log.clone(), log.clone());
+        let _limited_b = b.clone().timeout(hour).catch(move |e| {
+            l.push(format!("limited {e}"));
+            Ok(0)
+        });
+        let _b = b.catch(move |e| {
+            l2.push(format!("b {e}"));
+            Ok(0)
+        });
+        let c = Promise::<u64>::resolved(3);
+        let _limited_c = c.clone().timeout(hour).then(log.value("limited"));
+        let _c = c.then(log.value("c"));
+        let _m = chain(&log, &["m1", "m2", "m3"]);
+        resolve_a.resolve(1);
+        resolver_b.reject(Error::msg("no"));
+        // Returns at once: each timer was removed when its input settled.
+        event_loop.run().unwrap();
+        assert_eq!(
+            log.entries(),
+            [
+                "c 3",
+                "m1",
+                "a 1",
+                "b no",
+                "limited 3",
+                "m2",
+                "limited 1",
+                "limited no",
+                "m3"
+            ]
+        );
+    });
+}
+
 // `finally` costs what native `finally` does: its callback runs in one tick, and
 // the outcome reaches the next handler three ticks later (V8 wraps the callback's
 // result in a promise and adopts it). Checked against Node.js 20:

@@ -459,3 +459,32 @@ fn a_wait_found_on_remote_work_only_later_still_waits_when_it_moves_out_of_sight
         assert_eq!(worker.await_here(chain).unwrap(), 21);
     });
 }
+
+#[test]
+fn a_task_cancelled_while_it_waits_on_another_loops_work_keeps_nothing_alive() {
+    within_for(HANG, || {
+        let Worker { handle, go, thread } = worker();
+        // Another consumer keeps the chain, and so the task's wait on it, pending
+        // after the task is dropped: the worker has not started yet.
+        let chain = slow_task(&handle, 5).map(|v| v + 1);
+        let kept = chain.clone();
+        let event_loop = EventLoop::new();
+        let task = event_loop
+            .block_on(async move {
+                let task = spawn_local(chain);
+                // The task runs from the microtask queue, before this timer fires.
+                sleep(Duration::from_millis(1)).await?;
+                Ok::<_, Error>(task)
+            })
+            .unwrap();
+        assert!(task.cancel());
+        // The dropped task's wait, counted as one on the worker's work, keeps
+        // this loop alive no more: `run` returns, the worker still not started.
+        event_loop.run().unwrap();
+        assert!(kept.is_pending());
+        go.send(()).unwrap();
+        assert_eq!(event_loop.block_on(kept).unwrap(), 6);
+        drop(handle);
+        thread.join().unwrap();
+    });
+}

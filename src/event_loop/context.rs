@@ -81,11 +81,12 @@ enum Target {
 ///   belongs to another thread and is still there (then that loop's injector, or
 ///   the orphans).
 /// - With none running: the home loop if it is one of this thread's own
-///   `EventLoop`s, or, for a reaction with no home, the newest of them (it will run
-///   when that loop runs). Work bound for this thread's *default* loop, which only
-///   runs while something on this thread waits on a thenable promise, becomes an
-///   orphan instead: then a promise built here and awaited on another thread (a
-///   tokio worker, say) is not stuck in a queue nobody here will run.
+///   `EventLoop`s, or, for a reaction with no home (or one whose home is gone), the
+///   newest of them (it will run when that loop runs). Work bound for this
+///   thread's *default* loop, which only runs while something on this thread waits
+///   on a thenable promise, becomes an orphan instead: then a promise built here
+///   and awaited on another thread (a tokio worker, say) is not stuck in a queue
+///   nobody here will run.
 fn target(cx: &Context, home: Option<&LoopRef>) -> Target {
     if cx.graveyard.borrow().is_some() {
         return Target::Grave;
@@ -106,11 +107,13 @@ fn target(cx: &Context, home: Option<&LoopRef>) -> Target {
         };
     }
     let local = match home {
-        Some(home) => match created_loop(cx, home.id) {
+        Some(home) if !home.is_closed() => match created_loop(cx, home.id) {
             Some(local) => local,
             None => return Target::Elsewhere,
         },
-        None => match newest_created(cx) {
+        // A home that is gone takes no work here either: the reactions go where
+        // a promise without a home's go, in that loop's order.
+        _ => match newest_created(cx) {
             Some(local) => local,
             None => return Target::Orphan,
         },

@@ -42,8 +42,9 @@ use crate::timer::{Callback, Fire, TimerId};
 /// Dropping a loop abandons its queued work: promises waiting on it settle as
 /// broken, handlers queued on it never run, and task futures are dropped. A
 /// promise made by [`Promise::pending`] while it was current outlives it:
-/// settled later, its handlers run on the loop running where it is settled, or
-/// else on whichever loop waits next.
+/// settled later, its handlers run on the loop running where it is settled (with
+/// none running, that thread's newest `EventLoop`), or else on whichever loop
+/// waits next.
 ///
 /// ```
 /// use std::cell::RefCell;
