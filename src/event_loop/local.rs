@@ -707,6 +707,11 @@ impl Local {
         // A poll from another executor runs every orphan; a loop that waits for
         // its own work runs other loops' orphans only when it has nothing to do.
         let all_orphans = !block;
+        if block {
+            // A `block_on` or `run` that waits on other loops' work looks at it
+            // again from the first interval, whatever an earlier one left.
+            self.recheck.set(None);
+        }
         loop {
             self.take_injected(all_orphans);
             self.drain_micro();
