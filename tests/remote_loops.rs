@@ -158,34 +158,43 @@ fn a_sleep_of_another_loop_is_awaited_without_a_deadlock() {
     });
 }
 
+/// Spawns a task on a new loop of this thread that awaits `promise`, lets the
+/// task reach its wait, starts the worker and runs the loop: the task's outcome,
+/// if it finished by the time `run` returned.
+fn run_with_a_task_awaiting<T: Send + 'static>(
+    worker: Worker,
+    promise: Promise<T>,
+) -> Option<Result<T, Error>> {
+    let Worker { handle, go, thread } = worker;
+    let event_loop = EventLoop::new();
+    let (seen, got) = mpsc::channel();
+    event_loop
+        .block_on(async {
+            drop(spawn_local(async move {
+                seen.send(promise.await).unwrap();
+                Ok::<_, Error>(())
+            }));
+            // The task runs from the microtask queue, before this timer fires.
+            sleep(Duration::from_millis(1)).await
+        })
+        .unwrap();
+    // The task has polled the promise and waits: start the worker.
+    go.send(()).unwrap();
+    event_loop.run().unwrap();
+    let outcome = got.try_recv().ok();
+    drop(handle);
+    thread.join().unwrap();
+    outcome
+}
+
 #[test]
 fn run_waits_for_a_task_of_its_own_that_awaits_a_remote_task() {
     within(|| {
-        let Worker { handle, go, thread } = worker();
-        let remote = slow_task(&handle, 5);
-        let event_loop = EventLoop::new();
-        let (seen, got) = mpsc::channel();
-        event_loop
-            .block_on(async {
-                drop(spawn_local(async move {
-                    let value = remote.await?;
-                    seen.send(value).unwrap();
-                    Ok::<_, Error>(())
-                }));
-                // The task runs from the microtask queue, before this timer fires.
-                sleep(Duration::from_millis(1)).await
-            })
-            .unwrap();
-        // The task has polled the remote promise and waits: start the worker.
-        go.send(()).unwrap();
-        event_loop.run().unwrap();
-        assert_eq!(
-            got.try_recv(),
-            Ok(5),
-            "`run` returned before its task finished"
-        );
-        drop(handle);
-        thread.join().unwrap();
+        let worker = worker();
+        let remote = slow_task(&worker.handle, 5);
+        let outcome = run_with_a_task_awaiting(worker, remote);
+        let value = outcome.expect("`run` returned before its task finished");
+        assert_eq!(value.unwrap(), 5);
     });
 }
 
@@ -267,31 +276,14 @@ fn a_chain_a_remote_handler_moves_onto_stuck_work_of_this_loop_is_a_deadlock() {
 #[test]
 fn run_returns_when_a_task_waits_on_a_chain_moved_onto_stuck_work_of_this_loop() {
     within_for(HANG, || {
-        let Worker { handle, go, thread } = worker();
-        let event_loop = EventLoop::new();
-        let chain = moved_onto(&handle, stuck_task());
-        let (seen, got) = mpsc::channel();
-        event_loop
-            .block_on(async {
-                drop(spawn_local(async move {
-                    let outcome = chain.await;
-                    seen.send(outcome.is_ok()).unwrap();
-                    Ok::<_, Error>(())
-                }));
-                // The task runs from the microtask queue, before this timer fires.
-                sleep(Duration::from_millis(1)).await
-            })
-            .unwrap();
-        // The task waits on the chain, counted as the worker's work: start it.
-        go.send(()).unwrap();
-        event_loop.run().unwrap();
-        assert_eq!(
-            got.try_recv(),
-            Err(mpsc::TryRecvError::Empty),
-            "the task never finishes, yet `run` returned"
+        let worker = worker();
+        // Counted as the worker's work when the task's wait registers.
+        let chain = moved_onto(&worker.handle, stuck_task());
+        let outcome = run_with_a_task_awaiting(worker, chain);
+        assert!(
+            outcome.is_none(),
+            "the task never finishes, yet it did: {outcome:?}"
         );
-        drop(handle);
-        thread.join().unwrap();
     });
 }
 
@@ -353,32 +345,14 @@ fn a_long_wait_on_a_busy_remote_loop_is_not_a_deadlock() {
 #[test]
 fn run_waits_for_a_task_of_its_own_that_awaits_a_busy_remote_loop_for_long() {
     within_for(HANG, || {
-        let Worker { handle, go, thread } = worker();
-        let remote = handle.spawn(async {
+        let worker = worker();
+        let remote = worker.handle.spawn(async {
             sleep(LONG).await?;
             Ok::<u64, Error>(5)
         });
-        let event_loop = EventLoop::new();
-        let (seen, got) = mpsc::channel();
-        event_loop
-            .block_on(async {
-                drop(spawn_local(async move {
-                    let value = remote.map(|v| v + 1).await?;
-                    seen.send(value).unwrap();
-                    Ok::<_, Error>(())
-                }));
-                sleep(Duration::from_millis(1)).await
-            })
-            .unwrap();
-        go.send(()).unwrap();
-        event_loop.run().unwrap();
-        assert_eq!(
-            got.try_recv(),
-            Ok(6),
-            "`run` returned before its task finished"
-        );
-        drop(handle);
-        thread.join().unwrap();
+        let outcome = run_with_a_task_awaiting(worker, remote.map(|v| v + 1));
+        let value = outcome.expect("`run` returned before its task finished");
+        assert_eq!(value.unwrap(), 6);
     });
 }
 
