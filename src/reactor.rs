@@ -51,6 +51,38 @@ struct Sources {
     free: Vec<usize>,
 }
 
+/// Merges the events of one source into one. `Poller::wait`, run after the
+/// kernel's wait to clear a notification, reports again what that reported
+/// (interest is level-triggered): a second event for a source would find gone
+/// the waiters the first woke, and disarm the interest they are about to ask
+/// for again.
+fn one_event_per_source(events: &mut Vec<Event>) {
+    events.sort_unstable_by_key(|event| event.key);
+    events.dedup_by(|later, kept| {
+        let same = later.key == kept.key;
+        if same {
+            kept.readable |= later.readable;
+            kept.writable |= later.writable;
+        }
+        same
+    });
+}
+
+/// `timeout` as `epoll_wait` takes it, rounded up to the millisecond by rustix
+/// (never early), and no longer than the `int` of milliseconds of `epoll_pwait`
+/// holds: past that, rustix would call `epoll_pwait2`, which kernels before 5.11
+/// (and container seccomp policies of their time) refuse. The loop waits again
+/// after 24.8 days.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn kernel_timeout(timeout: Duration) -> rustix::event::Timespec {
+    const LONGEST: Duration = Duration::from_millis(i32::MAX as u64);
+    let timeout = timeout.min(LONGEST);
+    rustix::event::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos().into(),
+    }
+}
+
 /// Whether [`Reactor::wait_in_kernel`] reported every event it was given.
 #[derive(PartialEq)]
 enum Reported {
@@ -191,11 +223,17 @@ impl Reactor {
     }
 
     /// Blocks until notified, an armed source is ready, or `timeout` passes
-    /// (`None`: no limit); then wakes the tasks waiting on ready sources.
+    /// (`None`: no limit); then wakes the tasks waiting on ready sources. It may
+    /// return sooner (a signal, or a timeout of more than 24 days on Linux): the
+    /// caller works out its timeout again and waits again.
     pub(crate) fn wait(&self, timeout: Option<Duration>) {
         let mut ready: Vec<Event> = Vec::new();
         if self.wait_in_kernel(timeout, &mut ready) == Reported::NotAll {
+            let first = ready.len();
             self.wait_with_polling(Some(Duration::ZERO), &mut ready);
+            if first > 0 && ready.len() > first {
+                one_event_per_source(&mut ready);
+            }
         }
         if ready.is_empty() {
             return;
@@ -236,11 +274,7 @@ impl Reactor {
         if self.mode != PollMode::Level {
             return self.wait_with_polling(timeout, ready);
         }
-        // Rounded up to the millisecond by `epoll_wait`: never early.
-        let timeout = timeout.map(|t| rustix::event::Timespec {
-            tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
-            tv_nsec: t.subsec_nanos().into(),
-        });
+        let timeout = timeout.map(kernel_timeout);
         let mut buffer = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 256];
         let events: &[epoll::Event] = match epoll::wait(&self.poller, &mut buffer, timeout.as_ref())
         {
@@ -780,6 +814,77 @@ mod tests {
         };
         reactor.wait(None); // hangs the test if the wake-up is lost
         notifier.join().unwrap();
+    }
+
+    #[test]
+    fn a_source_reported_with_a_notification_keeps_the_interest_of_its_woken_reader() {
+        // The notification sends the wait to `Poller::wait` too, which reports
+        // the still-readable socket a second time: taken as a second event, it
+        // finds no reader left and disarms the interest the woken one is about
+        // to need again (two `epoll_ctl` per ready source and notified wait).
+        let reactor = Reactor::new().unwrap();
+        let (mine, mut peer, source) = registered_pair(&reactor);
+        let (woken, waker) = waker();
+        assert!(wait_to_read(&reactor, &source, &mine, &waker));
+        peer.write_all(b"x").unwrap();
+        reactor.notify();
+        reactor.wait(Some(Duration::ZERO));
+        assert!(woken.0.load(Ordering::SeqCst));
+        assert_eq!(kernel(&source), (true, false));
+        // Once: nobody waits now, so the next report disarms it.
+        reactor.wait(Some(Duration::ZERO));
+        assert_eq!(kernel(&source), (false, false));
+        reactor.deregister(&source, mine.as_fd());
+    }
+
+    #[test]
+    fn more_ready_sources_than_one_kernel_wait_reports_are_all_woken_and_the_notification_too() {
+        // 256 events fit in a kernel wait: the rest, and the notification, wait
+        // for the next.
+        let reactor = Reactor::new().unwrap();
+        let pairs: Vec<_> = (0..300).map(|_| registered_pair(&reactor)).collect();
+        let flags: Vec<_> = pairs
+            .iter()
+            .map(|(mine, _, source)| {
+                let (woken, waker) = waker();
+                assert!(wait_to_read(&reactor, source, mine, &waker));
+                woken
+            })
+            .collect();
+        for (_, peer, _) in &pairs {
+            (&*peer).write_all(b"x").unwrap();
+        }
+        reactor.notify();
+        let woken = || flags.iter().filter(|f| f.0.load(Ordering::SeqCst)).count();
+        reactor.wait(Some(Duration::ZERO));
+        assert!(woken() >= 256, "{} woken", woken());
+        reactor.wait(Some(Duration::ZERO));
+        assert_eq!(woken(), 300);
+        for (mine, _, source) in &pairs {
+            reactor.deregister(source, mine.as_fd());
+        }
+        let mut ready = Vec::new();
+        assert!(reactor.wait_in_kernel(Some(Duration::ZERO), &mut ready) == Reported::All);
+        assert!(ready.is_empty(), "the notification was taken and cleared");
+    }
+
+    #[test]
+    fn a_timeout_longer_than_epoll_pwait_counts_is_cut_to_what_it_takes() {
+        // `epoll_pwait` takes milliseconds in an `int`: at most 24.8 days. A
+        // longer one would make rustix call `epoll_pwait2`, missing before Linux
+        // 5.11 (`strace -e inject=epoll_pwait2:error=ENOSYS` showed the loop
+        // panic on a 30-day timer before the cut).
+        let millis =
+            |t: rustix::event::Timespec| t.tv_sec * 1_000 + (t.tv_nsec + 999_999) / 1_000_000;
+        for long in [Duration::from_secs(30 * 86_400), Duration::MAX] {
+            assert_eq!(millis(kernel_timeout(long)), i64::from(i32::MAX));
+        }
+        let short = kernel_timeout(Duration::from_micros(3_500));
+        assert_eq!((short.tv_sec, short.tv_nsec), (0, 3_500_000));
+        // And the wait itself: with a notification pending it returns at once.
+        let reactor = Reactor::new().unwrap();
+        reactor.notify();
+        reactor.wait(Some(Duration::MAX));
     }
 
     #[test]
