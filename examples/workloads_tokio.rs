@@ -51,6 +51,11 @@
 //!   450 ms and 437 MiB, driving the `Sleep`s from one `FuturesUnordered` 900 ms,
 //!   and `sleep(delay)` inside each task 1,500 ms (the clock is read when the task
 //!   first runs, stretching the deadlines).
+//! - `echo`'s clients read through a `BufReader`: its 8 KiB read of a 64-byte reply
+//!   comes back short, which tells tokio the socket is drained (it clears the
+//!   readiness), so the next read waits without a `recvfrom` that would fail:
+//!   200,010 `recvfrom` instead of 299,960 at n = 2,000, and 293 ms instead of
+//!   306 (11 alternating runs). thenable's `TcpStream` reads ahead by itself.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -433,8 +438,11 @@ async fn echo_back(mut conn: TcpStream) -> std::io::Result<()> {
 
 /// One client: n round trips of one message, each compared with what was sent.
 async fn client(addr: SocketAddr, id: u64, n: u64) -> std::io::Result<u64> {
-    let mut conn = TcpStream::connect(addr).await?;
+    let conn = TcpStream::connect(addr).await?;
     conn.set_nodelay(true)?;
+    // Writes go straight through; reads come back short once the socket is
+    // drained (see the module comment).
+    let mut conn = tokio::io::BufReader::new(conn);
     let mut message = [0u8; ECHO_MESSAGE];
     let mut reply = [0u8; ECHO_MESSAGE];
     let mut echoed = 0;
