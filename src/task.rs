@@ -134,8 +134,11 @@ impl TaskWaker {
 }
 
 impl Wake for TaskWaker {
+    /// Hands its reference on to the queue, where `wake_by_ref` needs a clone.
     fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+        if !self.scheduled.swap(true, Ordering::AcqRel) {
+            context::schedule_task(self);
+        }
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
