@@ -25,7 +25,7 @@
 //! `docs/design.md` in the repository explains how they fit.
 
 #![deny(missing_docs)]
-#![deny(unsafe_code)] // exceptions: `reactor` (registration, a borrowed descriptor), `timer` (`OnceFn`, a prefetch), `promise::core::Core`'s lock and `task::TaskLink`'s pointer, each with its SAFETY argument
+#![deny(unsafe_code)] // exceptions: `reactor` (registration, a borrowed descriptor), `timer` (`OnceFn`, a prefetch), `promise::core::Core`'s lock, `task::TaskLink`'s pointer and the waker `event_loop::local` polls a task with, each with its SAFETY argument
 
 mod blocking;
 mod combinators;
