@@ -62,7 +62,7 @@ use crate::promise::Promise;
 /// How much a buffered read asks the socket for at a time.
 const READ_CHUNK: usize = 16 * 1024;
 /// A read into a smaller buffer than this reads this much ahead (see
-/// [`read_buffered`]).
+/// `StreamBuffers::read`).
 const READ_AHEAD: usize = 2048;
 /// The most a single buffered read asks for, however much `read_exact` wants.
 const MAX_READ_CHUNK: usize = 1024 * 1024;
@@ -386,6 +386,9 @@ struct StreamBuffers {
     outbound: WriteQueue,
     /// The last read from the socket came back short (see [`SocketReader`]).
     drained: bool,
+    /// Where a small read reads ahead (see [`StreamBuffers::read`]): zeroed once, when
+    /// first needed, not at each read.
+    ahead: Vec<u8>,
 }
 
 impl StreamBuffers {
@@ -399,6 +402,36 @@ impl StreamBuffers {
             drained: &mut self.drained,
         };
         (&mut self.inbound, reader)
+    }
+
+    /// `poll_read`'s operation: from what is buffered, else from the socket. A
+    /// read into a buffer smaller than [`READ_AHEAD`] reads that much ahead,
+    /// keeping the rest: a read that drains the socket then comes back short,
+    /// and the next one waits for readiness without a system call that would
+    /// fail (see [`SocketReader`]). A client reading 64-byte replies, as
+    /// `echo`'s, saves a `recvfrom` per reply.
+    fn read(&mut self, socket: &std_net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        let inbound = &mut self.inbound;
+        if !inbound.is_empty() {
+            let n = inbound.len().min(buf.len());
+            buf[..n].copy_from_slice(&inbound.filled()[..n]);
+            inbound.consume(n);
+            return Ok(n);
+        }
+        let mut socket = SocketReader {
+            socket,
+            drained: &mut self.drained,
+        };
+        if buf.len() >= READ_AHEAD {
+            return socket.read(buf);
+        }
+        let ahead = &mut self.ahead;
+        ahead.resize(READ_AHEAD, 0);
+        let n = socket.read(ahead)?;
+        let given = n.min(buf.len());
+        buf[..given].copy_from_slice(&ahead[..given]);
+        inbound.extend(&ahead[given..n]);
+        Ok(given)
     }
 }
 
@@ -1036,39 +1069,9 @@ impl AsyncRead for TcpStream {
         // What `poll_fill_buf` lent is still in the shared buffer: read from there
         // (the copy goes stale and is dropped by the next `poll_fill_buf`).
         let ticket = &mut this.trait_waits.read;
-        this.shared.poll_io(cx, ticket, &mut |buffers, socket| {
-            let (inbound, socket) = buffers.reader(socket);
-            read_buffered(inbound, socket, buf)
-        })
+        this.shared
+            .poll_io(cx, ticket, &mut |buffers, socket| buffers.read(socket, buf))
     }
-}
-
-/// `poll_read`'s operation: from what is buffered, else from the socket. A read
-/// into a buffer smaller than [`READ_AHEAD`] reads that much ahead, keeping the
-/// rest: a read that drains the socket then comes back short, and the next one
-/// waits for readiness without a system call that would fail (see
-/// [`SocketReader`]). A client reading 64-byte replies, as `echo`'s, saves a
-/// `recvfrom` per reply.
-fn read_buffered(
-    inbound: &mut ReadBuffer,
-    mut socket: impl Read,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    if !inbound.is_empty() {
-        let n = inbound.len().min(buf.len());
-        buf[..n].copy_from_slice(&inbound.filled()[..n]);
-        inbound.consume(n);
-        return Ok(n);
-    }
-    if buf.len() >= READ_AHEAD {
-        return socket.read(buf);
-    }
-    let mut ahead = [0u8; READ_AHEAD];
-    let n = socket.read(&mut ahead)?;
-    let given = n.min(buf.len());
-    buf[..given].copy_from_slice(&ahead[..given]);
-    inbound.extend(&ahead[given..n]);
-    Ok(given)
 }
 
 impl AsyncBufRead for TcpStream {
@@ -1521,10 +1524,7 @@ mod tests {
                 std::thread::yield_now();
             }
         };
-        let read = |buffers: &mut StreamBuffers, buf: &mut [u8]| {
-            let (inbound, socket) = buffers.reader(&mine);
-            read_buffered(inbound, socket, buf)
-        };
+        let read = |buffers: &mut StreamBuffers, buf: &mut [u8]| buffers.read(&mine, buf);
 
         // Read ahead: the 4-byte read takes all 6 bytes there, the rest is kept.
         peer.write_all(b"abcdef").unwrap();
