@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::sync::{Arc, Barrier};
-use std::thread;
-
-use common::within;
+use common::{run_cancelling_odd_ones_as_served, within};
 use thenable::{as_completed, EventLoop, Promise};
 
 const ROUNDS: u32 = 200;
@@ -30,30 +27,8 @@ fn requests_cancelled_on_another_thread_lose_and_duplicate_no_outcome() {
             for (i, resolver) in (0..).zip(&resolvers) {
                 resolver.resolve(i);
             }
-            let start = Arc::new(Barrier::new(2));
-            let go = start.clone();
-            let canceller = thread::spawn(move || {
-                go.wait();
-                // Each odd request is cancelled as soon as the one before it has its
-                // outcome: just when the loop is about to hand it the next.
-                let cancelled: Vec<bool> = (0..requests.len())
-                    .map(|i| {
-                        if i % 2 == 0 {
-                            return false;
-                        }
-                        while requests[i - 1].is_pending() {
-                            std::hint::spin_loop();
-                        }
-                        requests[i].cancel()
-                    })
-                    .collect();
-                (requests, cancelled)
-            });
-            start.wait();
-            event_loop.run().unwrap();
-            let (requests, cancelled) = canceller.join().unwrap();
             let mut outcomes = Vec::new();
-            for (request, cancelled) in requests.into_iter().zip(cancelled) {
+            for (request, cancelled) in run_cancelling_odd_ones_as_served(&event_loop, requests) {
                 if !cancelled {
                     outcomes.push(event_loop.block_on(request).unwrap());
                 }

@@ -17,13 +17,13 @@ mod common;
 use std::future::Future;
 use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::Duration;
 
 use common::child::{self, report, stdin_from_file, Child};
-use common::FullPool;
+use common::{run_cancelling_odd_ones_as_served, FullPool};
 use futures::future::{select, Either};
 use futures::StreamExt;
 use thenable::io::stdin_lines;
@@ -415,28 +415,7 @@ fn cancelled_as_served() {
     };
     for _ in 0..RACE_ROUNDS {
         let requests: Vec<_> = (0..RACE_REQUESTS).map(|_| lines.next_line()).collect();
-        let start = Arc::new(Barrier::new(2));
-        let go = start.clone();
-        let canceller = thread::spawn(move || {
-            go.wait();
-            let cancelled: Vec<bool> = (0..requests.len())
-                .map(|i| {
-                    if i % 2 == 0 {
-                        return false;
-                    }
-                    // The one before is never cancelled: it is served in the end.
-                    while requests[i - 1].is_pending() {
-                        std::hint::spin_loop();
-                    }
-                    requests[i].cancel()
-                })
-                .collect();
-            (requests, cancelled)
-        });
-        start.wait();
-        event_loop.run().unwrap();
-        let (requests, cancelled) = canceller.join().unwrap();
-        for (request, cancelled) in requests.into_iter().zip(cancelled) {
+        for (request, cancelled) in run_cancelling_odd_ones_as_served(&event_loop, requests) {
             // One cancelled too late has its line.
             if !cancelled {
                 take(event_loop.block_on(request));

@@ -230,3 +230,35 @@ impl FullPool {
         }
     }
 }
+
+/// Runs `event_loop` while another thread cancels each odd promise of `requests`
+/// as soon as the one before it has settled: just when the loop is about to hand
+/// it the next outcome (the race of `as_completed`'s and `stdin_lines`' settlers
+/// with cancellation). The even ones are never cancelled, so they settle in the
+/// end. Gives the promises back, in order, with whether each was cancelled (one
+/// cancelled too late kept its outcome).
+pub fn run_cancelling_odd_ones_as_served<T: Send + 'static>(
+    event_loop: &thenable::EventLoop,
+    requests: Vec<Promise<T>>,
+) -> Vec<(Promise<T>, bool)> {
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let go = start.clone();
+    let canceller = std::thread::spawn(move || {
+        go.wait();
+        let cancelled: Vec<bool> = (0..requests.len())
+            .map(|i| {
+                if i % 2 == 0 {
+                    return false;
+                }
+                while requests[i - 1].is_pending() {
+                    std::hint::spin_loop();
+                }
+                requests[i].cancel()
+            })
+            .collect();
+        requests.into_iter().zip(cancelled).collect()
+    });
+    start.wait();
+    event_loop.run().unwrap();
+    canceller.join().unwrap()
+}
