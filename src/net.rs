@@ -422,7 +422,9 @@ impl StreamBuffers {
             socket,
             drained: &mut self.drained,
         };
-        if buf.len() >= READ_AHEAD {
+        // A read of nothing goes to the socket: read ahead, it would take bytes
+        // nobody asked for out of the kernel's view (readiness).
+        if buf.is_empty() || buf.len() >= READ_AHEAD {
             return socket.read(buf);
         }
         let ahead = &mut self.ahead;
@@ -1021,7 +1023,8 @@ impl Drop for TcpStream {
 /// [`io::writable`](crate::io::writable) and other descriptor-level APIs.
 ///
 /// Readiness is the kernel's view: bytes the stream has already read into its own
-/// buffer (past a line that `read_line` returned, say) do not make the socket
+/// buffer (past a line that `read_line` returned, or past what a `poll_read` into
+/// fewer than 2 KiB asked for: it reads that much ahead) do not make the socket
 /// readable, so read through the stream's methods rather than wait on readiness
 /// first. Reading or writing the descriptor directly bypasses the stream's buffer
 /// and write queue, and mixes their order.

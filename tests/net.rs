@@ -10,6 +10,8 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsFd;
+use std::task::Poll;
 use std::time::Duration;
 
 use common::net::{assert_no_descriptor_leak, kind_of, pair_with_std_peer, run, run_exclusive};
@@ -309,6 +311,167 @@ fn after_a_short_read_later_bytes_and_the_end_of_the_stream_are_seen() {
         assert_eq!(stream.read_line(100).await?, None);
         let err = stream.read_exact(1).await.unwrap_err();
         assert_eq!(kind_of(&err), ErrorKind::UnexpectedEof);
+        Ok(())
+    })
+}
+
+#[test]
+fn a_read_into_an_empty_buffer_takes_nothing_from_the_socket() {
+    // A read of nothing reads nothing ahead: what the peer sent stays the
+    // kernel's, where readiness (and any other reader of the descriptor) sees it.
+    run(async {
+        let (mut stream, mut peer) = pair_with_std_peer().await?;
+        peer.write_all(b"abc")?;
+        thenable::io::readable(&stream).await?;
+        assert_eq!(AsyncReadExt::read(&mut stream, &mut []).await?, 0);
+        let kernel = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned()?);
+        let mut peeked = [0u8; 8];
+        let in_kernel = kernel.peek(&mut peeked).map_err(|e| e.kind());
+        assert_eq!(
+            in_kernel,
+            Ok(3),
+            "the empty read took the bytes from the socket"
+        );
+        assert_eq!(stream.read(10).await?, b"abc");
+        Ok(())
+    })
+}
+
+/// Polls `future` once, with the task's own waker: its outcome, or `Pending`
+/// (then it is dropped).
+async fn poll_once<F: std::future::Future>(future: F) -> Poll<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
+}
+
+/// A stream of lowercase letters with a newline now and then, different at every
+/// offset (so that a lost, doubled or moved run of bytes shows).
+fn letters_and_lines(len: usize) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            match state % 64 {
+                0 => b'\n',
+                n => b'a' + (n % 26) as u8,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_way_of_reading_mixed_on_two_handles_delivers_each_byte_once_in_order() {
+    // Small and large `poll_read`s (the small ones read ahead), `poll_fill_buf`
+    // with partial `consume`s, the promise reads, reads cancelled or dropped
+    // half-way, on a stream and its clone, in an order drawn from a fixed seed,
+    // with the peer sending pieces in between (so that reads come back short and
+    // later ones wait): every byte sent must come out once, in order, and the end
+    // of the stream must be seen by every kind of read.
+    const LEN: usize = 400_000;
+    const BACKLOG: usize = 32 * 1024; // what the kernel holds for sure: writes never block
+    run(async {
+        let (first, mut peer) = pair_with_std_peer().await?;
+        let mut handles = [first.clone(), first];
+        let expected = letters_and_lines(LEN);
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut draw = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut sent, mut got) = (0, Vec::with_capacity(LEN));
+        let mut steps = 0;
+        while got.len() < LEN {
+            steps += 1;
+            let backlog = sent - got.len();
+            if sent < LEN && backlog < BACKLOG && (backlog == 0 || draw(3) == 0) {
+                let piece = (1 + draw(1200)).min(LEN - sent).min(BACKLOG - backlog);
+                peer.write_all(&expected[sent..sent + piece])?;
+                sent += piece;
+            }
+            let available = sent - got.len();
+            let which = draw(2);
+            let before = got.len();
+            if draw(10) == 0 {
+                // A copy lent by one handle, overtaken by a read through the
+                // other before it is consumed: that consume takes nothing.
+                let lent = AsyncBufReadExt::fill_buf(&mut handles[which]).await?.len();
+                let mut buf = vec![0u8; 1 + draw(lent)];
+                let n = AsyncReadExt::read(&mut handles[1 - which], &mut buf).await?;
+                got.extend_from_slice(&buf[..n]);
+                AsyncBufReadExt::consume_unpin(&mut handles[which], 1 + draw(lent));
+                assert!(got[before..] == expected[before..got.len()], "step {steps}");
+                continue;
+            }
+            let handle = &mut handles[which];
+            match draw(9) {
+                0 | 1 => {
+                    let mut buf = vec![0u8; [1, 3, 64, 700, 2047, 2048, 5000][draw(7)]];
+                    let n = AsyncReadExt::read(handle, &mut buf).await?;
+                    got.extend_from_slice(&buf[..n]);
+                }
+                2 => {
+                    let lent = AsyncBufReadExt::fill_buf(handle).await?;
+                    let take = 1 + draw(lent.len());
+                    got.extend_from_slice(&lent[..take]);
+                    AsyncBufReadExt::consume_unpin(handle, take);
+                }
+                3 => got.extend(TcpStream::read(handle, [1, 100, 5000][draw(3)]).await?),
+                4 => got.extend(TcpStream::read_exact(handle, 1 + draw(available)).await?),
+                5 => {
+                    let rest = &expected[got.len()..sent];
+                    if let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                        let line = TcpStream::read_line(handle, LEN).await?;
+                        let line = line.expect("a line was sent");
+                        assert_eq!(line.len(), end);
+                        got.extend_from_slice(line.as_bytes());
+                        got.push(b'\n');
+                    }
+                }
+                6 => {
+                    // More than was sent: it gathers what is there, then waits.
+                    let gathering = TcpStream::read_exact(handle, available + 1 + draw(4000));
+                    sleep(Duration::ZERO).await?;
+                    assert!(gathering.cancel(), "it cannot have finished");
+                }
+                7 => {
+                    let mut buf = vec![0u8; [1, 64, 4096][draw(3)]];
+                    let polled = poll_once(AsyncReadExt::read(handle, &mut buf)).await;
+                    if let Poll::Ready(n) = polled {
+                        got.extend_from_slice(&buf[..n?]);
+                    } // else dropped while it waited: it took nothing
+                }
+                _ => {
+                    // Started before its bytes are sent, or at least before the
+                    // loop has looked at the socket again.
+                    let reading = TcpStream::read(handle, 64);
+                    sleep(Duration::ZERO).await?;
+                    if sent < LEN && sent - got.len() < BACKLOG {
+                        let piece = (1 + draw(100)).min(LEN - sent);
+                        peer.write_all(&expected[sent..sent + piece])?;
+                        sent += piece;
+                    }
+                    got.extend(reading.await?);
+                }
+            }
+            assert!(got.len() <= sent, "step {steps}: more bytes than were sent");
+            assert!(
+                got[before..] == expected[before..got.len()],
+                "step {steps}: bytes {before}..{} are not the ones sent",
+                got.len()
+            );
+        }
+        drop(peer);
+        for handle in &mut handles {
+            assert_eq!(AsyncReadExt::read(handle, &mut [0u8; 10]).await?, 0);
+            assert_eq!(AsyncReadExt::read(handle, &mut [0u8; 4096]).await?, 0);
+            assert!(AsyncBufReadExt::fill_buf(handle).await?.is_empty());
+            assert!(TcpStream::read(handle, 10).await?.is_empty());
+            assert_eq!(TcpStream::read_line(handle, 10).await?, None);
+        }
         Ok(())
     })
 }

@@ -3,7 +3,8 @@
 //! the outcome must survive user code that panics while the core's lock is held
 //! (a value's `Clone`), and a timer callback stored in its timer's place must be
 //! dropped exactly once on every path. A handler must also outlive a cancellation
-//! that races its parent's settlement.
+//! that races its parent's settlement, and the waker a task is polled with (which
+//! borrows the poll's reference to the task) must stay good for the whole poll.
 
 mod common;
 
@@ -328,5 +329,75 @@ fn a_timer_callback_whose_capture_panics_when_dropped_drops_its_other_captures_o
         event_loop.run().unwrap();
         assert!(fired.get());
         assert_eq!(drops.get(), 1);
+    });
+}
+
+/// The waker a task is polled with borrows the reference the poll holds: it must
+/// stay good for the whole poll however the poll goes (the task cancelled by its
+/// own future, which takes it out of the table; a panic; a clone woken by
+/// value), and the clones the future keeps must outlive the task and wake
+/// nothing once it is gone. (Under AddressSanitizer, a waker that outlived the
+/// task's last reference is a use after free here.)
+#[test]
+fn a_task_s_waker_stays_good_through_its_poll_and_its_clones_outlive_the_task() {
+    use std::cell::RefCell;
+    within_for(Duration::from_secs(10), || {
+        let event_loop = EventLoop::new();
+        let kept: Rc<RefCell<Vec<Waker>>> = Rc::default();
+        let own: Rc<RefCell<Option<Promise<()>>>> = Rc::default();
+        let (polls, drops) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+        let cancels_itself = {
+            let (own, kept, polls) = (own.clone(), kept.clone(), polls.clone());
+            let tally = Tally(drops.clone());
+            thenable::spawn_local(std::future::poll_fn(move |cx| {
+                let _tally = &tally;
+                polls.set(polls.get() + 1);
+                assert!(own.borrow().as_ref().expect("set").cancel());
+                // Out of the table: only the poll's own reference is left.
+                let clone = cx.waker().clone();
+                assert!(clone.will_wake(cx.waker()));
+                cx.waker().wake_by_ref();
+                let by_value = clone.clone();
+                by_value.wake(); // hands its own count to the queue
+                kept.borrow_mut().push(clone);
+                Poll::<Result<(), thenable::Error>>::Pending
+            }))
+        };
+        *own.borrow_mut() = Some(cancels_itself);
+        let panics = {
+            let kept = kept.clone();
+            thenable::spawn_local(std::future::poll_fn(move |cx| {
+                kept.borrow_mut().push(cx.waker().clone());
+                cx.waker().wake_by_ref();
+                if kept.borrow().len() < 4 {
+                    return Poll::<Result<(), thenable::Error>>::Pending;
+                }
+                panic!("{MARK} a task's future failed");
+            }))
+        };
+        let mut woken = 0;
+        let wakes_itself_by_value = thenable::spawn_local(std::future::poll_fn(move |cx| {
+            woken += 1;
+            if woken < 3 {
+                let by_value = cx.waker().clone();
+                by_value.wake();
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok::<_, thenable::Error>(woken))
+        }));
+        event_loop.run().unwrap();
+        assert_eq!((polls.get(), drops.get()), (1, 1));
+        let cancelled = own.borrow_mut().take().expect("set");
+        assert!(event_loop.block_on(cancelled).unwrap_err().is_cancelled());
+        assert!(event_loop.block_on(panics).unwrap_err().is_panic());
+        assert_eq!(event_loop.block_on(wakes_itself_by_value).unwrap(), 3);
+        let kept = kept.take();
+        assert_eq!(kept.len(), 4);
+        for waker in kept {
+            waker.wake_by_ref();
+            waker.wake();
+        }
+        event_loop.run().unwrap();
+        assert_eq!((polls.get(), drops.get()), (1, 1));
     });
 }
