@@ -91,7 +91,8 @@ fn as_completed_chain(mut rest: AsCompleted<(&'static str, u64)>, clock: Clock) 
     match rest.next_promise() {
         None => Promise::resolved(()),
         Some(next) => next.then(move |(url, _)| {
-            clock.say(format!("Coroutine for {url} is done"));
+            // No coroutine here: the article's line, said by the chain's handler.
+            clock.say(format!("Handler for {url} is done"));
             as_completed_chain(rest, clock)
         }),
     }

@@ -198,7 +198,7 @@ impl<T: AsFd> Async<T> {
     /// let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     /// socket.set_nonblocking(true).unwrap();
     /// let socket = thenable::io::Async::new(socket).unwrap();
-    /// let _addr = socket.get_ref().local_addr().unwrap();
+    /// assert!(socket.get_ref().local_addr().unwrap().ip().is_loopback());
     /// ```
     pub fn get_ref(&self) -> &T {
         self.io.as_ref().expect("present until dropped")

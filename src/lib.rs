@@ -19,10 +19,25 @@
 //! assert_eq!(thenable::block_on(task).unwrap(), "got 22");
 //! ```
 //!
-//! The pieces: [`Promise`] and [`Resolver`] (module `promise`), the loop
-//! ([`EventLoop`], [`LoopHandle`] and the free functions, module `event_loop`),
-//! timers ([`TimerId`], module `timer`), tasks (module `task`) and [`Error`].
-//! `docs/design.md` in the repository explains how they fit.
+//! The pieces, all at the crate's root unless named otherwise:
+//!
+//! - [`Promise`] and [`Resolver`]: `then`, `catch`, `finally`, `map`, cancellation;
+//!   every `Promise` is a `Future`, and [`spawn`] makes a `Promise` of a future;
+//! - the loop: [`EventLoop`], its cross-thread [`LoopHandle`], and the free
+//!   functions that act on the current thread's loop ([`block_on`], [`spawn`],
+//!   [`spawn_local`], [`queue_microtask`], [`set_immediate`], [`set_timeout`],
+//!   [`set_interval`], [`clear_timer`] with its [`TimerId`], [`sleep`],
+//!   [`set_unhandled_rejection_hook`]);
+//! - combinators: [`all`], [`all_settled`], [`race`], [`any`], [`as_completed`],
+//!   [`shield`], [`timeout`](Promise::timeout), [`delay`], [`interval`],
+//!   [`map_concurrent`], [`map_series`], [`retry`], [`scope`];
+//! - I/O on the loop: module [`io`] (readiness, [`io::Async`], [`io::stdin_lines`]),
+//!   module [`net`] (TCP and UDP), and [`spawn_blocking`] for blocking work;
+//! - [`Error`], the library's own failures (panic, cancelled, timed out, broken,
+//!   deadlock), which every error type `E: From<Error>` can take.
+//!
+//! `docs/design.md` in the repository explains how they fit, `docs/combinators.md`
+//! and `docs/from-javascript.md` compare them with JavaScript and asyncio.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)] // exceptions: `reactor` (registration, a borrowed descriptor), `timer` (`OnceFn`, a prefetch), `promise::core::Core`'s lock, `task::TaskLink`'s pointer and the waker `event_loop::local` polls a task with, each with its SAFETY argument
@@ -41,7 +56,6 @@ mod task;
 mod timer;
 
 pub use crate::blocking::*;
-#[allow(unused_imports)] // filled in as the combinators land
 pub use crate::combinators::*;
 pub use crate::error::Error;
 pub use crate::event_loop::{

@@ -55,7 +55,9 @@ use crate::timer::{Callback, Fire, TimerId};
 /// let event_loop = EventLoop::new();
 /// let log = Rc::new(RefCell::new(Vec::new()));
 /// let (a, b, c) = (log.clone(), log.clone(), log.clone());
-/// thenable::set_timeout(Duration::from_millis(1), move || a.borrow_mut().push("timeout"));
+/// // Long enough not to be due yet when the first turn reaches its timers: a due
+/// // timer runs before the turn's immediates, as in Node.js.
+/// thenable::set_timeout(Duration::from_millis(50), move || a.borrow_mut().push("timeout"));
 /// thenable::set_immediate(move || b.borrow_mut().push("immediate"));
 /// thenable::queue_microtask(move || c.borrow_mut().push("microtask"));
 /// event_loop.run().unwrap();
@@ -79,19 +81,30 @@ impl EventLoop {
         EventLoop { local }
     }
 
-    /// Runs until nothing is left that could add work (see the module docs).
-    /// Fails only when called while a loop already runs on this thread.
+    /// Runs until nothing is left that could ever add work: no queued microtask,
+    /// immediate or cross-thread job; no live timer; no unsettled
+    /// [`Resolver`](crate::Resolver) created on this loop; no [`LoopHandle`]; no
+    /// task whose waker is held by code outside thenable (another runtime's
+    /// channel, say), or that waits on another loop's work. As in Node.js, a
+    /// pending promise by itself does not keep the loop alive. Fails only when
+    /// called while a loop already runs on this thread.
     ///
     /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
     /// use std::time::Duration;
     ///
     /// let event_loop = thenable::EventLoop::new();
-    /// thenable::spawn(async {
+    /// let slept = Arc::new(AtomicBool::new(false));
+    /// let flag = slept.clone();
+    /// // The task's promise is dropped: the task runs on, and keeps `run` going.
+    /// thenable::spawn(async move {
     ///     thenable::sleep(Duration::from_millis(5)).await?;
-    ///     println!("slept");
+    ///     flag.store(true, Ordering::Relaxed);
     ///     Ok::<_, thenable::Error>(())
     /// });
     /// event_loop.run().unwrap();
+    /// assert!(slept.load(Ordering::Relaxed));
     /// ```
     pub fn run(&self) -> Result<(), Error> {
         context::enter(&self.local, || self.local.turn_until(&|| false, true))
@@ -176,13 +189,19 @@ impl EventLoop {
     /// A handle other threads can use to send work to this loop.
     ///
     /// ```
+    /// use std::sync::mpsc;
+    ///
     /// let event_loop = thenable::EventLoop::new();
     /// let handle = event_loop.handle();
+    /// let (sender, posted) = mpsc::channel();
+    /// let main_thread = std::thread::current().id();
     /// std::thread::spawn(move || {
-    ///     handle.post(|| println!("posted from another thread"));
-    ///     // dropping the last handle lets `run` return
+    ///     // The job runs on the loop's thread, not on this one.
+    ///     assert!(handle.post(move || sender.send(std::thread::current().id()).unwrap()));
+    ///     // Dropping the last handle lets `run` return.
     /// });
     /// event_loop.run().unwrap();
+    /// assert_eq!(posted.try_recv().unwrap(), main_thread);
     /// ```
     pub fn handle(&self) -> LoopHandle {
         LoopHandle::new(self.local.shared.clone())
@@ -495,11 +514,18 @@ pub fn set_immediate(f: impl FnOnce() + 'static) {
 /// not raised to 1 ms as in Node.js, so it fires before a 1 ms timer set earlier.
 ///
 /// ```
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
 /// use std::time::Duration;
 ///
 /// let event_loop = thenable::EventLoop::new();
-/// thenable::set_timeout(Duration::from_millis(2), || println!("later"));
-/// event_loop.run().unwrap(); // returns after the timer fired
+/// let fired = Rc::new(RefCell::new(Vec::new()));
+/// for name in ["first", "second"] {
+///     let fired = fired.clone();
+///     thenable::set_timeout(Duration::from_millis(2), move || fired.borrow_mut().push(name));
+/// }
+/// event_loop.run().unwrap(); // returns after both timers fired
+/// assert_eq!(*fired.borrow(), ["first", "second"]);
 /// ```
 pub fn set_timeout(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
     let now = Instant::now();
