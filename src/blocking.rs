@@ -44,6 +44,10 @@ const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(10);
 /// Cancelling the promise skips `work` if it has not started yet (a running job
 /// cannot be interrupted; its result is dropped).
 ///
+/// `work` should not wait for other pool work (`block_on(spawn_blocking(..))`):
+/// once every pool thread is doing so, nothing is left to run what they wait for,
+/// and they wait for ever.
+///
 /// ```
 /// use thenable::{spawn_blocking, Error, Promise};
 ///

@@ -525,13 +525,14 @@ impl Timers {
 
     /// Puts an interval back after its callback ran, unless it was cleared meanwhile:
     /// then it is given back, for the caller to drop outside any borrow (its
-    /// captures' destructors may set or clear timers).
+    /// captures' destructors may set or clear timers). `started` is when the run
+    /// began: the period counts from there, as in Node.js.
     #[must_use = "a cleared interval is dropped by the caller, outside the borrow"]
     pub(crate) fn rearm(
         &mut self,
         id: TimerId,
         interval: Box<Interval>,
-        now: Instant,
+        started: Instant,
     ) -> Option<Box<Interval>> {
         let Some(slot) = self.slot_of(id) else {
             return Some(interval);
@@ -541,7 +542,7 @@ impl Timers {
             generation: id.generation,
             interval,
         };
-        self.push_entry(now, period, id);
+        self.push_entry(started, period, id);
         None
     }
 

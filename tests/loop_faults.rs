@@ -14,7 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{child, within, within_for, Counter, DropCounter, HOUR, MARK};
-use thenable::{sleep, spawn, Error, EventLoop, Promise};
+use thenable::{set_immediate, set_timeout, sleep, spawn, Error, EventLoop, Promise};
 
 /// Long enough for a test whose bug is a hang to show it, and far longer than any
 /// passing body takes.
@@ -412,6 +412,42 @@ fn a_value_that_panics_when_dropped_with_its_loop_leaves_the_work_queued_after_i
         let followed = next.block_on(followed).err().expect("`followed` is broken");
         assert!(followed.is_broken(), "{followed:?}");
     });
+}
+
+/// Drops a loop holding a pending callback (set by `queue`) whose captures panic
+/// when dropped, a sleep and a task: the drop must not unwind, and the sleep and
+/// the task must be broken, not left pending for ever.
+fn drop_a_loop_with_a_panicking_callback(queue: fn(PanicOnDrop)) {
+    within_for(HANG, move || {
+        let event_loop = EventLoop::new();
+        queue(PanicOnDrop);
+        let slept = sleep(HOUR);
+        let task = spawn(async {
+            sleep(HOUR).await?;
+            Ok::<_, Error>(())
+        });
+        let dropping = catch_unwind(AssertUnwindSafe(move || drop(event_loop)));
+        assert!(
+            dropping.is_ok(),
+            "a callback's drop panicked out of the loop's drop"
+        );
+        let next = EventLoop::new();
+        let slept = next.block_on(slept).unwrap_err();
+        assert!(slept.is_broken(), "{slept:?}");
+        assert!(next.block_on(task).unwrap_err().is_broken());
+    });
+}
+
+#[test]
+fn a_pending_timer_whose_callback_panics_when_dropped_with_its_loop_leaves_the_rest_broken() {
+    drop_a_loop_with_a_panicking_callback(|bomb| {
+        set_timeout(HOUR, move || drop(bomb));
+    });
+}
+
+#[test]
+fn a_queued_immediate_that_panics_when_dropped_with_its_loop_leaves_the_rest_broken() {
+    drop_a_loop_with_a_panicking_callback(|bomb| set_immediate(move || drop(bomb)));
 }
 
 // ---------------------------------------------------------------------------

@@ -116,6 +116,43 @@ fn an_interval_and_timeouts_of_one_batch_clear_each_other_in_scheduling_order() 
     assert_eq!(log, ["I", "X"]);
 }
 
+/// Spins for at least `d` (a callback that takes longer than its period).
+fn busy_for(d: Duration) {
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
+
+// let first = true;
+// const id = setInterval(() => {
+//   log('I');
+//   if (first) { first = false; busy(30); setTimeout(() => log('T'), 5) }
+//   else clearInterval(id);
+// }, 10);
+// => I, I, T
+// The period counts from when the run started: the first run ends 30 ms after
+// it started, past its next due time (10 ms after the start), so the second run
+// is due before `T` (at least 35 ms after the start), whatever the machine's
+// speed. Counted from the end of the run, it would be due at 40 ms: after `T`.
+#[test]
+fn an_interval_that_runs_longer_than_its_period_is_due_again_a_period_after_it_started() {
+    let log = run_logged(|_, log| {
+        let first = Cell::new(true);
+        let me = Rc::new(Cell::new(None));
+        let (l, id) = (log.clone(), me.clone());
+        me.set(Some(set_interval(ms(10), move || {
+            l.push("I");
+            if first.replace(false) {
+                busy_for(ms(30));
+                set_timeout(ms(5), pusher(&l, "T"));
+            } else {
+                assert!(clear_timer(id.get().unwrap()));
+            }
+        })));
+    });
+    assert_eq!(log, ["I", "I", "T"]);
+}
 // setTimeout(() => { setTimeout(() => log('T0'), 0); setImmediate(() => log('I'));
 //                    Promise.resolve().then(() => log('m')) }, 2);
 // => m, I, T0
@@ -259,6 +296,80 @@ fn a_timer_id_of_another_loop_of_the_thread_is_refused_without_touching_either_l
         (a.get(), b.get())
     });
     assert_eq!((fired_first, fired_second), (1, 1));
+}
+
+/// Delays that are not whole milliseconds, which the loop's wait (`epoll_wait`
+/// counts milliseconds) must round up, never down.
+const ODD_DELAYS: [Duration; 4] = [
+    Duration::from_micros(300),
+    Duration::from_micros(1_500),
+    Duration::from_micros(2_700),
+    Duration::from_micros(4_999),
+];
+
+// Lower bounds only: however late the machine runs them, no timer may run
+// before its delay has passed since it was set (an interval's k-th run, k
+// periods), nor a `sleep`, `delay` or `timeout` settle before theirs.
+#[test]
+fn no_timer_fires_before_its_delay_has_passed() {
+    let early = within(|| {
+        let event_loop = EventLoop::new();
+        let early = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let check = |what: &'static str, set: std::time::Instant, delay: Duration| {
+            let early = early.clone();
+            move || {
+                if set.elapsed() < delay {
+                    early.lock().unwrap().push(format!("{what} {delay:?}"));
+                }
+            }
+        };
+        let (mut waits, mut resolvers) = (Vec::new(), Vec::new());
+        for delay in ODD_DELAYS {
+            let set = std::time::Instant::now();
+            set_timeout(delay, check("set_timeout", set, delay));
+            let slept = check("sleep", set, delay);
+            waits.push(sleep(delay).map(move |()| slept()));
+            let delayed = check("delay", set, delay);
+            waits.push(delay_then(delay, delayed));
+            let timed_out = check("timeout", set, delay);
+            // Its resolver kept, or the promise would break at once.
+            let (never, resolver) = Promise::<()>::pending();
+            resolvers.push(resolver);
+            waits.push(never.timeout(delay).catch(move |e| {
+                assert!(e.is_timeout(), "{e:?}");
+                timed_out();
+                Ok(())
+            }));
+            let runs = Rc::new(Cell::new(0u32));
+            let me = Rc::new(Cell::new(None));
+            let (count, id) = (runs.clone(), me.clone());
+            let early = early.clone();
+            me.set(Some(set_interval(delay, move || {
+                count.set(count.get() + 1);
+                if set.elapsed() < delay * count.get() {
+                    let run = count.get();
+                    early
+                        .lock()
+                        .unwrap()
+                        .push(format!("interval run {run} {delay:?}"));
+                }
+                if count.get() == 3 {
+                    assert!(clear_timer(id.get().unwrap()));
+                }
+            })));
+        }
+        event_loop.block_on(thenable::all(waits)).unwrap();
+        drop(resolvers);
+        event_loop.run().unwrap();
+        let early = early.lock().unwrap().clone();
+        early
+    });
+    assert!(early.is_empty(), "fired early: {early:?}");
+}
+
+/// `delay`'s value handed to `then_run` once it arrives.
+fn delay_then(duration: Duration, then_run: impl FnOnce() + Send + 'static) -> Promise<()> {
+    delay(duration, ()).map(move |()| then_run())
 }
 
 #[test]

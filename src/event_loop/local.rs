@@ -495,11 +495,17 @@ impl Local {
                 }
                 Some(Due::Fire(target)) => target.fire(),
                 Some(Due::Repeat { id, interval }) => {
+                    // The next run is due a period after this one started, as in
+                    // Node.js: a run that takes longer than the period is followed
+                    // by the next on the next turn, not a period after it ended.
+                    // (Not the batch's `now`: a zero period would then be due
+                    // again within this batch, and so for ever.)
+                    let started = Instant::now();
                     let result = catch_unwind(AssertUnwindSafe(|| (interval.f.borrow_mut())()));
                     if let Err(payload) = result {
                         report_panic("an interval callback", &*payload);
                     }
-                    let cleared = self.timers.borrow_mut().rearm(id, interval, Instant::now());
+                    let cleared = self.timers.borrow_mut().rearm(id, interval, started);
                     // Dropped with the table released: the closure's captures may
                     // set or clear timers as they go.
                     if let Some(cleared) = cleared {
@@ -798,10 +804,19 @@ impl Drop for Local {
             for job in injected {
                 contained("an abandoned job", || Job::from(job).abandon());
             }
-            drop(std::mem::take(self.immediates.get_mut()));
+            // Callbacks one at a time too: a capture that panics when dropped must
+            // not leave the sleeps and tasks after it pending.
+            for immediate in std::mem::take(self.immediates.get_mut()) {
+                contained("an abandoned immediate's destructor", || drop(immediate));
+            }
             for timer in self.timers.get_mut().take_all() {
-                if let Callback::Fire(target) = timer {
-                    target.abandon();
+                match timer {
+                    Callback::Fire(target) => {
+                        contained("an abandoned timer", || target.abandon());
+                    }
+                    callback => {
+                        contained("an abandoned timer's destructor", || drop(callback));
+                    }
                 }
             }
             // One at a time: a destructor that panics must not unwind out of the

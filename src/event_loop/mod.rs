@@ -538,7 +538,9 @@ pub fn set_timeout(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
 }
 
 /// Runs `f` every `period` until [`clear_timer`] is called with the returned id
-/// (which `f` itself may do).
+/// (which `f` itself may do). Each run is due a period after the previous one
+/// started, as in Node.js: after a run that took longer than the period, the next
+/// one comes on the next turn of the loop, not a period after the slow run ended.
 ///
 /// ```
 /// use std::cell::{Cell, RefCell};
