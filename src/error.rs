@@ -171,9 +171,13 @@ impl Error {
     /// let err = Error::aggregate(vec![Error::msg("a"), Error::msg("b")]);
     /// assert!(err.is_aggregate());
     /// assert_eq!(err.errors().len(), 2);
+    /// assert_eq!(Error::aggregate(vec![Error::msg("a")]).to_string(), "1 error: a");
     /// ```
     pub fn aggregate(errors: Vec<Error>) -> Error {
-        let message = format!("{} errors", errors.len());
+        let message = match errors.len() {
+            1 => "1 error".to_string(),
+            n => format!("{n} errors"),
+        };
         Error {
             inner: Arc::new(Inner {
                 kind: Kind::Aggregate,

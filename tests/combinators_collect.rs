@@ -12,7 +12,7 @@ mod common;
 
 use std::thread;
 
-use common::{after, fail_after, ms, within, Counter, Log, HOUR};
+use common::{after, fail_after, ms, within, Counter, Log, HOUR, MARK};
 use futures::StreamExt;
 use thenable::{
     all, all_settled, any, any_with, as_completed, join, race, set_unhandled_rejection_hook,
@@ -454,6 +454,27 @@ fn a_panicking_combine_rejects_any_with_a_panic_error() {
     });
 }
 
+/// On an empty input `combine` runs at once, inside `any_with`: its panic must
+/// still become the output's rejection, as on inputs that all rejected, not
+/// unwind into the caller (which only built a promise).
+#[test]
+fn a_panicking_combine_on_an_empty_input_rejects_instead_of_unwinding() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let none: Vec<Promise<u8>> = Vec::new();
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            any_with(none, |_| {
+                std::panic::panic_any(format!("combine failed {MARK}"))
+            })
+        }));
+        let p = built.expect("the panic unwound out of any_with");
+        assert!(p.is_rejected());
+        let error = event_loop.block_on(p).unwrap_err();
+        assert!(error.is_panic(), "{error}");
+        assert!(error.to_string().contains("combine failed"));
+    });
+}
+
 #[test]
 fn any_with_io_errors_wraps_them_in_an_aggregate() {
     within(|| {
@@ -464,7 +485,7 @@ fn any_with_io_errors_wraps_them_in_an_aggregate() {
         ))]);
         let error = event_loop.block_on(p).unwrap_err();
         let inner = error.get_ref().unwrap().to_string();
-        assert!(inner.starts_with("1 errors"), "{inner}");
+        assert_eq!(inner, "1 error: entity not found");
     });
 }
 

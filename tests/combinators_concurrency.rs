@@ -126,6 +126,46 @@ fn cancelling_map_concurrent_cancels_in_flight_and_starts_no_more() {
     });
 }
 
+/// The items in flight are cancelled in input order, on a failure and on the
+/// output's cancellation, as `all` cancels its inputs: their `on_cancel` hooks
+/// (user code) run in an order that does not change from one run to the next.
+#[test]
+fn map_concurrent_cancels_the_items_in_flight_in_input_order() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        for fail in [false, true] {
+            let log = Log::default();
+            let hooks = log.clone();
+            let (failing, fail_item) = Promise::<usize>::pending();
+            let mut failing = Some(failing);
+            let kept: Handed = Arc::default();
+            let keep = kept.clone();
+            let mapped = map_concurrent(0..16, 16, move |n| {
+                if n == 7 {
+                    return failing.take().expect("item 7 is mapped once");
+                }
+                let (promise, resolver) = Promise::pending();
+                let hooks = hooks.clone();
+                resolver.on_cancel(move || hooks.push(format!("{n}")));
+                keep.lock().unwrap().push((n, resolver));
+                promise
+            });
+            event_loop.block_on(sleep(ms(1))).unwrap();
+            if fail {
+                fail_item.reject(Error::msg("item 7 failed"));
+                assert!(event_loop.block_on(mapped).is_err());
+            } else {
+                assert!(mapped.cancel());
+                event_loop.run().unwrap();
+            }
+            let expected: Vec<String> =
+                (0..16).filter(|&n| n != 7).map(|n| n.to_string()).collect();
+            assert_eq!(log.entries(), expected, "failed: {fail}");
+            drop(kept);
+        }
+    });
+}
+
 #[test]
 fn map_concurrent_with_limit_zero_is_an_error_and_calls_nothing() {
     within(|| {

@@ -848,8 +848,8 @@ where
 
 /// [`any`] for any error type: when every input rejects, `combine` receives the
 /// reasons in input order and makes the output's error (it runs at most once; on an
-/// empty input it runs at once with no reasons). If it panics, the output rejects
-/// with [`Error::panic`].
+/// empty input it runs at once, inside `any_with`, with no reasons). If it panics,
+/// the output rejects with [`Error::panic`], on an empty input too.
 ///
 /// ```
 /// use thenable::{any_with, Promise};
@@ -871,7 +871,12 @@ where
 {
     let inputs: Vec<Promise<T, E>> = promises.into_iter().collect();
     if inputs.is_empty() {
-        return Promise::rejected(combine(Vec::new()));
+        // As in `AnyOf::finish`: the caller only built a promise, and a panic in
+        // `combine` is the output's rejection, not an unwinding out of here.
+        return match catch_unwind(AssertUnwindSafe(|| combine(Vec::new()))) {
+            Ok(error) => Promise::rejected(error),
+            Err(payload) => Promise::rejected(E::from(Error::panic(payload))),
+        };
     }
     let policy = AnyOf {
         fulfilled: None,

@@ -5,7 +5,7 @@
 //! waits on the promises it gets back, so cancelling the returned promise drops
 //! the task, and the task cancels whatever it still waits on.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,7 +66,7 @@ where
         f,
         limit,
         results: Vec::new(),
-        in_flight: HashMap::new(),
+        in_flight: BTreeMap::new(),
         finished: Arc::default(),
     })
 }
@@ -120,8 +120,10 @@ struct MapConcurrent<Items, F, U, E> {
     limit: usize,
     /// One slot per item taken, filled as they fulfil.
     results: Vec<Option<U>>,
-    /// The watchers of the promises still pending, by item index, to cancel them.
-    in_flight: HashMap<usize, Promise<(), E>>,
+    /// The watchers of the promises still pending, by item index, to cancel them
+    /// in input order (as `all` cancels its inputs: their hooks run in an order
+    /// that is the same on every run).
+    in_flight: BTreeMap<usize, Promise<(), E>>,
     finished: Finished<U, E>,
 }
 
@@ -150,7 +152,7 @@ where
 
     fn cancel_in_flight(&mut self) {
         self.items = None;
-        for (_, watcher) in self.in_flight.drain() {
+        for watcher in std::mem::take(&mut self.in_flight).into_values() {
             watcher.cancel();
         }
     }
@@ -204,7 +206,7 @@ impl<Items, F, U, E> Drop for MapConcurrent<Items, F, U, E> {
     fn drop(&mut self) {
         // The task was dropped (its promise cancelled, or the loop dropped): the
         // work it started is no longer wanted.
-        for (_, watcher) in self.in_flight.drain() {
+        for watcher in std::mem::take(&mut self.in_flight).into_values() {
             watcher.cancel();
         }
     }
@@ -344,7 +346,10 @@ impl IntoIterator for Backoff {
 /// the result cancels the attempt in flight (or the pause) and makes no further
 /// attempt. `attempts == 0` rejects at once with an [`Error::msg`] saying so,
 /// without calling `attempt`. A panic in `attempt` is a bug, not a transient
-/// failure: it ends the retries with a panic error ([`Error::is_panic`]).
+/// failure: it ends the retries with a panic error ([`Error::is_panic`]). An
+/// attempt whose promise is cancelled elsewhere counts as a failed one (as an
+/// input cancelled elsewhere counts as a rejection for [`all`](crate::all)): it
+/// is retried, and the last one's cancellation is passed on, quietly.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU32, Ordering};
