@@ -148,6 +148,11 @@ impl TcpListener {
     /// alive), even if the `TcpListener` itself is dropped; cancel the promise to
     /// stop waiting.
     ///
+    /// After running out of descriptors or memory, the promise rejects only after
+    /// a pause of 10 ms, as [`incoming`](Self::incoming) does: the connection
+    /// stays queued, so a server that skips the error and accepts again would
+    /// otherwise fail at once, for ever, without giving the loop back.
+    ///
     /// ```
     /// use thenable::net::{TcpListener, TcpStream};
     ///
@@ -161,8 +166,16 @@ impl TcpListener {
     pub fn accept(&self) -> Promise<(TcpStream, SocketAddr)> {
         let socket = self.socket.clone();
         spawn(async move {
-            let (stream, peer) = socket.read_with(|listener| listener.accept()).await?;
-            Ok((TcpStream::from_std(stream)?, peer))
+            match socket.read_with(|listener| listener.accept()).await {
+                Ok((stream, peer)) => Ok((TcpStream::from_std(stream)?, peer)),
+                Err(error) => {
+                    if out_of_resources(&error) {
+                        // Cancelled meanwhile, the sleep's timer ends on its own soon.
+                        let _ = crate::sleep(ACCEPT_PAUSE).await;
+                    }
+                    Err(error.into())
+                }
+            }
         })
     }
 
@@ -796,7 +809,10 @@ impl TcpStream {
     /// Queues `data` to be written, after everything queued before; fulfils once
     /// all of it was handed to the kernel (in as many partial writes as the
     /// socket needs). Cancelling the promise does not take the bytes back: they
-    /// go out with the next write or [`flush`](Self::flush).
+    /// go out with the next write, [`flush`](Self::flush) or
+    /// [`shutdown`](Self::shutdown), or are dropped with the socket if the last
+    /// handle goes first. (A promise dropped without cancelling keeps its task,
+    /// and the task keeps the connection open until the bytes are out.)
     ///
     /// ```
     /// use thenable::net::{TcpListener, TcpStream};

@@ -745,6 +745,101 @@ fn trait_writes_keep_their_place_among_queued_writes() {
     })
 }
 
+/// Reads `stream` to the end of the stream, on a task of its own.
+fn read_to_end(stream: TcpStream) -> Promise<Vec<u8>> {
+    spawn(async move {
+        let mut received = Vec::new();
+        loop {
+            let chunk = stream.read(64 * 1024).await?;
+            if chunk.is_empty() {
+                return Ok(received);
+            }
+            received.extend(chunk);
+        }
+    })
+}
+
+/// More than the socket buffers of both ends hold, so that writes stay queued.
+const MORE_THAN_THE_KERNEL_HOLDS: usize = 8 << 20;
+
+/// `poll_close` (`AsyncWriteExt::close`) is Ready only once the queued writes are
+/// out, and the peer sees them all before the end of the stream, as after
+/// Node.js's `end()` or tokio's `shutdown()`.
+#[test]
+fn close_sends_every_queued_write_before_the_end_of_the_stream() {
+    run(async {
+        let (mut client, server) = connected_pair().await?;
+        let payload = letters_and_lines(MORE_THAN_THE_KERNEL_HOLDS);
+        let sent = client.write_all(payload.clone());
+        let received = read_to_end(server);
+        AsyncWriteExt::close(&mut client).await?;
+        sent.await?;
+        assert!(received.await? == payload, "bytes lost or moved");
+        Ok(())
+    })
+}
+
+/// A write whose promise is dropped (not cancelled) goes on after the last handle
+/// is dropped: its task keeps the connection, which closes once the bytes are out.
+#[test]
+fn a_stream_dropped_with_a_write_in_flight_sends_it_and_then_closes() {
+    run(async {
+        let (client, server) = connected_pair().await?;
+        let payload = letters_and_lines(MORE_THAN_THE_KERNEL_HOLDS);
+        drop(client.write_all(payload.clone()));
+        drop(client);
+        assert!(read_to_end(server).await? == payload, "bytes lost or moved");
+        Ok(())
+    })
+}
+
+/// A write cancelled half-way keeps its place: the bytes it had not sent go out,
+/// whole and before later writes, with the next write.
+#[test]
+fn a_write_cancelled_half_way_goes_out_whole_before_the_next_one() {
+    run(async {
+        let (client, server) = connected_pair().await?;
+        let payload = letters_and_lines(MORE_THAN_THE_KERNEL_HOLDS);
+        let first = client.write_all(payload.clone());
+        // Let it fill the kernel's buffers and wait for room.
+        sleep(Duration::from_millis(5)).await?;
+        assert!(
+            first.cancel(),
+            "more than the kernel holds cannot be out yet"
+        );
+        let received = read_to_end(server);
+        client.write_all("tail").await?;
+        client.shutdown(Shutdown::Write).await?;
+        let mut expected = payload;
+        expected.extend_from_slice(b"tail");
+        assert!(received.await? == expected, "bytes lost or moved");
+        Ok(())
+    })
+}
+
+/// `poll_flush` and `poll_write` after a cancelled write send its bytes first.
+#[test]
+fn trait_writes_and_flushes_send_a_cancelled_write_first() {
+    run(async {
+        let (mut client, server) = connected_pair().await?;
+        let payload = letters_and_lines(MORE_THAN_THE_KERNEL_HOLDS);
+        let first = client.write_all(payload.clone());
+        sleep(Duration::from_millis(5)).await?;
+        assert!(
+            first.cancel(),
+            "more than the kernel holds cannot be out yet"
+        );
+        let received = read_to_end(server);
+        AsyncWriteExt::flush(&mut client).await?;
+        AsyncWriteExt::write_all(&mut client, b"tail").await?;
+        AsyncWriteExt::close(&mut client).await?;
+        let mut expected = payload;
+        expected.extend_from_slice(b"tail");
+        assert!(received.await? == expected, "bytes lost or moved");
+        Ok(())
+    })
+}
+
 #[test]
 fn clones_share_the_connection_and_its_buffer() {
     run(async {

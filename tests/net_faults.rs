@@ -166,6 +166,53 @@ fn write_to_reset_peer_with_default_sigpipe() {
     report(format!("rejected {kind:?}"));
 }
 
+/// The same through the `futures-io` trait, whose `poll_write` writes the caller's
+/// buffer itself, outside the write queue.
+#[test]
+fn a_trait_write_to_a_reset_peer_is_an_error_even_where_sigpipe_is_not_ignored() {
+    let output = child::command("sigpipe-trait")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_child_said(&output, "child: rejected");
+}
+
+fn trait_write_to_reset_peer_with_default_sigpipe() {
+    use futures::io::AsyncWriteExt;
+    // SAFETY: as in `write_to_reset_peer_with_default_sigpipe`.
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    unsafe { signal(13, 0) }; // SIGPIPE, SIG_DFL
+    let kinds = run(async {
+        let (mut stream, peer) = pair_with_std_peer().await?;
+        AsyncWriteExt::write_all(&mut stream, b"first").await?;
+        peer.peek(&mut [0; 1])?; // it arrived, unread: closing resets
+        drop(peer);
+        let mut kinds = Vec::new();
+        for _ in 0..100 {
+            match AsyncWriteExt::write_all(&mut stream, &[b'x'; 64 * 1024]).await {
+                Ok(()) => thenable::sleep(std::time::Duration::from_millis(1)).await?,
+                Err(e) => {
+                    kinds.push(e.kind());
+                    if kinds.len() == 2 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(kinds)
+    });
+    assert_eq!(kinds.len(), 2, "writes to a reset peer kept succeeding");
+    for kind in &kinds {
+        assert!(
+            matches!(kind, ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+            "{kind:?}"
+        );
+    }
+    report(format!("rejected {kinds:?}"));
+}
+
 // ---------------------------------------------------------------------------
 // Standard input with no limit
 // ---------------------------------------------------------------------------
@@ -282,6 +329,79 @@ fn accept_while_out_of_descriptors() {
     report(format!("the timer ran after {errors} accept errors"));
 }
 
+/// The same for a server that calls `accept()` in a loop and skips its errors (the
+/// loop of the module's example, and of every tokio server): each promise rejects
+/// at once, the next `accept()` meets the same queued connection, and the loop's
+/// other work (the timer) must still get its turn.
+#[test]
+fn accept_promises_failing_for_want_of_descriptors_let_the_loop_run() {
+    let output = child::command("emfile-accept")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_child_said(&output, "child: the timer ran");
+}
+
+/// Lowers the descriptor limit so that one is left; returns what holds the rest.
+fn use_up_descriptors() -> Vec<std::fs::File> {
+    #[repr(C)]
+    struct Rlimit {
+        current: u64,
+        max: u64,
+    }
+    extern "C" {
+        fn getrlimit(resource: i32, limit: *mut Rlimit) -> i32;
+        fn setrlimit(resource: i32, limit: *const Rlimit) -> i32;
+    }
+    const RLIMIT_NOFILE: i32 = 7;
+    let mut limit = Rlimit { current: 0, max: 0 };
+    // SAFETY: C library calls with the layout of `struct rlimit` on 64-bit Linux.
+    assert_eq!(unsafe { getrlimit(RLIMIT_NOFILE, &mut limit) }, 0);
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    limit.current = open + 8;
+    assert_eq!(unsafe { setrlimit(RLIMIT_NOFILE, &limit) }, 0);
+    let mut hoard = Vec::new();
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        hoard.push(file);
+    }
+    hoard
+}
+
+fn accept_promises_while_out_of_descriptors() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    /// As in `accept_while_out_of_descriptors`.
+    const STARVED: usize = 10_000;
+
+    let fired = Arc::new(AtomicBool::new(false));
+    let errors = run(async {
+        let listener = thenable::net::TcpListener::bind("127.0.0.1:0")?;
+        let _waiting = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let hoard = use_up_descriptors();
+        thenable::set_timeout(std::time::Duration::ZERO, {
+            let fired = fired.clone();
+            move || fired.store(true, Ordering::SeqCst)
+        });
+        let mut errors = 0;
+        loop {
+            match listener.accept().await {
+                Ok(_) => panic!("accepted with no descriptor to spare"),
+                Err(_) => errors += 1, // logged and skipped, as servers do
+            }
+            if fired.load(Ordering::SeqCst) || errors == STARVED {
+                break;
+            }
+        }
+        drop(hoard);
+        Ok(errors)
+    });
+    assert!(
+        fired.load(Ordering::SeqCst),
+        "{errors} accept errors in a row and the loop never ran its timer"
+    );
+    report(format!("the timer ran after {errors} accept errors"));
+}
+
 /// Not a test of its own: the entry point of the child processes the tests above
 /// start. Run by the test harness without the variable, it does nothing.
 #[test]
@@ -291,8 +411,10 @@ fn child_process_entry_point() {
     };
     match mode.as_str() {
         "sigpipe" => write_to_reset_peer_with_default_sigpipe(),
+        "sigpipe-trait" => trait_write_to_reset_peer_with_default_sigpipe(),
         "stdin-no-limit" => read_stdin_without_a_limit(),
         "emfile" => accept_while_out_of_descriptors(),
+        "emfile-accept" => accept_promises_while_out_of_descriptors(),
         other => panic!("unknown child mode {other}"),
     }
 }
