@@ -559,6 +559,83 @@ fn finally_panics_on_a_cancelled_promise() {
     assert!(after.is_cancelled());
 }
 
+/// Runs a `block_on` when dropped, as a guard that flushes before it goes might,
+/// and keeps what it returned.
+struct BlocksOnWhenDropped(Arc<Mutex<Option<Result<i32, String>>>>);
+
+impl Drop for BlocksOnWhenDropped {
+    fn drop(&mut self) {
+        let outcome = thenable::block_on(async {
+            // A task, a timer, and a reaction: each wakes whoever waits on it
+            // through the queues of the loop the `block_on` runs.
+            let slept = spawn(async {
+                sleep(Duration::from_millis(1)).await?;
+                Ok::<_, Error>(3)
+            });
+            Promise::<i32>::resolved(slept.await?).map(|v| v + 1).await
+        });
+        *self.0.lock().unwrap() = Some(outcome.map_err(|e| e.to_string()));
+    }
+}
+
+#[test]
+fn a_block_on_in_a_destructor_run_by_a_loop_s_drop_completes() {
+    within_for(HANG, || {
+        let outcome = Arc::new(Mutex::new(None));
+        let event_loop = EventLoop::new();
+        let guard = BlocksOnWhenDropped(outcome.clone());
+        // A task that never finishes: the loop's drop drops its future, and the
+        // guard with it. The reactions of the `block_on` that runs then must not
+        // be abandoned with the loop being dropped (it waited for ever).
+        drop(spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok::<_, Error>(())
+        }));
+        event_loop.run().unwrap();
+        drop(event_loop);
+        assert_eq!(*outcome.lock().unwrap(), Some(Ok(4)));
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The unhandled-rejection hook
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_unhandled_rejection_hook_that_panics_is_contained_and_sees_every_rejection() {
+    within(|| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        thenable::set_unhandled_rejection_hook(move |e: &Error| {
+            log.lock().unwrap().push(e.to_string());
+            panic!("{MARK} the hook");
+        });
+        let lost = |what: &'static str| Promise::<i32>::rejected(Error::msg(what)).map(|v| v);
+        // Both rejections are found unhandled at the end of the same drain: the
+        // first report's panic must neither leave `run` nor skip the second.
+        let event_loop = EventLoop::new();
+        let (_a, _b) = (lost("a"), lost("b"));
+        let run = catch_unwind(AssertUnwindSafe(|| event_loop.run()));
+        assert!(
+            matches!(run, Ok(Ok(()))),
+            "the hook's panic unwound out of `run`"
+        );
+        // `block_on` finishes its future, as if the hook had not panicked.
+        let blocked = catch_unwind(AssertUnwindSafe(|| {
+            event_loop.block_on(async move {
+                drop(lost("c"));
+                sleep(Duration::from_millis(1)).await?;
+                Ok::<_, Error>(7)
+            })
+        }));
+        thenable::reset_unhandled_rejection_hook();
+        let blocked = blocked.expect("the hook's panic unwound out of `block_on`");
+        assert_eq!(blocked.unwrap(), 7);
+        assert_eq!(*seen.lock().unwrap(), ["a", "b", "c"]);
+    });
+}
+
 #[test]
 fn child_process_entry_point() {
     let Some(mode) = child::mode() else {

@@ -264,7 +264,10 @@ pub(crate) fn report_unhandled(error: &crate::Error) {
         .ok()
         .flatten();
     match hook {
-        Some(hook) => hook(error),
+        // A hook that panics is reported as any callback of the loop is: unwound,
+        // it would leave `run` (or `block_on`, or a foreign executor's poll) and
+        // drop the other rejections of the drain unreported.
+        Some(hook) => contained("the unhandled-rejection hook", || hook(error)),
         None => eprintln!("thenable: unhandled rejection: {error}"),
     }
 }
@@ -363,37 +366,52 @@ fn default_loop(default: &mut Option<EventLoop>) -> Rc<Local> {
 }
 
 pub(crate) fn register_created(local: &Rc<Local>) {
-    let _ = CONTEXT.try_with(|cx| cx.created.borrow_mut().push(Rc::downgrade(local)));
+    let _ = CONTEXT.try_with(|cx| {
+        let mut created = cx.created.borrow_mut();
+        // `newest_created` drops only the gone loops at the end of the list, and
+        // only when asked, which a thread running each job on a loop of its own
+        // (`EventLoop::new().block_on(..)`) never is: each would keep its `Weak`
+        // (and so the loop's allocation) for ever, and every search would grow.
+        created.retain(|weak| weak.strong_count() > 0);
+        created.push(Rc::downgrade(local));
+    });
 }
 
 /// Marks `local` as the loop running on this thread for the duration of `f`;
 /// `Err(())` if a loop is already running here.
 pub(crate) fn enter<R>(local: &Rc<Local>, f: impl FnOnce() -> R) -> Result<R, ()> {
-    CONTEXT.with(|cx| {
+    // A loop run by a destructor that another loop's teardown runs (a value whose
+    // `drop` calls `block_on`) is a loop like any other: its reactions are queued,
+    // not buried with the loop being torn down (they would never wake it, and it
+    // would wait for ever). What was buried so far is put back when it returns.
+    let buried = CONTEXT.with(|cx| {
         let mut running = cx.running.borrow_mut();
         if running.is_some() {
             return Err(());
         }
         *running = Some(local.clone());
         local.shared.set_driven(true);
-        Ok(())
+        Ok(cx.graveyard.borrow_mut().take())
     })?;
     if local.shared.is_kept_alive() {
         // Its resolvers no longer count as undriven for other loops' `block_on`:
         // one that waits only for them must re-check.
         orphans::notify_driven_loops();
     }
-    struct Exit;
+    struct Exit(Option<Vec<Arc<dyn Runnable>>>);
     impl Drop for Exit {
         fn drop(&mut self) {
             let _ = CONTEXT.try_with(|cx| {
                 if let Some(local) = cx.running.borrow_mut().take() {
                     local.shared.set_driven(false);
                 }
+                if let Some(buried) = self.0.take() {
+                    *cx.graveyard.borrow_mut() = Some(buried);
+                }
             });
         }
     }
-    let _exit = Exit;
+    let _exit = Exit(buried);
     Ok(f())
 }
 
@@ -497,4 +515,29 @@ pub(crate) fn others_idle(here: u64) -> bool {
                 .any(|local| local.shared.id != here && local.has_ready_work())
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CONTEXT;
+    use crate::{Error, EventLoop};
+
+    #[test]
+    fn loops_made_and_dropped_one_after_another_are_not_remembered() {
+        // A thread that runs each job on a fresh loop (`EventLoop::new().block_on`)
+        // never asks for its newest loop outside them: the list of its loops must
+        // still not keep one entry (and the freed loop's allocation) per loop made.
+        std::thread::spawn(|| {
+            let older = EventLoop::new();
+            for n in 0..100 {
+                let out = EventLoop::new().block_on(async move { Ok::<_, Error>(n) });
+                assert_eq!(out.unwrap(), n);
+            }
+            let remembered = CONTEXT.with(|cx| cx.created.borrow().len());
+            assert!(remembered <= 2, "{remembered} loops remembered, 1 alive");
+            drop(older);
+        })
+        .join()
+        .unwrap();
+    }
 }

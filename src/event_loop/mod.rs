@@ -610,7 +610,8 @@ pub(crate) fn clear_timer_on_its_loop(id: TimerId) {
 /// drain in which they happened, on this thread (Node.js's `unhandledRejection`).
 /// The default writes one line to stderr. Cancellations are never reported, nor
 /// is cancellation travelling on: a combinator rejected because an input was
-/// cancelled elsewhere, and that rejection passed on untouched.
+/// cancelled elsewhere, and that rejection passed on untouched. A hook that
+/// panics is reported on stderr, as a handler's panic is, and the loop goes on.
 ///
 /// ```
 /// use std::cell::RefCell;
