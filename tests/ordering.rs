@@ -909,6 +909,136 @@ fn finally_costs_what_native_finally_costs_on_both_outcomes() {
     );
 }
 
+// `finally` on a promise that settles later, inside a microtask: the callback
+// runs one tick after the settle, the outcome three ticks after the callback.
+//
+// const log = [];
+// let r; const p = new Promise((x) => { r = x; });
+// p.finally(() => log.push('fin')).then((v) => log.push('after ' + v));
+// Promise.resolve().then(() => log.push('d1')).then(() => log.push('d2'))...('d6');
+// Promise.resolve().then(() => { log.push('settle'); r(1); });
+//
+// node: ["d1","settle","d2","fin","d3","d4","d5","after 1","d6"]
+#[test]
+fn finally_on_a_promise_settled_in_a_microtask_costs_what_native_finally_costs() {
+    let event_loop = EventLoop::new();
+    let log = Log::default();
+    let (p, r) = Promise::<i32>::pending();
+    let l = log.clone();
+    let _f = p.finally(log.call("fin")).then(move |v| {
+        l.push(format!("after {v}"));
+        Ok(())
+    });
+    let _c = chain(&log, &["d1", "d2", "d3", "d4", "d5", "d6"]);
+    let l = log.clone();
+    let _s = Promise::<()>::resolved(()).then(move |()| {
+        l.push("settle");
+        assert!(r.resolve(1));
+        Ok(())
+    });
+    event_loop.run().unwrap();
+    assert_eq!(
+        log.entries(),
+        ["d1", "settle", "d2", "fin", "d3", "d4", "d5", "after 1", "d6"]
+    );
+}
+
+// `resolve_with` a promise that is still pending: the follower settles two
+// ticks after the followed promise does (one to forward, one for its handler).
+//
+// const log = [];
+// let ro, ri;
+// const outer = new Promise((r) => { ro = r; });
+// const inner = new Promise((r) => { ri = r; });
+// outer.then((x) => log.push('outer ' + x));
+// ro(inner);
+// Promise.resolve().then(() => log.push('a1'))...then(() => log.push('a6'));
+// Promise.resolve().then(() => { log.push('resolve inner'); ri(3); });
+//
+// node: ["a1","resolve inner","a2","a3","outer 3","a4","a5","a6"]
+#[test]
+fn resolve_with_a_pending_promise_settles_as_native_adoption_does() {
+    let event_loop = EventLoop::new();
+    let log = Log::default();
+    let (outer, resolve_outer) = Promise::<i32>::pending();
+    let (inner, resolve_inner) = Promise::<i32>::pending();
+    let l = log.clone();
+    let _o = outer.then(move |x| {
+        l.push(format!("outer {x}"));
+        Ok(())
+    });
+    assert!(resolve_outer.resolve_with(inner));
+    let _c = chain(&log, &["a1", "a2", "a3", "a4", "a5", "a6"]);
+    let l = log.clone();
+    let _s = Promise::<()>::resolved(()).then(move |()| {
+        l.push("resolve inner");
+        assert!(resolve_inner.resolve(3));
+        Ok(())
+    });
+    event_loop.run().unwrap();
+    assert_eq!(
+        log.entries(),
+        [
+            "a1",
+            "resolve inner",
+            "a2",
+            "a3",
+            "outer 3",
+            "a4",
+            "a5",
+            "a6"
+        ]
+    );
+}
+
+// Adoption two levels deep: a promise following one that follows a settled
+// promise, and a handler returning a promise that follows a settled one.
+//
+// const log = [];
+// let ro, rm;
+// const outer = new Promise((r) => { ro = r; });
+// const mid = new Promise((r) => { rm = r; });
+// outer.then((x) => log.push('outer ' + x));
+// ro(mid); rm(Promise.resolve(9));
+// Promise.resolve().then(() => { let r; const p = new Promise((x) => { r = x; });
+//   r(Promise.resolve(4)); return p; }).then((x) => log.push('h ' + x));
+// Promise.resolve().then(() => log.push('b1'))...then(() => log.push('b7'));
+//
+// node (each on its own): ["b1","b2","b3","outer 9","b4",...]
+//                         ["b1","b2","b3","b4","h 4","b5",...]
+// together: ["b1","b2","b3","outer 9","b4","h 4","b5","b6","b7"]
+#[test]
+fn adoption_two_levels_deep_costs_what_native_adoption_costs() {
+    let event_loop = EventLoop::new();
+    let log = Log::default();
+    let (outer, resolve_outer) = Promise::<i32>::pending();
+    let (mid, resolve_mid) = Promise::<i32>::pending();
+    let l = log.clone();
+    let _o = outer.then(move |x| {
+        l.push(format!("outer {x}"));
+        Ok(())
+    });
+    assert!(resolve_outer.resolve_with(mid));
+    assert!(resolve_mid.resolve_with(Promise::resolved(9)));
+    let l = log.clone();
+    let _h = Promise::<()>::resolved(())
+        .then(|()| {
+            let (p, r) = Promise::<i32>::pending();
+            assert!(r.resolve_with(Promise::resolved(4)));
+            p
+        })
+        .then(move |x| {
+            l.push(format!("h {x}"));
+            Ok(())
+        });
+    let _c = chain(&log, &["b1", "b2", "b3", "b4", "b5", "b6", "b7"]);
+    event_loop.run().unwrap();
+    assert_eq!(
+        log.entries(),
+        ["b1", "b2", "b3", "outer 9", "b4", "h 4", "b5", "b6", "b7"]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Spawned tasks
 // ---------------------------------------------------------------------------

@@ -199,6 +199,74 @@ fn a_rejection_handled_only_by_the_next_timer_callback_is_reported_once() {
     });
 }
 
+// Where adoption and `finally` meet unhandled-rejection reports: a panicking
+// `finally` callback rejects at once (JavaScript's `throw` in it), a follower of
+// a rejected promise takes the rejection in two ticks and handles it for the
+// followed one, and the reports come after the drain, each once, for the
+// promise at the end of the chain only:
+//
+// process.on('unhandledRejection', (e) => log.push('unhandled ' + e.message));
+// Promise.resolve(1).finally(() => { throw new Error('x'); })
+//   .catch((e) => log.push('caught'));
+// { let ro; const outer = new Promise((r) => { ro = r; });
+//   outer.catch((e) => log.push('outer ' + e.message)); ro(Promise.reject(new Error('r'))); }
+// Promise.resolve().then(() => log.push('g1'))...then(() => log.push('g5'));
+// { let ro; const lone = new Promise((r) => { ro = r; }); ro(Promise.reject(new Error('lone'))); }
+// Promise.reject(new Error('a')).then(() => {}).then(() => {});
+//
+// Node.js: ["g1","caught","g2","outer r","g3","g4","g5","unhandled lone","unhandled a"]
+#[test]
+fn adoption_finally_and_unhandled_reports_interleave_as_in_node() {
+    let order = within(|| {
+        let event_loop = EventLoop::new();
+        let log = common::Log::default();
+        let l = log.clone();
+        thenable::set_unhandled_rejection_hook(move |e| l.push(format!("unhandled {e}")));
+        let l = log.clone();
+        let _f = Promise::<i32>::resolved(1)
+            .finally(|| panic!("x"))
+            .catch(move |e| {
+                assert!(e.is_panic());
+                l.push("caught");
+                Ok(0)
+            });
+        let (outer, resolve_outer) = Promise::<i32>::pending();
+        let l = log.clone();
+        let _o = outer.catch(move |e| {
+            l.push(format!("outer {e}"));
+            Ok(0)
+        });
+        assert!(resolve_outer.resolve_with(Promise::rejected(Error::msg("r"))));
+        let mut chain = Promise::<()>::resolved(());
+        for event in ["g1", "g2", "g3", "g4", "g5"] {
+            chain = chain.then(logs(&log, event));
+        }
+        let (lone, resolve_lone) = Promise::<i32>::pending();
+        assert!(resolve_lone.resolve_with(Promise::rejected(Error::msg("lone"))));
+        let _a = Promise::<i32>::rejected(Error::msg("a"))
+            .then(|_| Ok(()))
+            .then(|_| Ok(()));
+        event_loop.run().unwrap();
+        drop((lone, chain));
+        thenable::reset_unhandled_rejection_hook();
+        log.entries()
+    });
+    assert_eq!(
+        order,
+        [
+            "g1",
+            "caught",
+            "g2",
+            "outer r",
+            "g3",
+            "g4",
+            "g5",
+            "unhandled lone",
+            "unhandled a"
+        ]
+    );
+}
+
 // Pass-through and two-handler forms, a resolver following a promise rejected
 // after it was told to, and `finally` on a rejection, interleaved:
 //
