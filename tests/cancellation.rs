@@ -319,3 +319,22 @@ fn timers_of_any_length_are_clamped_not_a_panic() {
         assert!(!fired.get());
     });
 }
+
+#[test]
+fn finally_with_on_a_cancelled_promise_runs_its_callback_and_stays_cancelled() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let ran = Counter::default();
+        let (p, _r) = Promise::<i32>::pending();
+        let c = ran.clone();
+        let child = p.clone().finally_with(move || {
+            c.bump();
+            // Not waited for: the child is cancelled, and takes no outcome.
+            Promise::<()>::pending().0
+        });
+        assert!(p.cancel());
+        event_loop.run().unwrap();
+        assert_eq!(ran.get(), 1);
+        assert!(child.is_cancelled());
+    });
+}

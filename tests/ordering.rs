@@ -1336,3 +1336,76 @@ fn tasks_and_handlers_waiting_on_one_promise_resume_in_attach_order() {
         ]
     );
 }
+
+// `finally_with`: a callback returning a promise holds the outcome back until
+// it settles, and its rejection replaces the outcome, in V8's ticks.
+//
+// const log = [];
+// let rw; const w = new Promise((x) => { rw = x; });
+// Promise.resolve(1).finally(() => { log.push('fin'); return w; })
+//   .then((v) => log.push('after ' + v));
+// Promise.reject(new Error('e'))
+//   .finally(() => { log.push('fin2'); return Promise.reject(new Error('cleanup')); })
+//   .catch((e) => log.push('caught ' + e.message));
+// Promise.resolve().then(() => log.push('d1'))...then(() => log.push('d8'));
+// Promise.resolve().then(() => {}).then(() => {}).then(() => { log.push('resolve w'); rw(); });
+//
+// node: ["fin","fin2","d1","d2","d3","resolve w","caught cleanup","d4","d5","d6",
+//        "after 1","d7","d8"]
+#[test]
+fn finally_with_waits_for_the_callback_s_promise_as_native_finally_does() {
+    let event_loop = EventLoop::new();
+    let log = Log::default();
+    let (w, resolve_w) = Promise::<()>::pending();
+    let l = log.clone();
+    let fin = log.clone();
+    let _a = Promise::<i32>::resolved(1)
+        .finally_with(move || {
+            fin.push("fin");
+            w
+        })
+        .then(move |v| {
+            l.push(format!("after {v}"));
+            Ok(())
+        });
+    let l = log.clone();
+    let fin = log.clone();
+    let _b = Promise::<i32>::rejected(Error::msg("e"))
+        .finally_with(move || {
+            fin.push("fin2");
+            Promise::<()>::rejected(Error::msg("cleanup"))
+        })
+        .catch(move |e| {
+            l.push(format!("caught {e}"));
+            Ok(0)
+        });
+    let _c = chain(&log, &["d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8"]);
+    let l = log.clone();
+    let _s = Promise::<()>::resolved(())
+        .then(|()| Ok(()))
+        .then(|()| Ok(()))
+        .then(move |()| {
+            l.push("resolve w");
+            assert!(resolve_w.resolve(()));
+            Ok(())
+        });
+    event_loop.run().unwrap();
+    assert_eq!(
+        log.entries(),
+        [
+            "fin",
+            "fin2",
+            "d1",
+            "d2",
+            "d3",
+            "resolve w",
+            "caught cleanup",
+            "d4",
+            "d5",
+            "d6",
+            "after 1",
+            "d7",
+            "d8"
+        ]
+    );
+}

@@ -457,40 +457,84 @@ where
     where
         F: FnOnce() + Send + 'static,
     {
-        // JavaScript's `finally` is `then(() => Promise.resolve(f()).then(() =>
-        // outcome))`: the same adoption, so that the ticks match.
-        let pass_on = |passed: Next<T, E>| {
-            Next::Adopt(
-                Promise::<(), E>::resolved(()).chain(move |input| match input {
-                    Input::Fulfilled(()) => passed,
-                    Input::Rejected(error) => unused(passed, Next::Settled(Err(error))),
-                    Input::Quiet(error) => unused(passed, Next::Quiet(error)),
-                    Input::Cancelled => unused(passed, Next::Cancelled),
-                    Input::Abandoned => broken(),
-                }),
-            )
+        self.finally_next(move || {
+            on_settled();
+            Next::Settled(Ok(()))
+        })
+    }
+
+    /// [`finally`](Self::finally) with a callback that returns a promise (or a
+    /// `Result`), as a JavaScript `finally` callback may: the outcome passes on
+    /// once that promise fulfils, and its rejection (or an `Err`) replaces the
+    /// outcome, as a `throw` in the callback does in JavaScript. The ticks are
+    /// V8's, as for `finally`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use thenable::{sleep, Error, Promise};
+    ///
+    /// // Waits for the cleanup before passing the value on.
+    /// let p = Promise::<i32>::resolved(7).finally_with(|| sleep(Duration::from_millis(1)));
+    /// assert_eq!(thenable::block_on(p).unwrap(), 7);
+    ///
+    /// // A cleanup that fails replaces the outcome.
+    /// let p = Promise::<i32>::resolved(7).finally_with(|| Err(Error::msg("close failed")));
+    /// assert_eq!(thenable::block_on(p).unwrap_err().to_string(), "close failed");
+    /// ```
+    pub fn finally_with<F, P>(self, on_settled: F) -> Promise<T, E>
+    where
+        F: FnOnce() -> P + Send + 'static,
+        P: IntoPromise<(), E>,
+    {
+        self.finally_next(move || on_settled().into_next())
+    }
+
+    /// `finally` and `finally_with`: JavaScript's `finally(f)` is
+    /// `then(v => Promise.resolve(f()).then(() => v), ...)`, the same adoption,
+    /// so that the ticks match.
+    fn finally_next<F>(self, on_settled: F) -> Promise<T, E>
+    where
+        F: FnOnce() -> Next<(), E> + Send + 'static,
+    {
+        let pass_on = |after: Next<(), E>, passed: Next<T, E>| {
+            let after = match after {
+                Next::Settled(Ok(())) => Promise::<(), E>::resolved(()),
+                Next::Settled(Err(error)) => Promise::rejected(error),
+                Next::Adopt(promise) => promise,
+                // Not made by a callback's `into_next`; kept whole all the same.
+                Next::Quiet(error) => return unused(passed, Next::Quiet(error)),
+                Next::Cancelled => return unused(passed, Next::Cancelled),
+            };
+            Next::Adopt(after.chain(move |input| match input {
+                Input::Fulfilled(()) => passed,
+                Input::Rejected(error) => unused(passed, Next::Settled(Err(error))),
+                Input::Quiet(error) => unused(passed, Next::Quiet(error)),
+                Input::Cancelled => unused(passed, Next::Cancelled),
+                Input::Abandoned => broken(),
+            }))
+        };
+        // A panic in the callback rejects, as a `throw` does; what it would have
+        // passed on is dropped then.
+        let run = move |on_settled: F, passed: Next<T, E>| match catch_unwind(AssertUnwindSafe(
+            on_settled,
+        )) {
+            Ok(after) => pass_on(after, passed),
+            Err(payload) => unused(passed, Next::Settled(Err(E::from(Error::panic(payload))))),
         };
         self.chain(move |input| match input {
-            Input::Fulfilled(value) => guarded(|| {
-                on_settled();
-                pass_on(Next::Settled(Ok(value)))
-            }),
-            Input::Rejected(error) => guarded(|| {
-                on_settled();
-                pass_on(Next::Settled(Err(error)))
-            }),
-            Input::Quiet(error) => guarded(|| {
-                on_settled();
-                pass_on(Next::Quiet(error))
-            }),
-            // A cancelled child takes no rejection: a panic is reported instead.
-            Input::Cancelled => {
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(on_settled)) {
+            Input::Fulfilled(value) => run(on_settled, Next::Settled(Ok(value))),
+            Input::Rejected(error) => run(on_settled, Next::Settled(Err(error))),
+            Input::Quiet(error) => run(on_settled, Next::Quiet(error)),
+            // A cancelled child takes no rejection: a panic is reported instead,
+            // and a promise the callback returns is not waited for.
+            Input::Cancelled => match catch_unwind(AssertUnwindSafe(on_settled)) {
+                Ok(after) => unused(after, Next::Cancelled),
+                Err(payload) => {
                     crate::event_loop::report_panic("a finally callback", &*payload);
+                    Next::Cancelled
                 }
-                Next::Cancelled
-            }
-            Input::Abandoned => broken(),
+            },
+            Input::Abandoned => unused(on_settled, broken()),
         })
     }
 
