@@ -814,6 +814,10 @@ impl TcpStream {
     /// handle goes first. (A promise dropped without cancelling keeps its task,
     /// and the task keeps the connection open until the bytes are out.)
     ///
+    /// Once `shutdown(Write)` (or `Both`, or the `futures-io` `close`) was called
+    /// on any handle, even before the end of the stream went out, the promise is
+    /// rejected at once with `ErrorKind::BrokenPipe` and nothing is queued.
+    ///
     /// ```
     /// use thenable::net::{TcpListener, TcpStream};
     ///
@@ -830,8 +834,11 @@ impl TcpStream {
     /// # Ok::<_, thenable::Error>(())
     /// ```
     pub fn write_all(&self, data: impl Into<Vec<u8>>) -> Promise<()> {
-        let end = self.shared.buffers.lock().outbound.push(data.into());
-        self.send_queued_until(end)
+        let queued = self.shared.buffers.lock().outbound.push(data.into());
+        match queued {
+            Ok(end) => self.send_queued_until(end),
+            Err(e) => Promise::rejected(e.into()),
+        }
     }
 
     /// Fulfils once everything queued so far was handed to the kernel. (There is
@@ -871,9 +878,15 @@ impl TcpStream {
     }
 
     /// Shuts down the reading half, the writing half, or both. Shutting down
-    /// writing first sends everything queued, then tells the peer no more is
-    /// coming (it reads the end of the stream) while it can still send to us: a
-    /// half-close.
+    /// writing first sends everything queued when it was called, then tells the
+    /// peer no more is coming (it reads the end of the stream) while it can still
+    /// send to us: a half-close.
+    ///
+    /// From the call on, writes on every handle of the connection reject at once
+    /// with `ErrorKind::BrokenPipe` (Node.js's "write after end"), so nothing
+    /// written meanwhile can slip in before the end or keep it waiting. That holds
+    /// even if this promise is cancelled: the queued bytes then go out with a
+    /// later [`flush`](Self::flush), but the end of the stream does not.
     ///
     /// ```
     /// use std::net::Shutdown;
@@ -886,6 +899,9 @@ impl TcpStream {
     ///     let (server, _) = listener.accept().await?;
     ///     let _ = client.write_all("question");
     ///     client.shutdown(Shutdown::Write).await?;
+    ///     let late = client.write_all("more").await.unwrap_err();
+    ///     let kind = late.downcast_ref::<std::io::Error>().unwrap().kind();
+    ///     assert_eq!(kind, std::io::ErrorKind::BrokenPipe); // write after end
     ///     assert_eq!(server.read_exact(8).await?, b"question");
     ///     assert!(server.read(10).await?.is_empty()); // the client is done sending
     ///     server.write_all("answer").await?; // but still reads
@@ -895,12 +911,14 @@ impl TcpStream {
     /// # Ok::<_, thenable::Error>(())
     /// ```
     pub fn shutdown(&self, how: Shutdown) -> Promise<()> {
+        // Taken now, not when the task runs: what other handles queue meanwhile
+        // is rejected, so it cannot slip in before the end or keep it waiting.
+        let end = (how != Shutdown::Read).then(|| self.shared.buffers.lock().outbound.end());
         let shared = self.shared.clone();
         spawn(async move {
-            if how != Shutdown::Read {
+            if let Some(end) = end {
                 shared
                     .io(Direction::Write, |buffers, socket| {
-                        let end = buffers.outbound.queued_end();
                         buffers.outbound.send_until(NoSigPipe(socket), end)
                     })
                     .await?;
@@ -1148,6 +1166,7 @@ impl AsyncWrite for TcpStream {
             cx,
             &mut this.trait_waits.write,
             &mut |buffers, mut socket| {
+                buffers.outbound.check_open()?;
                 let end = buffers.outbound.queued_end();
                 buffers.outbound.send_until(NoSigPipe(socket), end)?;
                 socket.write(buf)
@@ -1164,10 +1183,20 @@ impl AsyncWrite for TcpStream {
             })
     }
 
-    /// Sends what is queued, then shuts down the writing half.
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.as_mut().poll_flush(cx))?;
-        Poll::Ready(self.shared.socket.get_ref().shutdown(Shutdown::Write))
+    /// Sends what was queued when it was first polled, then shuts down the
+    /// writing half, as [`TcpStream::shutdown`] does: writes on any handle after
+    /// that first poll fail with `BrokenPipe`.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // Ending is idempotent: once ended the queue cannot grow, so a later poll
+        // takes the same end as the first one.
+        let end = this.shared.buffers.lock().outbound.end();
+        ready!(this
+            .shared
+            .poll_io(cx, &mut this.trait_waits.write, &mut |buffers, socket| {
+                buffers.outbound.send_until(NoSigPipe(socket), end)
+            }))?;
+        Poll::Ready(this.shared.socket.get_ref().shutdown(Shutdown::Write))
     }
 }
 
@@ -1295,15 +1324,37 @@ struct WriteQueue {
     front_sent: usize,
     queued_end: u64,
     sent_end: u64,
+    /// Set by a shutdown of the writing half: nothing more may be queued.
+    ended: bool,
 }
 
 impl WriteQueue {
-    /// Queues `data`; returns the position its last byte ends at.
-    fn push(&mut self, data: Vec<u8>) -> u64 {
+    /// Queues `data`; returns the position its last byte ends at. Fails with
+    /// `BrokenPipe` once [`end`](Self::end) was called.
+    fn push(&mut self, data: Vec<u8>) -> io::Result<u64> {
+        self.check_open()?;
         if !data.is_empty() {
             self.queued_end += data.len() as u64;
             self.chunks.push_back(data);
         }
+        Ok(self.queued_end)
+    }
+
+    /// `BrokenPipe` once [`end`](Self::end) was called (Node.js's "write after end").
+    fn check_open(&self) -> io::Result<()> {
+        if self.ended {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the writing half was shut down",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Closes the queue to new writes; returns where the last byte to send before
+    /// the end of the stream ends (the same on every call).
+    fn end(&mut self) -> u64 {
+        self.ended = true;
         self.queued_end
     }
 
@@ -1520,8 +1571,8 @@ mod tests {
             }
         }
         let mut queue = WriteQueue::default();
-        let first = queue.push(b"abcd".to_vec());
-        let second = queue.push(b"efghij".to_vec());
+        let first = queue.push(b"abcd".to_vec()).unwrap();
+        let second = queue.push(b"efghij".to_vec()).unwrap();
         let mut out = Trickle(Vec::new());
         queue.send_until(&mut out, first).unwrap();
         assert!(out.0.starts_with(b"abcd"));

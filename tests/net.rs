@@ -840,6 +840,102 @@ fn trait_writes_and_flushes_send_a_cancelled_write_first() {
     })
 }
 
+/// Queues a write on `writer` at every turn of the loop, never waiting for one to
+/// finish, until `stop` is set (or a generous cap, so that a bug cannot make it
+/// write for ever); returns the promises of its writes.
+fn write_on_every_turn(
+    writer: TcpStream,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Promise<Vec<Promise<()>>> {
+    spawn(async move {
+        let mut writes = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) && writes.len() < 10_000 {
+            writes.push(writer.write_all(vec![b'!'; 64 * 1024]));
+            sleep(Duration::ZERO).await?;
+        }
+        Ok(writes)
+    })
+}
+
+/// `shutdown(Write)` sends what was queued when it was called, then the end of
+/// the stream: a writer on another handle that keeps writing while the shutdown
+/// waits for room neither delays it nor gets its bytes in; each of its writes
+/// after the call rejects at once with `BrokenPipe` (Node.js: "write after end").
+#[test]
+fn shutdown_sends_what_was_queued_when_called_and_later_writes_reject_at_once() {
+    run(async {
+        let (client, server) = connected_pair().await?;
+        let writer = client.clone();
+        let payload = letters_and_lines(MORE_THAN_THE_KERNEL_HOLDS);
+        let sent = client.write_all(payload.clone());
+        let before = writer.write_all("queued before the shutdown");
+        let closed = client.shutdown(Shutdown::Write);
+        let after = writer.write_all("queued after the shutdown");
+        assert!(after.is_rejected(), "a write after shutdown must not wait");
+        assert_eq!(kind_of(&after.await.unwrap_err()), ErrorKind::BrokenPipe);
+        // Nothing has been read: the kernel cannot hold it all, so the shutdown
+        // necessarily still waits for room (a state, not a timing).
+        sleep(Duration::from_millis(5)).await?;
+        assert!(closed.is_pending());
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy = write_on_every_turn(writer.clone(), stop.clone());
+        let received = read_to_end(server);
+        closed.await?;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let busy_writes = busy.await?;
+        assert!(!busy_writes.is_empty(), "the busy writer never ran");
+        for write in busy_writes {
+            assert!(write.is_rejected(), "a write after shutdown must not wait");
+            assert_eq!(kind_of(&write.await.unwrap_err()), ErrorKind::BrokenPipe);
+        }
+        sent.await?;
+        before.await?;
+        let mut expected = payload;
+        expected.extend_from_slice(b"queued before the shutdown");
+        assert!(received.await? == expected, "bytes lost, moved or added");
+        Ok(())
+    })
+}
+
+/// The trait twin: `poll_close` sends what was queued when it was first polled,
+/// and a `poll_write` on any handle after that fails with `BrokenPipe` at once.
+#[test]
+fn close_sends_what_was_queued_when_called_and_later_trait_writes_fail() {
+    run(async {
+        let (mut client, server) = connected_pair().await?;
+        let mut writer = client.clone();
+        let payload = letters_and_lines(MORE_THAN_THE_KERNEL_HOLDS);
+        let sent = client.write_all(payload.clone());
+        let closed: Promise<()> = spawn(async move {
+            AsyncWriteExt::close(&mut client).await?;
+            Ok(())
+        });
+        sleep(Duration::from_millis(5)).await?;
+        assert!(
+            closed.is_pending(),
+            "more than the kernel holds cannot be out yet"
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy = write_on_every_turn(writer.clone(), stop.clone());
+        let trait_write =
+            futures::FutureExt::now_or_never(AsyncWriteExt::write_all(&mut writer, b"after"));
+        match trait_write {
+            Some(Err(e)) => assert_eq!(e.kind(), ErrorKind::BrokenPipe),
+            other => panic!("a trait write after close must fail at once: {other:?}"),
+        }
+        let received = read_to_end(server);
+        closed.await?;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for write in busy.await? {
+            assert_eq!(kind_of(&write.await.unwrap_err()), ErrorKind::BrokenPipe);
+        }
+        sent.await?;
+        assert!(received.await? == payload, "bytes lost, moved or added");
+        Ok(())
+    })
+}
+
 #[test]
 fn clones_share_the_connection_and_its_buffer() {
     run(async {
