@@ -510,3 +510,123 @@ fn a_then_child_of_a_cancelled_promise_is_cancelled_not_reported() {
     });
     assert_eq!(seen, 0);
 }
+
+// ---------------------------------------------------------------------------
+// (d) A rejection a combinator took in that can reach nobody is reported, once
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_shield_cancelled_before_its_input_rejects_reports_the_rejection_once() {
+    let seen = reports(|event_loop| {
+        let (inner, resolver) = Promise::<i32, MyErr>::pending();
+        let outer = shield(inner);
+        assert!(outer.cancel());
+        assert!(resolver.reject(MyErr::Mine("after the shield was cancelled")));
+        event_loop.run().unwrap();
+        drop(outer);
+    });
+    assert_eq!(seen, 1);
+}
+
+#[test]
+fn a_shield_that_lost_a_race_reports_its_input_rejecting_later_once() {
+    let seen = reports(|event_loop| {
+        let (inner, resolver) = Promise::<i32, MyErr>::pending();
+        let winner = race([shield(inner), Promise::resolved(1)]);
+        assert_eq!(event_loop.block_on(winner).unwrap(), 1);
+        assert!(resolver.reject(MyErr::Mine("the loser's input")));
+    });
+    assert_eq!(seen, 1);
+}
+
+#[test]
+fn a_cancelled_shield_whose_input_is_cancelled_or_rejects_quietly_reports_nothing() {
+    let seen = reports(|event_loop| {
+        let (inner, _resolver) = Promise::<i32, MyErr>::pending();
+        let outer = shield(inner.clone());
+        assert!(outer.cancel());
+        assert!(inner.cancel());
+        // Quiet: `all` rejected by an input cancelled elsewhere.
+        let (consumed, cancelled, _input_resolver) = input();
+        let outer = shield(all([consumed]));
+        assert!(outer.cancel());
+        assert!(cancelled.cancel());
+        event_loop.run().unwrap();
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn a_shield_handing_its_input_rejection_out_does_not_report_it() {
+    let seen = reports(|event_loop| {
+        let (inner, resolver) = Promise::<i32, MyErr>::pending();
+        let outer = shield(inner);
+        assert!(resolver.reject(MyErr::Mine("seen")));
+        assert!(matches!(
+            event_loop.block_on(outer),
+            Err(MyErr::Mine("seen"))
+        ));
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn an_as_completed_dropped_with_a_rejection_not_handed_out_reports_it_once() {
+    let seen = reports(|event_loop| {
+        let mut completed = as_completed([
+            Promise::resolved(1),
+            Promise::rejected(MyErr::Mine("arrived, never asked for")),
+            Promise::resolved(3),
+        ]);
+        event_loop.run().unwrap();
+        let first = completed.next_promise().unwrap();
+        assert_eq!(event_loop.block_on(first).unwrap(), 1);
+        drop(completed);
+    });
+    assert_eq!(seen, 1);
+}
+
+#[test]
+fn an_as_completed_dropped_with_a_request_waiting_hands_the_rejection_out_unreported() {
+    // After the drop, the waiting request still gets the next outcome: handed
+    // out, it is the request's to report, not the combinator's.
+    let seen = reports(|event_loop| {
+        let (first, first_resolver) = Promise::<i32, MyErr>::pending();
+        let (second, _second_resolver) = Promise::<i32, MyErr>::pending();
+        let mut completed = as_completed([first, second]);
+        let request = completed.next_promise().unwrap();
+        drop(completed);
+        assert!(first_resolver.reject(MyErr::Mine("handed out after the drop")));
+        assert!(matches!(
+            event_loop.block_on(request),
+            Err(MyErr::Mine("handed out after the drop"))
+        ));
+    });
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn an_as_completed_dropped_with_quiet_cancelled_or_handed_out_rejections_reports_nothing() {
+    use futures::Stream;
+    let seen = reports(|event_loop| {
+        let (consumed, cancelled, _resolver) = input();
+        let (quietly, cancel_quietly, _quiet_resolver) = input();
+        let (handed, handed_resolver) = Promise::<i32, MyErr>::pending();
+        let mut completed = as_completed([handed, consumed, all([quietly]).map(|v| v[0])]);
+        let request = completed.next_promise().unwrap();
+        assert!(handed_resolver.reject(MyErr::Mine("handed out")));
+        assert!(matches!(
+            event_loop.block_on(request),
+            Err(MyErr::Mine("handed out"))
+        ));
+        assert!(cancelled.cancel() && cancel_quietly.cancel());
+        event_loop.run().unwrap();
+        assert_eq!(
+            completed.size_hint().0,
+            2,
+            "both arrived, neither handed out"
+        );
+        drop(completed);
+    });
+    assert_eq!(seen, 0);
+}

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use futures_core::stream::{FusedStream, Stream};
 use parking_lot::Mutex;
 
-use super::collect::{outcome, Links};
+use super::collect::{outcome, report_lost, Links};
 use crate::error::Error;
 use crate::event_loop::contained;
 use crate::promise::{internal, quietly_rejected, Promise, Settler};
@@ -31,6 +31,8 @@ use crate::promise::{internal, quietly_rejected, Promise, Settler};
 /// Dropping it cancels the inputs still pending (see [`Promise::cancel`]), once no
 /// promise handed out by `next_promise` is still waiting for its outcome. An input
 /// cancelled elsewhere yields an `Err` for which [`Error::is_cancelled`] holds.
+/// A rejection that arrived but was never handed out is then reported as an
+/// unhandled one (see [`set_unhandled_rejection_hook`](crate::set_unhandled_rejection_hook)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -59,6 +61,9 @@ pub struct AsCompleted<T: Send + 'static, E: Send + 'static = Error> {
 
 struct Completion<T: Send + 'static, E: Send + 'static> {
     state: Mutex<CompletionState<T, E>>,
+    /// `collect::report_lost`, for the rejections that arrived but will never be
+    /// handed out (a function pointer: `Drop` cannot ask for `E: From<Error>`).
+    lost: fn(E, bool),
 }
 
 /// An input's outcome, with whether it is a quiet rejection (see
@@ -127,6 +132,8 @@ impl<T: Send + 'static, E: Send + 'static> Completion<T, E> {
     fn take_next(&self, outcome: Outcome<T, E>) -> Option<(Settler<T, E>, Outcome<T, E>)> {
         let mut state = self.state.lock();
         if state.unwanted() {
+            drop(state);
+            self.discard([outcome]);
             return None;
         }
         state.ready.push_back(outcome);
@@ -168,10 +175,21 @@ impl<T: Send + 'static, E: Send + 'static> Completion<T, E> {
                 (next, state.release_if_unwanted(), unwanted)
             };
             links.cancel();
-            drop(unwanted);
+            self.discard(unwanted);
             match next {
                 Some((request, first)) => (settler, outcome) = (request, first),
                 None => return,
+            }
+        }
+    }
+
+    /// Drops outcomes nobody will ever ask for, reporting their rejections as
+    /// unhandled ones (asyncio leaves them unretrieved, and reports them): the
+    /// combinator took them in, and they reach nobody else.
+    fn discard(&self, outcomes: impl IntoIterator<Item = Outcome<T, E>>) {
+        for (outcome, quiet) in outcomes {
+            if let Err(error) = outcome {
+                (self.lost)(error, quiet);
             }
         }
     }
@@ -229,6 +247,7 @@ where
             dropped: false,
             handing_over: false,
         }),
+        lost: report_lost::<E>,
     });
     for input in inputs {
         let completion = shared.clone();
@@ -403,7 +422,7 @@ impl<T: Send + 'static, E: Send + 'static> Drop for AsCompleted<T, E> {
             (ready, state.release_if_unwanted())
         };
         links.cancel();
-        drop(ready);
+        self.shared.discard(ready);
     }
 }
 
@@ -499,5 +518,31 @@ mod tests {
             resolvers.iter().all(Resolver::is_done),
             "the inputs are cancelled"
         );
+    }
+
+    #[test]
+    fn rejections_arriving_or_given_back_after_the_as_completed_is_gone_are_reported_once() {
+        let event_loop = EventLoop::new();
+        let reported = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let count = reported.clone();
+        crate::set_unhandled_rejection_hook(move |_| {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let (mut completed, _resolvers) = of_pending(3);
+        let only = completed.next_promise().unwrap();
+        let shared = completed.shared.clone();
+        let (settler, outcome) = shared
+            .take_next((Err(Error::msg("given back")), false))
+            .unwrap();
+        drop(completed);
+        assert!(only.cancel());
+        shared.hand_over(settler, outcome);
+        // Outcomes arriving once it is unwanted (their input settled on another
+        // thread before its link was cancelled, say): a genuine one, a quiet one.
+        shared.receive((Err(Error::msg("arrived late")), false));
+        shared.receive((Err(Error::msg("passed on")), true));
+        event_loop.run().unwrap();
+        crate::reset_unhandled_rejection_hook();
+        assert_eq!(reported.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

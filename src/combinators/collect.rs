@@ -47,6 +47,20 @@ pub(crate) fn outcome<T, E: From<Error>>(settled: Settled<T, E>) -> (Result<T, E
     }
 }
 
+/// Reports `error`, a rejection a combinator took in that can no longer reach
+/// anyone, as unhandled, unless `quiet` (cancellation travelling on): it is
+/// tracked as a rejected promise nobody consumes, so the report comes after the
+/// microtask drain as others do, and an error that only says "cancelled" stays
+/// unreported there too. Off the hot paths: only a lost outcome costs the node.
+pub(crate) fn report_lost<E>(error: E, quiet: bool)
+where
+    E: From<Error> + Send + 'static,
+{
+    if !quiet {
+        drop(Promise::<(), E>::rejected(error));
+    }
+}
+
 /// The links ([`Promise::watch`]) of one combinator call: what to cancel once its
 /// inputs are no longer wanted. Link `i` watches input `i`; it is `None` once that
 /// input has reported.

@@ -5,7 +5,7 @@
 //! cancellation coming from the shield's consumers ends at the shield (asyncio's
 //! `shield`).
 
-use super::collect::outcome;
+use super::collect::{outcome, report_lost};
 use crate::error::Error;
 use crate::promise::{internal, Promise};
 
@@ -17,6 +17,10 @@ use crate::promise::{internal, Promise};
 /// Only the shield's own consumers are held off: cancelling `promise` itself
 /// (through a clone of it) still stops it, and the shielded promise then rejects
 /// with an error for which [`Error::is_cancelled`] holds.
+///
+/// If the shielded promise was cancelled, a later rejection of `promise` reaches
+/// none of its consumers, and is reported as an unhandled one (asyncio's
+/// "exception was never retrieved").
 ///
 /// ```
 /// use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,12 +43,18 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    let (shielded, mut settler) = internal::<T, E>();
+    let (shielded, settler) = internal::<T, E>();
     // The link is let go on purpose: nobody can cancel it, so `promise` keeps a
     // consumer that never cancels, and cancellation stops at `shielded`.
     drop(promise.watch(move |settled| {
         let (outcome, quiet) = outcome(settled);
-        settler.settle_as(outcome, quiet);
+        // `shielded` was cancelled first: the rejection this link took in reaches
+        // nobody, and is reported as an unhandled one of its own (asyncio's
+        // "exception was never retrieved"). Quiet ones are cancellation travelling
+        // on; `report_lost` leaves those alone.
+        if let Some(Err(error)) = settler.settle_or_give_back(outcome, quiet) {
+            report_lost(error, quiet);
+        }
     }));
     shielded
 }
