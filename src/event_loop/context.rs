@@ -198,7 +198,10 @@ pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
 fn send_elsewhere(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
     match home {
         Some(home) if home.is_closed() => orphans::push(job, None),
-        Some(home) if home.is_driven() => home.inject(SendJob::Run(job)),
+        // Refused, it goes to the orphans all the same (see `Shared::inject`).
+        Some(home) if home.is_driven() => {
+            home.inject(SendJob::Run(job));
+        }
         _ => orphans::push(job, home),
     }
 }

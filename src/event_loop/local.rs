@@ -82,7 +82,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Queues work from any thread and wakes the loop.
-    pub(crate) fn inject(&self, job: SendJob) {
+    /// Queues `job` for the loop; false if the loop is closed, `job` then being
+    /// handed to the orphans (a reaction) or abandoned (anything else).
+    pub(crate) fn inject(&self, job: SendJob) -> bool {
         // Checked under the queue's lock, which the loop's drop holds to close it:
         // a job is either in the queue the drop abandons, or refused here.
         let refused = {
@@ -105,7 +107,7 @@ impl Shared {
                     contained("an abandoned job", || Job::from(job).abandon())
                 }),
             }
-            return;
+            return false;
         }
         self.has_injected.store(true, Ordering::Release);
         self.reactor.notify();
@@ -117,6 +119,7 @@ impl Shared {
             // Its thread may be awaiting through another executor: bring it back.
             orphans::wake_foreign_pollers();
         }
+        true
     }
 
     pub(crate) fn notify(&self) {

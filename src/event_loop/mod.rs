@@ -257,7 +257,8 @@ impl LoopHandle {
     }
 
     /// Runs `f` on the loop (as a microtask). Returns `false`, dropping `f`, if the
-    /// loop is already gone.
+    /// loop is already gone; `true` once `f` is queued (a loop dropped before it
+    /// runs `f` drops it, as it drops all its queued work).
     ///
     /// ```
     /// let event_loop = thenable::EventLoop::new();
@@ -267,11 +268,8 @@ impl LoopHandle {
     /// event_loop.run().unwrap();
     /// ```
     pub fn post(&self, f: impl FnOnce() + Send + 'static) -> bool {
-        if self.shared.is_closed() {
-            return false;
-        }
-        self.shared.inject(SendJob::Call(Box::new(f)));
-        true
+        // Refused under the queue's lock if the loop closed since it was looked at.
+        !self.shared.is_closed() && self.shared.inject(SendJob::Call(Box::new(f)))
     }
 
     /// Spawns `future` as a task on the loop; its promise settles with the output
