@@ -25,14 +25,24 @@ const ADDRESS: &str = "127.0.0.1:25000";
 const MAX_LINE: usize = 1024;
 /// How long a demo client pauses before each line.
 const THINKING: Duration = Duration::from_millis(10);
+/// How long the server waits after a failed accept before it accepts again.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 
-fn main() -> Result<(), Error> {
-    if std::env::args().any(|arg| arg == "--demo") {
-        return thenable::block_on(demo());
+fn main() {
+    let outcome = if std::env::args().any(|arg| arg == "--demo") {
+        thenable::block_on(demo())
+    } else {
+        TcpListener::bind(ADDRESS)
+            .map_err(Error::from)
+            .and_then(|listener| {
+                println!("Listening on {}", listener.local_addr()?);
+                thenable::block_on(serve(listener))
+            })
+    };
+    if let Err(e) = outcome {
+        eprintln!("echo_server: {e}");
+        std::process::exit(1);
     }
-    let listener = TcpListener::bind(ADDRESS)?;
-    println!("Listening on {}", listener.local_addr()?);
-    thenable::block_on(serve(listener))
 }
 
 /// Accepts connections for ever; each is served by its own task, whose failure is
@@ -40,7 +50,17 @@ fn main() -> Result<(), Error> {
 fn serve(listener: TcpListener) -> Promise<()> {
     spawn(async move {
         loop {
-            let (conn, peer) = listener.accept().await?;
+            let (conn, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                // Mostly out of file descriptors (too many clients): the ones being
+                // served are fine, and descriptors come back as they hang up. As
+                // asyncio does, pause rather than spin, then accept again.
+                Err(e) => {
+                    println!("[server] accept failed ({e}): retrying in {ACCEPT_RETRY:?}");
+                    sleep(ACCEPT_RETRY).await?;
+                    continue;
+                }
+            };
             println!("[server] connected to {peer}");
             // Detached: dropping the promise leaves the task running.
             drop(spawn(echo(conn, peer)).catch(move |e| {

@@ -147,12 +147,24 @@ fn fail_fast(event_loop: &EventLoop, pauses: &mut Lcg) {
     clock.say("the loop is idle: no timer of a cancelled fetch is left");
 }
 
-fn main() -> Result<(), Error> {
-    let seed = match std::env::args().nth(1) {
-        Some(seed) => seed
-            .parse()
-            .map_err(|_| Error::msg(format!("the seed must be a number, not {seed:?}")))?,
-        None => 113,
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("gather: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seed = match &args[..] {
+        [] => 113,
+        [seed] => seed.parse().map_err(|_| {
+            Error::msg(format!(
+                "the seed must be a whole number from 0 to {}, not {seed:?}",
+                u64::MAX
+            ))
+        })?,
+        _ => return Err(Error::msg("usage: gather [SEED]")),
     };
     let mut pauses = Lcg(seed);
     let event_loop = EventLoop::new();

@@ -7,10 +7,10 @@
 //! line, the headers, then exactly `Content-Length` bytes of body.
 //!
 //! ```sh
-//! cargo run --example http_get
+//! cargo run --example http_get                          # the three requests above
+//! cargo run --example http_get -- example.com:80 /      # GET from another server
 //! ```
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use thenable::net::{TcpListener, TcpStream};
@@ -23,28 +23,49 @@ const MAX_LINE: usize = 8 * 1024;
 /// The largest body the client accepts.
 const MAX_BODY: usize = 1 << 20;
 
-fn main() -> Result<(), Error> {
-    thenable::block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let server = serve(listener);
-        println!("test server on http://{addr}/");
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match &args[..] {
+        [] => thenable::block_on(against_own_server()),
+        [address] => thenable::block_on(show(address, "/")),
+        [address, path] => thenable::block_on(show(address, path)),
+        _ => Err(Error::msg("usage: http_get [HOST:PORT [PATH]]")),
+    };
+    if let Err(e) = outcome {
+        eprintln!("http_get: {e}");
+        std::process::exit(1);
+    }
+}
 
-        for path in ["/", "/missing", "/slow"] {
-            println!("\nGET {path}");
-            match get(addr, path).timeout(TIMEOUT).await {
-                Ok(response) => {
-                    println!("{}", response.status_line);
-                    println!("{}", response.body.trim_end());
-                }
-                Err(e) if e.is_timeout() => println!("no answer within {TIMEOUT:?}: gave up"),
-                Err(e) => println!("failed: {e}"),
-            }
+async fn against_own_server() -> Result<(), Error> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let server = serve(listener);
+    println!("test server on http://{addr}/");
+    for path in ["/", "/missing", "/slow"] {
+        println!();
+        if let Err(e) = show(&addr, path).await {
+            println!("failed: {e}");
         }
+    }
+    server.cancel(); // stop accepting: closes the listening socket
+    Ok(())
+}
 
-        server.cancel(); // stop accepting: closes the listening socket
-        Ok(())
-    })
+/// Requests `path` from `addr` and prints the response.
+async fn show(addr: &str, path: &str) -> Result<(), Error> {
+    println!("GET {path} from {addr}");
+    match get(addr, path).timeout(TIMEOUT).await {
+        Ok(response) => {
+            println!("{}", response.status_line);
+            println!("{}", response.body.trim_end());
+            Ok(())
+        }
+        Err(e) if e.is_timeout() => {
+            Err(Error::msg(format!("no answer within {TIMEOUT:?}: gave up")))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// What the client keeps of a response.
@@ -54,13 +75,16 @@ struct Response {
 }
 
 /// One GET request on its own connection (`Connection: close`).
-fn get(addr: SocketAddr, path: &str) -> Promise<Response> {
+fn get(addr: &str, path: &str) -> Promise<Response> {
+    let addr = addr.to_string();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: thenable-http-get\r\n\
          Accept: text/plain\r\nConnection: close\r\n\r\n"
     );
     spawn(async move {
-        let conn = TcpStream::connect(addr).await?;
+        let conn = TcpStream::connect(addr.clone())
+            .await
+            .map_err(|e| Error::msg(format!("cannot connect to {addr}: {e}")))?;
         conn.write_all(request).await?;
 
         let status_line = conn
