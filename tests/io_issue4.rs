@@ -770,3 +770,103 @@ fn waiting_on_a_socket_of_another_loop_is_an_error_not_a_hang() {
     .join()
     .expect("the test thread");
 }
+
+// ---------------------------------------------------------------------------
+// `Async` shared by several waiters, released with waits still registered, and
+// awaited from another thread
+// ---------------------------------------------------------------------------
+
+/// Two readers and a writer wait on one socket: one write of two bytes wakes both
+/// readers (each reads one), and the writer waits on until the peer drains the
+/// send buffer.
+#[test]
+fn two_readers_and_a_writer_waiting_on_one_socket_are_each_woken() {
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use thenable::io::Async;
+    run(async {
+        let (mine, mut peer) = UnixStream::pair()?;
+        mine.set_nonblocking(true)?;
+        peer.set_nonblocking(true)?;
+        let mut filled = 0;
+        while let Ok(n) = (&mine).write(&[0; 4096]) {
+            filled += n;
+        }
+        let mine = Arc::new(Async::new(mine)?);
+        let reader = |mine: Arc<Async<UnixStream>>| {
+            spawn(async move {
+                let mut byte = [0; 1];
+                Ok::<_, Error>(mine.read_with(|mut s| s.read(&mut byte)).await?)
+            })
+        };
+        let (first, second) = (reader(mine.clone()), reader(mine.clone()));
+        let writer = mine.clone();
+        let written =
+            spawn(async move { Ok::<_, Error>(writer.write_with(|mut s| s.write(b"z")).await?) });
+        let_the_loop_turn().await?;
+        peer.write_all(b"ab")?;
+        assert_eq!((first.await?, second.await?), (1, 1));
+        let mut drained = 0;
+        let mut buf = [0; 65536];
+        while drained < filled {
+            match peer.read(&mut buf) {
+                Ok(n) => drained += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => let_the_loop_turn().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        assert_eq!(written.await?, 1);
+        Ok(())
+    })
+}
+
+/// `poll_readable` / `poll_writable` registrations cannot be withdrawn, but
+/// `into_inner` and `drop` take them back: the loop does not wait on them.
+#[test]
+fn into_inner_and_drop_release_waits_registered_by_poll() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let socket = std_udp();
+        socket.set_nonblocking(true).unwrap();
+        let socket = thenable::io::Async::new(socket).unwrap();
+        assert!(socket.poll_readable(&mut cx).is_pending());
+        let socket = socket.into_inner();
+        event_loop.run().unwrap();
+        let socket = thenable::io::Async::new(socket).unwrap();
+        assert!(socket.poll_readable(&mut cx).is_pending());
+        drop(socket);
+        event_loop.run().unwrap();
+    });
+}
+
+/// An object registered with a loop that its thread drives may be awaited by
+/// another executor on another thread: the home loop's poller wakes it.
+#[test]
+fn an_async_awaited_on_another_thread_is_woken_by_its_home_loop() {
+    use std::sync::Arc;
+    within(|| {
+        let event_loop = EventLoop::new();
+        let socket = std_udp();
+        let to = socket.local_addr().unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let socket = Arc::new(thenable::io::Async::new(socket).unwrap());
+        let (received, resolver) = Promise::<usize>::pending();
+        let awaiting = socket.clone();
+        let elsewhere = std::thread::spawn(move || {
+            let mut buf = [0; 4];
+            let read = awaiting.read_with(|s| s.recv(&mut buf));
+            resolver.resolve(futures::executor::block_on(read).unwrap());
+        });
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            std_udp().send_to(b"xy", to).unwrap();
+        });
+        assert_eq!(event_loop.block_on(received).unwrap(), 2);
+        elsewhere.join().unwrap();
+        sender.join().unwrap();
+        drop(socket);
+        event_loop.run().unwrap();
+    });
+}
