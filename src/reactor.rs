@@ -83,6 +83,10 @@ fn kernel_timeout(timeout: Duration) -> rustix::event::Timespec {
     }
 }
 
+/// The wakers a wait takes from the ready sources, woken once every lock is
+/// released: almost always one waiter per direction and a few ready sources.
+type Wakers = SmallVec<[Waker; 16]>;
+
 /// Whether [`Reactor::wait_in_kernel`] reported every event it was given.
 #[derive(PartialEq)]
 enum Reported {
@@ -238,8 +242,7 @@ impl Reactor {
         if ready.is_empty() {
             return;
         }
-        // Almost always one waiter per direction and a few ready sources.
-        let mut wake: SmallVec<[Waker; 16]> = SmallVec::new();
+        let mut wake = Wakers::new();
         {
             let sources = self.sources.lock();
             for event in ready {
@@ -320,7 +323,7 @@ impl Reactor {
 
     /// Wakes the waiters of the reported directions.
     fn fire(&self, source: &Source, readable: bool, writable: bool) {
-        let mut wake: SmallVec<[Waker; 2]> = SmallVec::new();
+        let mut wake = Wakers::new();
         self.take_ready(source, readable, writable, &mut wake);
         for waker in wake {
             waker.wake();
@@ -331,13 +334,7 @@ impl Reactor {
     /// into `wake`. The poller keeps the interest of a direction whose waiters
     /// are woken (they usually wait again soon), and drops the interest of a
     /// direction nobody waited on.
-    fn take_ready<const N: usize>(
-        &self,
-        source: &Source,
-        readable: bool,
-        writable: bool,
-        wake: &mut SmallVec<[Waker; N]>,
-    ) {
+    fn take_ready(&self, source: &Source, readable: bool, writable: bool, wake: &mut Wakers) {
         let mut waiters = source.waiters.lock();
         let was_waiting = waiters.is_waiting();
         let mut kernel = waiters.kernel;

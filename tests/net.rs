@@ -793,20 +793,27 @@ fn a_stream_dropped_with_a_write_in_flight_sends_it_and_then_closes() {
     })
 }
 
+/// Queues more than the kernel holds on `client`, lets the write fill the
+/// kernel's buffers and wait for room, and cancels it: its bytes stay queued.
+/// Gives them back.
+async fn queue_and_cancel_a_big_write(client: &TcpStream) -> Result<Vec<u8>, Error> {
+    let payload = letters_and_lines(MORE_THAN_THE_KERNEL_HOLDS);
+    let first = client.write_all(payload.clone());
+    sleep(Duration::from_millis(5)).await?;
+    assert!(
+        first.cancel(),
+        "more than the kernel holds cannot be out yet"
+    );
+    Ok(payload)
+}
+
 /// A write cancelled half-way keeps its place: the bytes it had not sent go out,
 /// whole and before later writes, with the next write.
 #[test]
 fn a_write_cancelled_half_way_goes_out_whole_before_the_next_one() {
     run(async {
         let (client, server) = connected_pair().await?;
-        let payload = letters_and_lines(MORE_THAN_THE_KERNEL_HOLDS);
-        let first = client.write_all(payload.clone());
-        // Let it fill the kernel's buffers and wait for room.
-        sleep(Duration::from_millis(5)).await?;
-        assert!(
-            first.cancel(),
-            "more than the kernel holds cannot be out yet"
-        );
+        let payload = queue_and_cancel_a_big_write(&client).await?;
         let received = read_to_end(server);
         client.write_all("tail").await?;
         client.shutdown(Shutdown::Write).await?;
@@ -822,13 +829,7 @@ fn a_write_cancelled_half_way_goes_out_whole_before_the_next_one() {
 fn trait_writes_and_flushes_send_a_cancelled_write_first() {
     run(async {
         let (mut client, server) = connected_pair().await?;
-        let payload = letters_and_lines(MORE_THAN_THE_KERNEL_HOLDS);
-        let first = client.write_all(payload.clone());
-        sleep(Duration::from_millis(5)).await?;
-        assert!(
-            first.cancel(),
-            "more than the kernel holds cannot be out yet"
-        );
+        let payload = queue_and_cancel_a_big_write(&client).await?;
         let received = read_to_end(server);
         AsyncWriteExt::flush(&mut client).await?;
         AsyncWriteExt::write_all(&mut client, b"tail").await?;

@@ -123,7 +123,8 @@ fn a_write_to_a_reset_peer_is_an_error_even_where_sigpipe_is_not_ignored() {
     assert_child_said(&output, "child: rejected");
 }
 
-fn write_to_reset_peer_with_default_sigpipe() {
+/// Gives `SIGPIPE` back its default action (killing the process).
+fn restore_default_sigpipe() {
     // SAFETY: `signal` is the C library's, with the signature of its prototype;
     // `SIG_DFL` is 0 and `SIGPIPE` 13 on Linux. Changing a disposition is sound
     // in a single-threaded child that installs no handler.
@@ -133,7 +134,23 @@ fn write_to_reset_peer_with_default_sigpipe() {
     const SIGPIPE: i32 = 13;
     const SIG_DFL: usize = 0;
     unsafe { signal(SIGPIPE, SIG_DFL) };
-    let kind = run(async {
+}
+
+/// The child's report: two failed writes, each a reset or a broken pipe.
+fn report_write_failures(kinds: &[ErrorKind]) {
+    assert_eq!(kinds.len(), 2, "writes to a reset peer kept succeeding");
+    for kind in kinds {
+        assert!(
+            matches!(kind, ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+            "{kind:?}"
+        );
+    }
+    report(format!("rejected {kinds:?}"));
+}
+
+fn write_to_reset_peer_with_default_sigpipe() {
+    restore_default_sigpipe();
+    let kinds = run(async {
         let (stream, peer) = pair_with_std_peer().await?;
         // A peer that closes with bytes unread resets the connection (RST).
         stream.write_all("first").await?;
@@ -156,14 +173,7 @@ fn write_to_reset_peer_with_default_sigpipe() {
         }
         Ok(kinds)
     });
-    assert_eq!(kind.len(), 2, "writes to a reset peer kept succeeding");
-    for kind in &kind {
-        assert!(
-            matches!(kind, ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
-            "{kind:?}"
-        );
-    }
-    report(format!("rejected {kind:?}"));
+    report_write_failures(&kinds);
 }
 
 /// The same through the `futures-io` trait, whose `poll_write` writes the caller's
@@ -179,11 +189,7 @@ fn a_trait_write_to_a_reset_peer_is_an_error_even_where_sigpipe_is_not_ignored()
 
 fn trait_write_to_reset_peer_with_default_sigpipe() {
     use futures::io::AsyncWriteExt;
-    // SAFETY: as in `write_to_reset_peer_with_default_sigpipe`.
-    extern "C" {
-        fn signal(signum: i32, handler: usize) -> usize;
-    }
-    unsafe { signal(13, 0) }; // SIGPIPE, SIG_DFL
+    restore_default_sigpipe();
     let kinds = run(async {
         let (mut stream, peer) = pair_with_std_peer().await?;
         AsyncWriteExt::write_all(&mut stream, b"first").await?;
@@ -203,14 +209,7 @@ fn trait_write_to_reset_peer_with_default_sigpipe() {
         }
         Ok(kinds)
     });
-    assert_eq!(kinds.len(), 2, "writes to a reset peer kept succeeding");
-    for kind in &kinds {
-        assert!(
-            matches!(kind, ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
-            "{kind:?}"
-        );
-    }
-    report(format!("rejected {kinds:?}"));
+    report_write_failures(&kinds);
 }
 
 // ---------------------------------------------------------------------------
