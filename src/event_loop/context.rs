@@ -488,15 +488,17 @@ pub(crate) fn polling_task<R>(task: Arc<TaskWaker>, f: impl FnOnce() -> R) -> (R
     (result, task)
 }
 
-/// The task being polled, if its waker is `waker`.
-pub(crate) fn current_task_for(waker: &std::task::Waker) -> Option<Arc<TaskWaker>> {
+/// Whether `waker` is the waker of the task being polled on this thread.
+pub(crate) fn is_polled_task(waker: &std::task::Waker) -> bool {
+    // A std `Wake` waker's data pointer is the `Arc`'s pointer: identity only.
+    with_polled_task(|task| waker.data() == Arc::as_ptr(task).cast::<()>()).unwrap_or(false)
+}
+
+/// Runs `f` on the task being polled on this thread, if any, through a borrow:
+/// a poll that finds its promise settled takes no count of the task.
+pub(crate) fn with_polled_task<R>(f: impl FnOnce(&Arc<TaskWaker>) -> R) -> Option<R> {
     CONTEXT
-        .try_with(|cx| {
-            let task = cx.task.borrow();
-            let task = task.as_ref()?;
-            // A std `Wake` waker's data pointer is the `Arc`'s pointer: identity only.
-            (waker.data() == Arc::as_ptr(task).cast::<()>()).then(|| task.clone())
-        })
+        .try_with(|cx| cx.task.borrow().as_ref().map(f))
         .ok()
         .flatten()
 }

@@ -280,6 +280,10 @@ impl<T, E> Link<T, E> for () {
 /// also carries the link (for `then` children, the handler) in the same allocation.
 pub(crate) trait NodeDyn<T, E>: Graph {
     fn core(&self) -> &Core<T, E>;
+
+    /// The node as a graph node, from any `Arc` of it (an upcast the caller of
+    /// a generic node cannot write).
+    fn into_graph(self: Arc<Self>) -> Arc<dyn Graph>;
 }
 
 pub(crate) type NodeRef<T, E> = Arc<dyn NodeDyn<T, E>>;
@@ -358,6 +362,10 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
 impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> NodeDyn<T, E> for Node<T, E, L> {
     fn core(&self) -> &Core<T, E> {
         &self.core
+    }
+
+    fn into_graph(self: Arc<Self>) -> Arc<dyn Graph> {
+        self
     }
 }
 

@@ -14,8 +14,8 @@ use std::sync::{Arc, Weak};
 use smallvec::SmallVec;
 
 use super::core::{
-    self, Follower, Graph, Input, Link, Lock, Node, NodeRef, Reaction, Runnable, Settle, Settling,
-    FOLLOWER, REACTION,
+    self, Follower, Graph, Input, Link, Lock, Node, NodeDyn, NodeRef, Reaction, Runnable, Settle,
+    Settling, FOLLOWER, REACTION,
 };
 use super::Promise;
 use crate::error::Error;
@@ -36,45 +36,45 @@ pub enum Next<T, E> {
 }
 
 /// Settles `node`, registering an unwatched rejection for the unhandled report.
-pub(crate) fn settle<T, E>(node: &NodeRef<T, E>, outcome: Result<T, E>, home: Option<&LoopRef>)
+/// Generic over the node's type, so that a caller holding a concrete `Arc` (a
+/// resolver) settles through a reference, without a count up and down for a
+/// `NodeRef`.
+pub(crate) fn settle<T, E, N>(node: &Arc<N>, outcome: Result<T, E>, home: Option<&LoopRef>)
 where
     T: Send + 'static,
     E: Send + 'static,
+    N: NodeDyn<T, E> + ?Sized,
 {
     if node.core().settle(outcome, home) == Settle::Unwatched {
-        track_unwatched(node, home);
+        track_unwatched(node.clone().into_graph(), home);
     }
 }
 
 /// [`settle`], a rejection being quiet when `quiet` is set (see `Input::Quiet`).
-pub(crate) fn settle_as<T, E>(
-    node: &NodeRef<T, E>,
+pub(crate) fn settle_as<T, E, N>(
+    node: &Arc<N>,
     outcome: Result<T, E>,
     quiet: bool,
     home: Option<&LoopRef>,
 ) where
     T: Send + 'static,
     E: Send + 'static,
+    N: NodeDyn<T, E> + ?Sized,
 {
     if node.core().settle_as(outcome, quiet, home) == Settle::Unwatched {
-        track_unwatched(node, home);
+        track_unwatched(node.clone().into_graph(), home);
     }
 }
 
 /// Registers `node`, rejected with nobody to see it, for the unhandled report.
-fn track_unwatched<T, E>(node: &NodeRef<T, E>, home: Option<&LoopRef>)
-where
-    T: Send + 'static,
-    E: Send + 'static,
-{
+fn track_unwatched(node: Arc<dyn Graph>, home: Option<&LoopRef>) {
     match home {
         // Settled on another thread (a resolver is `Send`): this thread's loop,
         // if any, is not the one whose drain decides whether it was handled.
         Some(home) if context::local_queue(Some(home)).is_none() => {
-            let node: Arc<dyn Graph> = node.clone();
             context::schedule(Arc::new(TrackUnhandled(node)), Some(home));
         }
-        _ => context::track_unhandled(node.clone()),
+        _ => context::track_unhandled(node),
     }
 }
 
@@ -477,18 +477,19 @@ pub(crate) struct Hooks {
     /// Settled, following another promise, or cancelled: the settler is done.
     finished: AtomicBool,
     /// Live `Resolver` clones: when the last goes while unfinished, the promise is
-    /// broken.
+    /// broken. Not counted down once finished (nothing reads it then).
     resolvers: AtomicU32,
 }
 
 impl Hooks {
-    /// `home` is the loop a resolver keeps alive (already acquired).
+    /// `home` is the loop a resolver keeps alive (already acquired); with one,
+    /// that first resolver is counted already (a count made, not added to).
     pub(crate) fn new(home: Option<LoopRef>) -> Hooks {
         Hooks {
             on_cancel: Lock::new(None),
+            resolvers: AtomicU32::new(u32::from(home.is_some())),
             home,
             finished: AtomicBool::new(false),
-            resolvers: AtomicU32::new(0),
         }
     }
 

@@ -220,7 +220,6 @@ where
         let home = context::with_current(|local| local.shared.clone());
         home.acquire();
         let node = Promise::rooted(Some(home));
-        node.link.add_resolver();
         let resolver = Resolver { node: node.clone() };
         (Promise { node: Some(node) }, resolver)
     }
@@ -757,22 +756,21 @@ impl<T: Send + 'static, E: Send + 'static> Promise<T, E> {
             let _ = context::enter(&local, || local.turn_until(&settled, false));
             Some(local)
         };
-        let task = context::current_task_for(cx.waker());
+        let by_task = context::is_polled_task(cx.waker());
         // A wait registered as this loop's own business, to check once the node's
         // lock is released (the search takes it).
         let mut internal_wait = None;
         let key = node.key();
-        // Only one of the two closures runs; the cell lets both reach the task.
-        let task = std::cell::Cell::new(task);
+        // Only one of the two closures runs.
         let may_take = || {
-            let waiting = task.take();
-            let may = waiting
-                .as_ref()
-                .is_none_or(|waiting| waiting.settled_await_may_proceed(key));
-            task.set(waiting);
-            may
+            !by_task
+                || context::with_polled_task(|task| task.settled_await_may_proceed(key))
+                    .unwrap_or(true)
         };
-        let waiter = |has_resolver: bool| match task.take() {
+        let waiter = |has_resolver: bool| match by_task
+            .then(|| context::with_polled_task(Arc::clone))
+            .flatten()
+        {
             Some(task) => {
                 task.waits_on(key);
                 if !has_resolver {
@@ -847,7 +845,7 @@ where
         if !link.finish() {
             return false;
         }
-        settle(&self.node(), outcome, link.home());
+        settle(&self.node, outcome, link.home());
         link.release_home();
         true
     }
@@ -883,7 +881,7 @@ where
         if !link.finish() {
             return false;
         }
-        settle_as(&self.node(), Err(error), true, link.home());
+        settle_as(&self.node, Err(error), true, link.home());
         link.release_home();
         true
     }
@@ -969,6 +967,12 @@ impl<T, E> fmt::Debug for Resolver<T, E> {
 impl<T, E> Drop for Resolver<T, E> {
     fn drop(&mut self) {
         let link = &self.node.link;
+        // Once it settled, the count of live resolvers is read by nobody: a
+        // load spares the two locked instructions of counting down and trying
+        // to finish.
+        if link.is_finished() {
+            return;
+        }
         if link.drop_resolver() && link.finish() {
             let _ = self.node.core.settle_broken(link.home());
             link.release_home();
