@@ -418,7 +418,7 @@ impl TaskLink {
         let raw = Weak::into_raw(Arc::downgrade(task)).cast_mut();
         let before = node.link.task.swap(raw, Ordering::AcqRel);
         debug_assert!(before.is_null(), "a task is attached once");
-        if node.core.status() == Status::Cancelled {
+        if node.core.is_cancelled() {
             if let Some(task) = node.link.take() {
                 context::cancel_task(&task);
             }

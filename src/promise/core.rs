@@ -1170,6 +1170,13 @@ impl<T, E> Core<T, E> {
         }
     }
 
+    /// Whether it settled as cancelled: one load, no lock. Only a cancellation
+    /// sets the bit, in the same hold of the lock that settles the state, and
+    /// the unlock publishes both.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.word.load(Ordering::Acquire) & CANCELLED != 0
+    }
+
     pub(crate) fn status(&self) -> Status {
         let inner = self.lock();
         match &inner.state {
@@ -1367,6 +1374,26 @@ mod tests {
         let cancelled = Core::<u64, Error>::new(None, true, ops);
         assert!(cancelled.settle_cancelled());
         assert!(!cancelled.lock().quiet());
+    }
+
+    #[test]
+    fn the_lock_free_cancelled_read_agrees_with_the_status() {
+        // `is_cancelled` reads the word's bit without the lock: it must say yes
+        // for a cancellation alone, and keep saying it while the lock is held.
+        let pending = Core::<u64, Error>::new(None, true, ops);
+        assert!(!pending.is_cancelled());
+        let fulfilled = Core::<u64, Error>::new(None, true, ops);
+        assert!(fulfilled.settle(Ok(1), None) == Settle::Done);
+        let rejected = Core::<u64, Error>::new(None, true, ops);
+        assert!(rejected.settle(Err(Error::msg("no")), None) == Settle::Unwatched);
+        let cancelled = Core::<u64, Error>::new(None, true, ops);
+        assert!(cancelled.settle_cancelled());
+        for core in [&pending, &fulfilled, &rejected, &cancelled] {
+            assert_eq!(core.is_cancelled(), core.status() == Status::Cancelled);
+            let held = core.lock();
+            assert_eq!(core.is_cancelled(), held.cancelled);
+        }
+        assert!(cancelled.is_cancelled());
     }
 
     #[test]

@@ -269,7 +269,7 @@ where
     /// itself.
     fn follow(self: Arc<Self>, mut promise: Promise<T, E>) {
         let source = promise.take_node();
-        if creates_cycle(&*self, source.clone()) {
+        if creates_cycle(&*self, &*source) {
             source.core().release_handle();
             let cycle = self.core.fail(chaining_cycle());
             if self.core.settle(Err(cycle), None) == Settle::Unwatched {
@@ -285,7 +285,7 @@ where
         // Cancelled from another thread while the handler ran, or before the
         // attachment: that cancellation found nothing to withdraw, so withdraw now
         // (twice is harmless).
-        if self.core.status() == core::Status::Cancelled {
+        if self.core.is_cancelled() {
             core::withdraw(source, (self.key(), FOLLOWER));
         }
     }
@@ -672,7 +672,7 @@ impl<T: Send + 'static, E: Send + 'static> Runnable for Forward<T, E> {
                     return;
                 };
                 let node = source.take_node();
-                if creates_cycle(&*target, node.clone()) {
+                if creates_cycle(&*target, &*node) {
                     self.take_target();
                     node.core().release_handle();
                     let core = target.core();
@@ -797,11 +797,11 @@ const DOWNSTREAM_SEARCH_BUDGET: usize = 64;
 /// again, each wrapper adopts a long chain but nothing waits on it yet: a step
 /// each, where walking up alone made the wrappers cost quadratic time.) A short
 /// search downstream of `target` through tasks catches some more.
-fn creates_cycle(target: &dyn Graph, source: Arc<dyn Graph>) -> bool {
+fn creates_cycle(target: &dyn Graph, source: &dyn Graph) -> bool {
     if !source.may_wait() {
         return false; // a timer's promise, or a settled one: it waits on nothing
     }
-    waits_on(&source, target) || reaches_through_tasks(target, source.key())
+    waits_on(source, target) || reaches_through_tasks(target, source.key())
 }
 
 /// True if the chain `source` waits on reaches `target` (see [`creates_cycle`]).
@@ -810,7 +810,7 @@ fn creates_cycle(target: &dyn Graph, source: Arc<dyn Graph>) -> bool {
 /// waiters `downstream` lists): a `then` child or a forwarder queued to follow a
 /// promise searches for a cycle itself when it attaches, and sees this one's link
 /// then, so the cycle is refused wherever it closes.
-fn waits_on(source: &Arc<dyn Graph>, target: &dyn Graph) -> bool {
+fn waits_on(source: &dyn Graph, target: &dyn Graph) -> bool {
     let (top, bottom) = (target.key(), source.key());
     visit();
     if bottom == top {
