@@ -70,6 +70,154 @@ fn block_on_reports_a_deadlock_once_an_idle_loops_resolver_is_released_by_that_l
 }
 
 // ---------------------------------------------------------------------------
+// Wakers held outside thenable: while held they may wake the task any time, so
+// the loop waits; dropped without a wake, they leave a wait nothing can end
+// ---------------------------------------------------------------------------
+
+/// What another thread does with the waker a [`HandOver`] future gave it.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Drops it without waking it.
+    Drop,
+    /// Wakes it.
+    Wake,
+}
+
+/// A future that hands its first poll's waker to a thread, which keeps it for
+/// `hold` and then drops or wakes it; ready at the first poll after that (the
+/// thread's wake). `gone` hears when the thread is about to let the waker go.
+struct HandOver {
+    hold: Duration,
+    then: Then,
+    gone: Option<mpsc::Sender<()>>,
+    polls: usize,
+}
+
+impl HandOver {
+    fn new(hold: Duration, then: Then) -> (HandOver, mpsc::Receiver<()>) {
+        let (gone, let_go) = mpsc::channel();
+        let future = HandOver {
+            hold,
+            then,
+            gone: Some(gone),
+            polls: 0,
+        };
+        (future, let_go)
+    }
+}
+
+impl Future for HandOver {
+    type Output = Result<usize, Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Self::Output> {
+        self.polls += 1;
+        let Some(gone) = self.gone.take() else {
+            return Poll::Ready(Ok(self.polls));
+        };
+        let (waker, hold, then) = (cx.waker().clone(), self.hold, self.then);
+        thread::spawn(move || {
+            thread::sleep(hold);
+            // Told first: once the waker is let go, the loop may end the wait
+            // before this thread takes another step.
+            let _ = gone.send(());
+            match then {
+                Then::Drop => drop(waker),
+                Then::Wake => waker.wake(),
+            }
+        });
+        Poll::Pending
+    }
+}
+
+/// Long enough that a loop waiting on a held waker looks again several times
+/// (its first looks come 10 ms apart, doubling to 1 s) before the late wake: an
+/// ordering aid only, as [`HEAD_START`] is.
+const LATE: Duration = Duration::from_millis(1500);
+
+#[test]
+fn block_on_reports_a_deadlock_once_its_futures_foreign_waker_is_dropped_unwoken() {
+    within_for(HANG, || {
+        let (future, let_go) = HandOver::new(HEAD_START, Then::Drop);
+        let stuck = EventLoop::new().block_on(future);
+        assert!(stuck.unwrap_err().is_deadlock());
+        // Told only once the thread let the waker go: not while it held it.
+        assert!(
+            let_go.try_recv().is_ok(),
+            "a deadlock while the waker was held"
+        );
+    });
+}
+
+#[test]
+fn block_on_a_task_whose_foreign_waker_is_dropped_unwoken_reports_a_deadlock() {
+    within_for(HANG, || {
+        let event_loop = EventLoop::new();
+        let (future, let_go) = HandOver::new(HEAD_START, Then::Drop);
+        let stuck = event_loop.block_on(spawn(future));
+        assert!(stuck.unwrap_err().is_deadlock());
+        assert!(
+            let_go.try_recv().is_ok(),
+            "a deadlock while the waker was held"
+        );
+    });
+}
+
+#[test]
+fn run_returns_once_a_tasks_foreign_waker_is_dropped_unwoken() {
+    within_for(HANG, || {
+        let event_loop = EventLoop::new();
+        let (future, let_go) = HandOver::new(HEAD_START, Then::Drop);
+        let task = spawn(future);
+        event_loop.run().unwrap();
+        assert!(
+            let_go.try_recv().is_ok(),
+            "`run` returned while the waker was held"
+        );
+        // The task is still there, waiting for ever: nothing broke it.
+        assert!(event_loop.block_on(task).unwrap_err().is_deadlock());
+    });
+}
+
+#[test]
+fn a_foreign_waker_held_for_a_while_and_then_woken_completes_block_on() {
+    within_for(HANG, || {
+        let event_loop = EventLoop::new();
+        let (own, own_let_go) = HandOver::new(LATE, Then::Wake);
+        assert_eq!(event_loop.block_on(own).unwrap(), 2);
+        assert!(own_let_go.try_recv().is_ok());
+        let (tasks, task_let_go) = HandOver::new(LATE, Then::Wake);
+        assert_eq!(event_loop.block_on(spawn(tasks)).unwrap(), 2);
+        assert!(task_let_go.try_recv().is_ok());
+    });
+}
+
+#[test]
+fn run_waits_for_a_tasks_foreign_waker_held_for_a_while_and_then_woken() {
+    within_for(HANG, || {
+        let event_loop = EventLoop::new();
+        let (future, let_go) = HandOver::new(LATE, Then::Wake);
+        // The other waker is dropped early: the one still held keeps `run` going.
+        let (early, early_let_go) = HandOver::new(Duration::ZERO, Then::Drop);
+        let finished = Counter::default();
+        let count = finished.clone();
+        drop(spawn(async move {
+            let polls = future.await?;
+            count.bump();
+            Ok::<_, Error>(polls)
+        }));
+        let forgotten = spawn(early);
+        event_loop.run().unwrap();
+        assert_eq!(finished.get(), 1, "`run` returned before the late wake");
+        assert!(let_go.try_recv().is_ok());
+        assert!(early_let_go.try_recv().is_ok());
+        assert!(event_loop.block_on(forgotten).unwrap_err().is_deadlock());
+    });
+}
+
+// ---------------------------------------------------------------------------
 // Panics in destructors the loop runs (rule 6)
 // ---------------------------------------------------------------------------
 

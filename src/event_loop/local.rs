@@ -242,30 +242,47 @@ struct TaskWait {
 enum Alive {
     /// Nothing: it is idle.
     No,
-    /// A live resolver or handle, armed I/O, a waker held outside thenable: any
-    /// of them may bring work at any time.
+    /// A live resolver or handle, or armed I/O: any of them may bring work at
+    /// any time, and the loop hears when it stops (a resolver settles or is
+    /// dropped, a handle is dropped, I/O is disarmed here).
     Yes,
+    /// None of those, but a task's waker held outside thenable: it may wake the
+    /// task at any time, or be dropped without a wake, which nothing tells the
+    /// loop of.
+    Foreign,
     /// Only waits on other loops' work, as the searches last saw them.
     Elsewhere,
 }
 
-/// The next look at the waits on other loops' work of a loop that only they keep
-/// alive.
+impl Alive {
+    /// What keeps the loop alive may stop doing so without a wake-up: the loop
+    /// must look again by itself (see [`Recheck`]).
+    fn unheard(self) -> bool {
+        matches!(self, Alive::Foreign | Alive::Elsewhere)
+    }
+}
+
+/// The next look at what keeps alive a loop that only things it would not hear
+/// the end of keep alive: waits on other loops' work, and wakers held outside
+/// thenable.
 ///
 /// A wait counted as another loop's work when it registered may come to wait on
 /// this loop's own stuck work (the other loop's handler returns one of this
-/// loop's promises, and that loop may be gone since): nothing wakes this loop
-/// then, so it wakes itself to search again. The first look comes
-/// [`FIRST_RECHECK`] after the loop ran out of work, then at doubling intervals
-/// up to [`LAST_RECHECK`]: a wait that got stuck is told "deadlock" within about
-/// a second of it (at once, for a test or a short program), and a long wait on a
-/// busy loop costs six wake-ups in its first second and one a second after,
-/// each a search of at most [`core::SETTLING_SEARCH`] nodes per wait. Wake-ups
-/// from the other loop do not put the next look off, so a stream of replies
-/// cannot hide a wait that got stuck. None of this happens while the loop has
-/// work, a timer or anything else that keeps it alive; once it has run out of
-/// work and finds such a reason (or none), the interval starts again from the
-/// first.
+/// loop's promises, and that loop may be gone since); a waker held outside
+/// thenable may be dropped without a wake (by a future that forgets it, a
+/// thread that gives up). Nothing wakes this loop then, so it wakes itself to
+/// look again. The first look comes [`FIRST_RECHECK`] after the loop ran out
+/// of work, then at doubling intervals up to [`LAST_RECHECK`]: a wait that got
+/// stuck is told "deadlock" within about a second of it (at once, for a test
+/// or a short program), and a long wait on a busy loop or a foreign waker
+/// costs six wake-ups in its first second and one a second after, each a
+/// search of at most [`core::SETTLING_SEARCH`] nodes per wait on another
+/// loop's work and a look at the task table's reference counts. Wake-ups from
+/// the other loop or the foreign waker do not put the next look off, so a
+/// stream of replies cannot hide a wait that got stuck. None of this happens
+/// while the loop has work, a timer or anything else that keeps it alive; once
+/// it has run out of work and finds such a reason (or none), the interval
+/// starts again from the first.
 #[derive(Clone, Copy)]
 struct Recheck {
     at: Instant,
@@ -280,6 +297,12 @@ const FIRST_RECHECK: Duration = Duration::from_millis(10);
 /// legitimate until then; and one wake-up a second costs a waiting loop nothing
 /// one could measure.
 const LAST_RECHECK: Duration = Duration::from_secs(1);
+
+/// The interval of the look that follows one after `previous` (see [`Recheck`]),
+/// or of the first look.
+pub(crate) fn next_recheck(previous: Option<Duration>) -> Duration {
+    previous.map_or(FIRST_RECHECK, |interval| (interval * 2).min(LAST_RECHECK))
+}
 
 impl Local {
     pub(crate) fn new() -> Local {
@@ -546,9 +569,9 @@ impl Local {
     }
 
     /// Something outside the queues may still bring work: a live resolver or loop
-    /// handle, I/O a task waits for, or a task whose waker is held by code the loop
-    /// cannot see; or only (as far as the searches saw) another loop's work that a
-    /// task or `block_on`'s future waits on.
+    /// handle, or I/O a task waits for; or a task whose waker is held by code the
+    /// loop cannot see; or only (as far as the searches saw) another loop's work
+    /// that a task or `block_on`'s future waits on.
     fn kept_alive(&self) -> Alive {
         if self.shared.keep_alive.load(Ordering::Acquire) > 0
             || self.shared.reactor.has_armed_sources()
@@ -562,14 +585,16 @@ impl Local {
     }
 
     /// Whether the tasks keep the loop alive: one with a waker held outside
-    /// thenable (`Yes`), or one waiting on another loop's work (`Elsewhere`).
+    /// thenable (`Foreign`), or one waiting on another loop's work (`Elsewhere`).
     fn tasks_keep_alive(&self) -> Alive {
         let mut remote = false;
         for slot in self.tasks.borrow().iter() {
             if let TaskSlot::Taken(entry) = slot {
                 if entry.future.is_some() {
+                    // Looked at again by the next `Recheck` as another loop's
+                    // work is: the first task found so is reason enough.
                     if entry.task.has_unseen_wakers() {
-                        return Alive::Yes;
+                        return Alive::Foreign;
                     }
                     remote |= entry.task.remote_waits() > 0;
                 }
@@ -588,22 +613,23 @@ impl Local {
     }
 
     /// How long to sleep with nothing queued and no timer: `Some(None)`, for ever,
-    /// while something keeps the loop alive; a while, while only waits on other
-    /// loops' work do (see [`Recheck`]); `None`: the loop is idle.
+    /// while something keeps the loop alive that it hears the end of; a while,
+    /// while only waits on other loops' work or wakers held outside thenable do
+    /// (see [`Recheck`]); `None`: the loop is idle.
     fn idle_timeout(&self) -> Option<Option<Duration>> {
         let mut alive = self.kept_alive();
-        if alive == Alive::Elsewhere {
+        if alive.unheard() {
             let now = Instant::now();
             let interval = match self.recheck.get() {
-                None => FIRST_RECHECK,
+                None => next_recheck(None),
                 Some(recheck) if now < recheck.at => return Some(Some(recheck.at - now)),
                 Some(recheck) => {
                     self.recheck_remote_waits();
                     alive = self.kept_alive();
-                    (recheck.interval * 2).min(LAST_RECHECK)
+                    next_recheck(Some(recheck.interval))
                 }
             };
-            if alive == Alive::Elsewhere {
+            if alive.unheard() {
                 let at = now + interval;
                 self.recheck.set(Some(Recheck { at, interval }));
                 return Some(Some(interval));
@@ -776,10 +802,10 @@ impl Local {
         }
     }
 
-    /// Blocks until another thread wakes the loop.
-    pub(crate) fn wait_for_wake_up(&self) {
+    /// Blocks until another thread wakes the loop, or `timeout` passed.
+    pub(crate) fn wait_for_wake_up(&self, timeout: Option<Duration>) {
         if !self.has_ready_work() {
-            self.shared.reactor.wait(None);
+            self.shared.reactor.wait(timeout);
         }
     }
 

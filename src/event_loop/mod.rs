@@ -117,9 +117,12 @@ impl EventLoop {
     /// If the loop runs out of everything that could complete the future (no
     /// queued work, timers, live resolvers, foreign wakers or another loop's task,
     /// timer or resolver it waits on), returns a deadlock
-    /// error ([`Error::is_deadlock`]) instead of waiting for ever. A panic in the
-    /// future becomes a panic error. Calling it while a loop runs on this thread is
-    /// an error too: await the future instead.
+    /// error ([`Error::is_deadlock`]) instead of waiting for ever. A foreign waker
+    /// dropped without a wake stops counting: a loop that only such wakers keep
+    /// waiting looks at them again after 10 ms, then at intervals doubling up to
+    /// a second, and tells the deadlock at the first look that finds none held.
+    /// A panic in the future becomes a panic error. Calling it while a loop runs
+    /// on this thread is an error too: await the future instead.
     ///
     /// ```
     /// let event_loop = thenable::EventLoop::new();
@@ -144,8 +147,12 @@ impl EventLoop {
             }
             let _done = Done(local);
             let mut future = std::pin::pin!(catch_panics(future.into_future(), E::from));
+            // The interval of the last look again at the future's wakers held
+            // outside thenable, since it was last polled.
+            let mut recheck = None;
             loop {
                 if task.scheduled.swap(false, Ordering::AcqRel) {
+                    recheck = None;
                     // Made per poll, so that between polls only `task` refers to it
                     // (as the task table does for a spawned task): any other
                     // reference is a waker held outside thenable.
@@ -166,7 +173,8 @@ impl EventLoop {
                     // become orphans in flight) before it stops counting as live,
                     // and an orphan stops being in flight only after it ran (and
                     // woke whoever it completes).
-                    if !task.has_foreign_wakers()
+                    let foreign = task.has_foreign_wakers();
+                    if !foreign
                         && !orphans::undriven_resolvers_exist()
                         && !orphans::in_flight()
                         && !woken()
@@ -178,7 +186,12 @@ impl EventLoop {
                         )));
                     }
                     if !woken() {
-                        local.wait_for_wake_up();
+                        // A waker held outside thenable may be dropped without a
+                        // wake, which nothing tells the loop of: it looks again
+                        // after a while, as at waits on other loops' work.
+                        let timeout =
+                            foreign.then(|| *recheck.insert(local::next_recheck(recheck)));
+                        local.wait_for_wake_up(timeout);
                     }
                 }
             }
