@@ -240,23 +240,26 @@ pub(crate) fn local_queue(home: Option<&LoopRef>) -> Option<Rc<Local>> {
 pub(crate) fn track_unhandled(node: Arc<dyn Graph>) {
     let local = CONTEXT.try_with(|cx| {
         if cx.graveyard.borrow().is_some() {
-            return None; // rejections of a loop's teardown are nobody's to handle
+            return None;
         }
         let running = cx.running.borrow().clone();
         let created = cx.created.borrow();
-        running.or_else(|| created.iter().rev().find_map(Weak::upgrade))
+        Some(running.or_else(|| created.iter().rev().find_map(Weak::upgrade)))
     });
     match local {
-        Ok(Some(local)) => local.track_unhandled(node),
+        Ok(Some(Some(local))) => local.track_unhandled(node),
         // No loop on this thread yet: the one free functions (`block_on`) will
         // drive, made now if need be, as `Promise::pending` does for its home.
-        Ok(None) => {
+        Ok(Some(None)) => {
             let local = DEFAULT.try_with(|default| default_loop(&mut default.borrow_mut()));
             if let Ok(local) = local {
                 local.track_unhandled(node)
             }
         }
-        Err(_) => {}
+        // A loop's teardown is under way: its rejections are nobody's to handle
+        // (tracked on the default loop, its next drain or its drop would report
+        // them). Or the thread is exiting.
+        Ok(None) | Err(_) => {}
     }
 }
 
@@ -271,7 +274,11 @@ pub(crate) fn report_unhandled(error: &crate::Error) {
         // it would leave `run` (or `block_on`, or a foreign executor's poll) and
         // drop the other rejections of the drain unreported.
         Some(hook) => contained("the unhandled-rejection hook", || hook(error)),
-        None => eprintln!("thenable: unhandled rejection: {error}"),
+        // `eprintln!` panics if stderr fails; this also runs in a loop's drop,
+        // at thread exit among others, where an unwinding panic aborts.
+        None => contained("the unhandled-rejection report", || {
+            eprintln!("thenable: unhandled rejection: {error}")
+        }),
     }
 }
 

@@ -483,11 +483,7 @@ impl Local {
             return;
         }
         let suspects = std::mem::take(&mut *self.unhandled.borrow_mut());
-        for node in suspects {
-            if let Some(error) = node.unhandled() {
-                context::report_unhandled(&error);
-            }
-        }
+        report_unhandled(&suspects);
     }
 
     /// Moves work sent by other threads, and orphan reactions, to the microtasks:
@@ -816,6 +812,13 @@ impl Local {
 
 impl Drop for Local {
     fn drop(&mut self) {
+        // The rejections still tracked met no drain's end (made outside any, or
+        // on a thread whose loop never turned again): reported now, as that end
+        // would have, before the teardown below (whose own rejections are
+        // nobody's to handle) and with the loop whole, as Node.js reports before
+        // its `exit` event.
+        let suspects = std::mem::take(self.unhandled.get_mut());
+        report_unhandled(&suspects);
         let injected = {
             let mut queue = self.shared.injected.lock();
             self.shared.closed.store(true, Ordering::Release);
@@ -853,6 +856,10 @@ impl Drop for Local {
             for slot in std::mem::take(self.tasks.get_mut()) {
                 contained("a task's destructor", || drop(slot));
             }
+            // Perhaps their last references: what they hold is dropped here.
+            for node in suspects {
+                contained("an unhandled rejection's destructor", || drop(node));
+            }
         });
         let orphans_abandoned = self.orphans_taken.replace(0);
         if orphans_abandoned > 0 {
@@ -864,6 +871,15 @@ impl Drop for Local {
             orphans::notify_driven_loops();
         }
         orphans::wake_foreign_pollers();
+    }
+}
+
+/// Reports those of `suspects` that nobody handled (see `Graph::unhandled`).
+fn report_unhandled(suspects: &[Arc<dyn Graph>]) {
+    for node in suspects {
+        if let Some(error) = node.unhandled() {
+            context::report_unhandled(&error);
+        }
     }
 }
 
@@ -899,7 +915,12 @@ pub(crate) fn report_panic(what: &str, payload: &(dyn std::any::Any + Send)) {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".into());
-    eprintln!("thenable: {what} panicked: {message} (the loop goes on)");
+    // `eprintln!` (which a test harness captures, unlike a write to stderr)
+    // panics if stderr fails; this runs in destructors too (a loop's, at thread
+    // exit among others), where an unwinding panic aborts.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        eprintln!("thenable: {what} panicked: {message} (the loop goes on)")
+    }));
 }
 
 #[cfg(test)]

@@ -39,8 +39,10 @@ use crate::timer::{Callback, Fire, TimerId};
 /// running on the current thread, or else the most recently created live
 /// `EventLoop` of this thread, or else the thread's default loop.
 ///
-/// Dropping a loop abandons its queued work: promises waiting on it settle as
-/// broken, handlers queued on it never run, and task futures are dropped. A
+/// Dropping a loop first reports the unhandled rejections that no microtask
+/// drain looked at (see [`set_unhandled_rejection_hook`]), then abandons its
+/// queued work: promises waiting on it settle as broken, handlers queued on it
+/// never run, and task futures are dropped. A
 /// promise made by [`Promise::pending`] while it was current outlives it:
 /// settled later, its handlers run on the loop running where it is settled (with
 /// none running, that thread's newest `EventLoop`), or else on whichever loop
@@ -619,10 +621,13 @@ pub(crate) fn clear_timer_on_its_loop(id: TimerId) {
 
 /// Sets what happens to rejections nobody handled by the end of the microtask
 /// drain in which they happened, on this thread (Node.js's `unhandledRejection`).
-/// The default writes one line to stderr. Cancellations are never reported, nor
-/// is cancellation travelling on: a combinator rejected because an input was
-/// cancelled elsewhere, and that rejection passed on untouched. A hook that
-/// panics is reported on stderr, as a handler's panic is, and the loop goes on.
+/// One that no drain followed (made while no loop ran) is reported when its loop
+/// is dropped, if still unhandled then: an [`EventLoop`] dropped, or the thread's
+/// default loop when the thread ends. The default writes one line to stderr.
+/// Cancellations are never reported, nor is cancellation travelling on: a
+/// combinator rejected because an input was cancelled elsewhere, and that
+/// rejection passed on untouched. A hook that panics is reported on stderr, as a
+/// handler's panic is, and the loop goes on.
 ///
 /// ```
 /// use std::cell::RefCell;
@@ -636,6 +641,26 @@ pub(crate) fn clear_timer_on_its_loop(id: TimerId) {
 /// let _ignored = Promise::<i32>::resolved(1).then(|_| Err::<i32, _>(Error::msg("lost")));
 /// let handled = Promise::<i32>::rejected(Error::msg("seen")).catch(|_| Ok(0));
 /// event_loop.run().unwrap();
+/// assert_eq!(*seen.borrow(), ["lost"]);
+/// # drop(handled);
+/// thenable::reset_unhandled_rejection_hook();
+/// ```
+///
+/// No drain runs after these rejections: the loop's drop reports them.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
+/// use thenable::{Error, EventLoop, Promise};
+///
+/// let event_loop = EventLoop::new();
+/// let seen = Rc::new(RefCell::new(Vec::new()));
+/// let log = seen.clone();
+/// thenable::set_unhandled_rejection_hook(move |e: &Error| log.borrow_mut().push(e.to_string()));
+/// drop(Promise::<i32>::rejected(Error::msg("lost")));
+/// let handled = Promise::<i32>::rejected(Error::msg("seen")).catch(|_| Ok(0));
+/// assert!(seen.borrow().is_empty());
+/// drop(event_loop);
 /// assert_eq!(*seen.borrow(), ["lost"]);
 /// # drop(handled);
 /// thenable::reset_unhandled_rejection_hook();
