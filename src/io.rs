@@ -219,23 +219,37 @@ impl<T: AsFd> Async<T> {
     }
 
     fn poll_ready(&self, direction: Direction, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check_home()?;
+        let foreign = self.check_home()?;
         let fd = self.get_ref().as_fd();
-        self.home
+        let poll = self
+            .home
             .reactor()
-            .poll_ready(&self.source, fd, direction, None, false, cx)
+            .poll_ready(&self.source, fd, direction, None, false, cx);
+        self.watch_if_foreign(foreign, &poll);
+        poll
     }
 
     /// Waiting from another loop than the one the object is registered with would
     /// hang: readiness is only ever reported to the home loop, which nobody drives.
-    fn check_home(&self) -> io::Result<()> {
+    /// Otherwise true if no loop runs on this thread: another executor polls.
+    fn check_home(&self) -> io::Result<bool> {
         match context::with_running(|local| Arc::ptr_eq(&local.shared, &self.home)) {
             Some(false) => Err(io::Error::other(
                 "thenable: this I/O object is registered with another event loop (it was \
                  created before this loop was, or on another thread); create it once the \
                  loop that uses it exists",
             )),
-            _ => Ok(()),
+            Some(true) => Ok(false),
+            None => Ok(true),
+        }
+    }
+
+    /// A wait left by another executor's poll: the home loop may never turn to
+    /// see its readiness, so the reactor's watcher looks out for it while
+    /// nobody drives the loop.
+    fn watch_if_foreign(&self, foreign: bool, poll: &Poll<io::Result<()>>) {
+        if foreign && poll.is_pending() {
+            self.home.watch_foreign_waits();
         }
     }
 
@@ -266,12 +280,19 @@ impl<T: AsFd> Async<T> {
         would_block: bool,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        self.check_home()?;
+        let foreign = self.check_home()?;
         let fd = self.get_ref().as_fd();
         let direction = ticket.direction();
-        self.home
-            .reactor()
-            .poll_ready(&self.source, fd, direction, Some(ticket), would_block, cx)
+        let poll = self.home.reactor().poll_ready(
+            &self.source,
+            fd,
+            direction,
+            Some(ticket),
+            would_block,
+            cx,
+        );
+        self.watch_if_foreign(foreign, &poll);
+        poll
     }
 
     /// Takes back the wait registered under `ticket`, if any.

@@ -23,9 +23,17 @@
 //! On Linux the wait itself is one `epoll_wait` on the poller's descriptor,
 //! since `Poller::wait` makes four more system calls each time; `Poller::wait`
 //! runs only when that reports something that is not a source (its notifier).
+//!
+//! Only the thread that drives the loop waits here, as a rule. A wait left by a
+//! poll from another executor on a thread where no loop runs (a tokio task
+//! reading a thenable socket, a `futures::executor::block_on` of a read's
+//! promise) would then wait for a turn that may never come: for those, a
+//! [`Watcher`] thread, started by the first of them, waits for the poller's
+//! descriptor to become readable while nobody drives the loop, and takes the
+//! readiness itself, waking whoever waits.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -43,6 +51,13 @@ pub(crate) struct Reactor {
     /// How interest is registered: `Level`, or `Oneshot` where the OS has no level
     /// mode.
     mode: PollMode,
+    /// A thread drives the loop (`run`, `block_on`, or a poll from another
+    /// executor that turns it): it alone waits here then, the watcher stands by.
+    driven: AtomicBool,
+    /// Started by the first wait a poll from another executor leaves here
+    /// ([`watch_foreign_waits`](Self::watch_foreign_waits)).
+    #[cfg(unix)]
+    watcher: std::sync::OnceLock<Watcher>,
 }
 
 #[derive(Default)]
@@ -182,7 +197,38 @@ impl Reactor {
             sources: Mutex::new(Sources::default()),
             armed: AtomicUsize::new(0),
             mode,
+            driven: AtomicBool::new(false),
+            #[cfg(unix)]
+            watcher: std::sync::OnceLock::new(),
         })
+    }
+
+    /// True while a thread drives the loop.
+    pub(crate) fn is_driven(&self) -> bool {
+        self.driven.load(Ordering::Acquire)
+    }
+
+    /// A thread starts driving the loop: from here on it alone waits here. A
+    /// turn the watcher has begun is let finish first, so that it cannot clear a
+    /// notification meant for this thread once this thread has looked at its
+    /// queues. Costs a load and a branch while no watcher exists.
+    pub(crate) fn begin_driving(&self) {
+        // `SeqCst`, with the watcher's own flags: a Dekker pair (see `Watch`).
+        self.driven.store(true, Ordering::SeqCst);
+        #[cfg(unix)]
+        if let Some(watcher) = self.watcher.get() {
+            watcher.watch.wait_until_not_turning();
+        }
+    }
+
+    /// The thread that drove the loop stops: a watcher that stood by for it
+    /// watches again.
+    pub(crate) fn end_driving(&self) {
+        self.driven.store(false, Ordering::SeqCst);
+        #[cfg(unix)]
+        if let Some(watcher) = self.watcher.get() {
+            watcher.watch.driving_ended();
+        }
     }
 
     /// Sets the poller's interest in `source` to `interest` (read, write), and
@@ -231,6 +277,18 @@ impl Reactor {
     /// return sooner (a signal, or a timeout of more than 24 days on Linux): the
     /// caller works out its timeout again and waits again.
     pub(crate) fn wait(&self, timeout: Option<Duration>) {
+        let mut wake = Wakers::new();
+        self.wait_and_take(timeout, &mut wake);
+        // Outside every lock of ours: a waker of another runtime may run anything.
+        for waker in wake {
+            waker.wake();
+        }
+    }
+
+    /// [`wait`](Self::wait), the wakers of the ready sources' waiters taken into
+    /// `wake` instead of woken.
+    #[inline]
+    fn wait_and_take(&self, timeout: Option<Duration>, wake: &mut Wakers) {
         let mut ready: Vec<Event> = Vec::new();
         if self.wait_in_kernel(timeout, &mut ready) == Reported::NotAll {
             let first = ready.len();
@@ -242,18 +300,11 @@ impl Reactor {
         if ready.is_empty() {
             return;
         }
-        let mut wake = Wakers::new();
-        {
-            let sources = self.sources.lock();
-            for event in ready {
-                if let Some(Some(source)) = sources.slots.get(event.key) {
-                    self.take_ready(source, event.readable, event.writable, &mut wake);
-                }
+        let sources = self.sources.lock();
+        for event in ready {
+            if let Some(Some(source)) = sources.slots.get(event.key) {
+                self.take_ready(source, event.readable, event.writable, wake);
             }
-        }
-        // Outside every lock of ours: a waker of another runtime may run anything.
-        for waker in wake {
-            waker.wake();
         }
     }
 
@@ -545,6 +596,268 @@ impl Reactor {
             // Best effort: an interest left armed fires once, finds nobody, and
             // only records the readiness for the next wait.
             let _ = self.set_interest(source.key, &mut waiters, fd, wanted);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The watcher: readiness for waits that no turn of the loop would see
+// ---------------------------------------------------------------------------
+
+#[cfg(unix)]
+impl Reactor {
+    /// Has the waits registered here watched while no thread drives the loop:
+    /// a poll from another executor, on a thread where no loop runs, has just
+    /// left one (with its own waker, or a task's of the loop that poll turned).
+    /// `owner` holds this reactor, which `reactor_of` finds there; the watcher
+    /// keeps a weak reference to it, and ends once the reactor is dropped.
+    ///
+    /// The first call starts the watcher thread; the others cost a lock. Only
+    /// polls from another executor call it: a driven loop never does.
+    pub(crate) fn watch_foreign_waits<O: Send + Sync + 'static>(
+        &self,
+        owner: &Arc<O>,
+        reactor_of: fn(&O) -> &Reactor,
+    ) {
+        let watcher = self.watcher.get_or_init(|| {
+            // Left without it, the wait would hang silently.
+            Watcher::start(self, Arc::downgrade(owner), reactor_of)
+                .expect("thenable: cannot start the I/O watcher thread")
+        });
+        watcher.watch.request();
+    }
+}
+
+/// Without I/O sources (`io` and `net` are for unix), no wait is ever left here.
+#[cfg(not(unix))]
+impl Reactor {
+    pub(crate) fn watch_foreign_waits<O>(&self, _: &Arc<O>, _: fn(&O) -> &Reactor) {}
+}
+
+/// A reactor's watcher thread, as the reactor holds it: dropped with the
+/// reactor, it ends the thread.
+#[cfg(unix)]
+struct Watcher {
+    watch: Arc<Watch>,
+    /// The other end is in the thread's `poll(2)`: closing this one ends it.
+    _stop: std::os::unix::net::UnixStream,
+}
+
+/// What a reactor and its watcher thread share.
+///
+/// Two Dekker pairs with the reactor's `driven` flag, every access `SeqCst`,
+/// so that of a thread that starts or stops driving and the watcher, at least
+/// one sees what the other did. `turning`: the watcher sets it, then reads
+/// `driven`, and turns only if nobody drives; a driver sets `driven`, then
+/// reads `turning`, and waits for a turn under way to end. `parked`: the
+/// watcher sets it, then reads `driven` before it waits for the drive to end
+/// (under `state`'s lock); a driver that stops clears `driven`, then reads
+/// `parked`, and wakes it (under the same lock). A driver pays a load for each
+/// while the watcher neither turns nor stands by.
+#[cfg(unix)]
+#[derive(Default)]
+struct Watch {
+    turning: AtomicBool,
+    parked: AtomicBool,
+    state: Mutex<WatchState>,
+    /// Signalled when a request comes, the reactor goes, a turn ends or a drive
+    /// ends (for a watcher that stands by).
+    changed: parking_lot::Condvar,
+    /// Waits in `poll(2)` the watcher began, and turns it took: the tests
+    /// count them.
+    polls: AtomicUsize,
+    turns: AtomicUsize,
+}
+
+#[cfg(unix)]
+#[derive(Default)]
+struct WatchState {
+    /// A poll from another executor left a wait since the watcher last looked.
+    requested: bool,
+    /// The reactor is gone.
+    stopped: bool,
+}
+
+#[cfg(unix)]
+impl Watch {
+    fn request(&self) {
+        let mut state = self.state.lock();
+        if !state.requested {
+            state.requested = true;
+            drop(state);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits for a request and takes it; false once the reactor is gone.
+    fn take_request(&self) -> bool {
+        let mut state = self.state.lock();
+        while !state.requested && !state.stopped {
+            self.changed.wait(&mut state);
+        }
+        if state.stopped {
+            return false;
+        }
+        state.requested = false;
+        true
+    }
+
+    fn wait_until_not_turning(&self) {
+        if self.turning.load(Ordering::SeqCst) {
+            let mut state = self.state.lock();
+            while self.turning.load(Ordering::SeqCst) {
+                self.changed.wait(&mut state);
+            }
+        }
+    }
+
+    fn driving_ended(&self) {
+        if self.parked.load(Ordering::SeqCst) {
+            // Taken so that the watcher is either before its look at `driven`
+            // or waiting: the notification cannot fall in between.
+            let _state = self.state.lock();
+            self.changed.notify_all();
+        }
+    }
+
+    /// Begins a turn, unless a thread drives the loop.
+    fn begin_turn(&self, reactor: &Reactor) -> bool {
+        self.turning.store(true, Ordering::SeqCst);
+        if reactor.driven.load(Ordering::SeqCst) {
+            self.end_turn();
+            return false;
+        }
+        true
+    }
+
+    fn end_turn(&self) {
+        {
+            let _state = self.state.lock();
+            self.turning.store(false, Ordering::SeqCst);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits while a thread drives the loop.
+    fn stand_by_while_driven(&self, reactor: &Reactor) {
+        let mut state = self.state.lock();
+        self.parked.store(true, Ordering::SeqCst);
+        while reactor.driven.load(Ordering::SeqCst) {
+            self.changed.wait(&mut state);
+        }
+        self.parked.store(false, Ordering::SeqCst);
+    }
+}
+
+#[cfg(unix)]
+impl Watcher {
+    fn start<O: Send + Sync + 'static>(
+        reactor: &Reactor,
+        home: std::sync::Weak<O>,
+        reactor_of: fn(&O) -> &Reactor,
+    ) -> io::Result<Watcher> {
+        use std::os::fd::AsFd;
+        // A descriptor of its own for the poller: the reactor's is closed when
+        // the reactor is dropped, perhaps while the thread polls it, and its
+        // number may then name another file.
+        let poller = reactor.poller.as_fd().try_clone_to_owned()?;
+        let (stop, stopped) = std::os::unix::net::UnixStream::pair()?;
+        let watch = Arc::new(Watch::default());
+        let shared = watch.clone();
+        std::thread::Builder::new()
+            .name("thenable-io-watch".into())
+            .spawn(move || watch_while_undriven(&shared, &home, reactor_of, &poller, &stopped))?;
+        Ok(Watcher { watch, _stop: stop })
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.watch.state.lock().stopped = true;
+        self.watch.changed.notify_all();
+        // `_stop` is closed next, which ends the thread's `poll(2)`.
+    }
+}
+
+/// The watcher thread. While the reactor has waits (after a request) and no
+/// thread drives the loop, it waits for the poller's descriptor to be readable
+/// (an event is pending: `poll(2)` reports it without taking it), then turns
+/// the reactor with a zero timeout as the loop would. That wakes the waiters of
+/// the ready sources (another executor's wakers directly; a task's through its
+/// loop's queue, which wakes the foreign polls that turn that loop), and clears
+/// the poller's notification, so that a loop notified while nobody drives it
+/// does not keep the descriptor readable. Readiness nobody waits for disarms
+/// its source, as in the loop's own turns: a socket left unread is reported
+/// once more, not for ever. While a thread drives the loop, the watcher stands
+/// by (that thread takes the readiness); with no wait left, it sleeps until
+/// the next request. No step holds the reactor while it waits.
+#[cfg(unix)]
+fn watch_while_undriven<O>(
+    watch: &Watch,
+    home: &std::sync::Weak<O>,
+    reactor_of: fn(&O) -> &Reactor,
+    poller: &std::os::fd::OwnedFd,
+    stopped: &std::os::unix::net::UnixStream,
+) {
+    while watch.take_request() {
+        loop {
+            let Some(owner) = home.upgrade() else { return };
+            let reactor = reactor_of(&owner);
+            if !reactor.has_armed_sources() {
+                // A request made since it was taken is taken next: its wait is
+                // registered before it asks.
+                break;
+            }
+            if reactor.is_driven() {
+                watch.stand_by_while_driven(reactor);
+                continue;
+            }
+            drop(owner);
+            watch.polls.fetch_add(1, Ordering::Relaxed);
+            if !wait_for_an_event(poller, stopped) {
+                return;
+            }
+            let Some(owner) = home.upgrade() else { return };
+            let reactor = reactor_of(&owner);
+            let mut wake = Wakers::new();
+            if watch.begin_turn(reactor) {
+                reactor.wait_and_take(Some(Duration::ZERO), &mut wake);
+                watch.turns.fetch_add(1, Ordering::Relaxed);
+                watch.end_turn();
+            }
+            // With the turn over: a driver may start meanwhile, and a waker of
+            // another runtime may run anything.
+            for waker in wake {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// Blocks until the poller has an event pending (true) or the reactor is gone.
+#[cfg(unix)]
+fn wait_for_an_event(
+    poller: &std::os::fd::OwnedFd,
+    stopped: &std::os::unix::net::UnixStream,
+) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    loop {
+        let mut fds = [
+            PollFd::new(poller, PollFlags::IN),
+            PollFd::new(stopped, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            // Its own descriptors, valid until it returns: cannot happen.
+            Err(e) => panic!("thenable: the I/O watcher failed to poll: {e}"),
+        }
+        if !fds[1].revents().is_empty() {
+            return false;
+        }
+        if !fds[0].revents().is_empty() {
+            return true;
         }
     }
 }
@@ -891,5 +1204,172 @@ mod tests {
         let start = std::time::Instant::now();
         reactor.wait(Some(Duration::from_micros(3_500)));
         assert!(start.elapsed() >= Duration::from_micros(3_500));
+    }
+
+    // -----------------------------------------------------------------------
+    // The watcher
+    // -----------------------------------------------------------------------
+
+    /// The owner of a reactor made for a test: the reactor itself.
+    fn itself(reactor: &Reactor) -> &Reactor {
+        reactor
+    }
+
+    /// A safety net: `f` on a thread of its own, a failure if it still runs
+    /// after 30 s (the watcher's waits have no timeout of their own).
+    fn bounded(f: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => worker.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(worker.join().unwrap_err())
+            }
+            Err(_) => panic!("still running after 30 s"),
+        }
+    }
+
+    /// A waker that sends on a channel, for a test to block on.
+    struct Sends(Mutex<std::sync::mpsc::Sender<()>>);
+
+    impl Wake for Sends {
+        fn wake(self: Arc<Self>) {
+            let _ = self.0.lock().send(());
+        }
+    }
+
+    fn sending_waker() -> (std::sync::mpsc::Receiver<()>, Waker) {
+        let (send, receive) = std::sync::mpsc::channel();
+        (receive, Waker::from(Arc::new(Sends(Mutex::new(send)))))
+    }
+
+    fn watch_of(reactor: &Reactor) -> Arc<Watch> {
+        reactor.watcher.get().expect("started").watch.clone()
+    }
+
+    /// Waits (bounded by the caller) until `condition` holds.
+    fn until(condition: impl Fn() -> bool) {
+        while !condition() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_watcher_wakes_a_wait_while_nobody_drives_and_ends_with_its_reactor() {
+        bounded(|| {
+            let reactor = Arc::new(Reactor::new().unwrap());
+            let (mine, mut peer, source) = registered_pair(&reactor);
+            let (woken, waker) = sending_waker();
+            assert!(wait_to_read(&reactor, &source, &mine, &waker));
+            reactor.watch_foreign_waits(&reactor, itself);
+            peer.write_all(b"x").unwrap();
+            woken.recv().unwrap(); // hangs if nothing turns the reactor
+            let watch = watch_of(&reactor);
+            assert!(watch.turns.load(Ordering::Relaxed) >= 1);
+            reactor.deregister(&source, mine.as_fd());
+            drop(reactor);
+            // The thread holds the other reference until it ends.
+            until(|| Arc::strong_count(&watch) == 1);
+        });
+    }
+
+    #[test]
+    fn the_watcher_ends_with_its_reactor_while_it_waits_for_an_event() {
+        bounded(|| {
+            let reactor = Arc::new(Reactor::new().unwrap());
+            let (mine, _peer, source) = registered_pair(&reactor);
+            let (_, waker) = waker();
+            assert!(wait_to_read(&reactor, &source, &mine, &waker)); // never ready
+            reactor.watch_foreign_waits(&reactor, itself);
+            let watch = watch_of(&reactor);
+            // In `poll(2)`, or about to be: either way the end of the reactor's
+            // socket is what tells it to stop.
+            until(|| watch.polls.load(Ordering::Relaxed) == 1);
+            // Withdrawn without an event: nothing but the end of the reactor
+            // ends the thread's wait.
+            reactor.deregister(&source, mine.as_fd());
+            drop(reactor);
+            until(|| Arc::strong_count(&watch) == 1);
+            assert_eq!(watch.turns.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn the_watcher_clears_a_notification_once_rather_than_spin_on_it() {
+        // The poller's descriptor stays readable while a notification is
+        // pending: a watcher that left it there would turn for ever.
+        bounded(|| {
+            let reactor = Arc::new(Reactor::new().unwrap());
+            let (mine, _peer, source) = registered_pair(&reactor);
+            let (_, waker) = waker();
+            assert!(wait_to_read(&reactor, &source, &mine, &waker)); // never ready
+            reactor.watch_foreign_waits(&reactor, itself);
+            let watch = watch_of(&reactor);
+            reactor.notify();
+            until(|| watch.turns.load(Ordering::Relaxed) >= 1);
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(watch.turns.load(Ordering::Relaxed), 1);
+            // Cleared: a driver's wait does not return for it.
+            let mut ready = Vec::new();
+            assert!(reactor.wait_in_kernel(Some(Duration::ZERO), &mut ready) == Reported::All);
+            assert!(ready.is_empty());
+            // And re-armed: the next one wakes a driver's unlimited wait.
+            reactor.begin_driving();
+            let notifier = {
+                let reactor = reactor.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    reactor.notify();
+                })
+            };
+            reactor.wait(None);
+            notifier.join().unwrap();
+            reactor.end_driving();
+            reactor.deregister(&source, mine.as_fd());
+        });
+    }
+
+    #[test]
+    fn the_watcher_leaves_the_reactor_to_a_driver_and_watches_again_after() {
+        bounded(|| {
+            let reactor = Arc::new(Reactor::new().unwrap());
+            reactor.begin_driving();
+            let (mine, mut peer, source) = registered_pair(&reactor);
+            let (woken, waker) = waker();
+            assert!(wait_to_read(&reactor, &source, &mine, &waker));
+            reactor.watch_foreign_waits(&reactor, itself);
+            let watch = watch_of(&reactor);
+            peer.write_all(b"x").unwrap();
+            reactor.wait(Some(Duration::ZERO));
+            assert!(woken.0.load(Ordering::SeqCst));
+            let mut byte = [0; 1];
+            assert_eq!(std::io::Read::read(&mut &mine, &mut byte).unwrap(), 1);
+            // The driver's notifications are its own: a watcher that cleared one
+            // would leave this unlimited wait asleep.
+            let notifier = {
+                let reactor = reactor.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    reactor.notify();
+                })
+            };
+            reactor.wait(None);
+            notifier.join().unwrap();
+            assert_eq!(watch.turns.load(Ordering::Relaxed), 0);
+
+            // Undriven again, with a wait left by another executor: the
+            // watcher takes the readiness.
+            let (woken, waker) = sending_waker();
+            assert!(wait_to_read(&reactor, &source, &mine, &waker));
+            reactor.end_driving();
+            reactor.watch_foreign_waits(&reactor, itself);
+            peer.write_all(b"y").unwrap();
+            woken.recv().unwrap();
+            assert!(watch.turns.load(Ordering::Relaxed) >= 1);
+            reactor.deregister(&source, mine.as_fd());
+        });
     }
 }

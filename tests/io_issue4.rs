@@ -870,3 +870,116 @@ fn an_async_awaited_on_another_thread_is_woken_by_its_home_loop() {
         event_loop.run().unwrap();
     });
 }
+
+// ---------------------------------------------------------------------------
+// Readiness awaited by another executor on a thread where no loop runs
+// ---------------------------------------------------------------------------
+
+/// [`within`] with the shorter limit of [`common::within`]: a wait nobody wakes
+/// hangs for good here, and the body is done in milliseconds otherwise.
+fn within_no_loop(f: impl FnOnce() + Send + 'static) {
+    let _shared = sharing_descriptors();
+    within_for(common::HANG_LIMIT, f);
+}
+
+/// The datagram is there before the wait begins, and nothing drives the loop the
+/// wait registers with (this thread's default loop): the poll from
+/// `futures::executor` must still see it.
+#[test]
+fn readiness_there_already_reaches_another_executor_on_a_thread_where_no_loop_runs() {
+    within_no_loop(|| {
+        let socket = std_udp();
+        std_udp()
+            .send_to(b"xy", socket.local_addr().unwrap())
+            .unwrap();
+        futures::executor::block_on(readable(&socket)).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let mut buf = [0; 4];
+        assert_eq!(socket.recv(&mut buf).unwrap(), 2);
+    });
+}
+
+/// A `TcpStream`'s promises awaited by `futures::executor::block_on` on a thread
+/// that runs no loop: the connect, then a read whose bytes come after it began
+/// to wait (most likely; either order must work).
+#[test]
+fn a_tcp_read_awaited_by_another_executor_where_no_loop_runs_is_woken_when_data_comes() {
+    within_no_loop(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, wait_for_go) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            wait_for_go.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            socket.write_all(b"hello").unwrap();
+            socket // open until joined: the read must not see the end instead
+        });
+        let stream = futures::executor::block_on(TcpStream::connect(addr)).unwrap();
+        go.send(()).unwrap();
+        let got = futures::executor::block_on(stream.read_exact(5)).unwrap();
+        assert_eq!(got, b"hello");
+        drop(peer.join().unwrap());
+    });
+}
+
+/// The same in a tokio runtime of the current thread, for an accept (a promise)
+/// and a `futures-io` read (the stream polled directly, its wait registered with
+/// tokio's waker): the peer connects, then writes, while both wait.
+#[test]
+fn an_accept_and_a_futures_io_read_awaited_in_tokio_where_no_loop_runs_are_woken() {
+    within_no_loop(|| {
+        use futures::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut socket = std::net::TcpStream::connect(addr).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            socket.write_all(b"ping").unwrap();
+            socket
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let got = runtime
+            .block_on(async {
+                let (mut stream, _) = listener.accept().await?;
+                let mut buf = [0; 4];
+                AsyncReadExt::read_exact(&mut stream, &mut buf).await?;
+                Ok::<_, Error>(buf)
+            })
+            .unwrap();
+        assert_eq!(&got, b"ping");
+        drop(peer.join().unwrap());
+    });
+}
+
+/// The watcher that stands in for the loop ends with it, even while a wait it
+/// watches is still pending: a thread that awaited readiness through another
+/// executor leaves no descriptor open once it has ended (its default loop's
+/// poller, the watcher's own).
+#[test]
+fn a_loop_s_watcher_ends_with_the_loop_and_leaves_no_descriptor_behind() {
+    use std::future::Future;
+    assert_no_descriptor_leak(|| {
+        within_for(common::HANG_LIMIT, || {
+            let waker = futures::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            // Pending when polled: the waits are left to the watcher. Nothing
+            // is ever sent to the first; its promise is dropped, its task waits
+            // on until the thread's loop goes.
+            let silent = std_udp();
+            let mut never = readable(&silent);
+            assert!(std::pin::Pin::new(&mut never).poll(&mut cx).is_pending());
+            drop(never);
+            let socket = std_udp();
+            let mut ready = readable(&socket);
+            assert!(std::pin::Pin::new(&mut ready).poll(&mut cx).is_pending());
+            std_udp()
+                .send_to(b"x", socket.local_addr().unwrap())
+                .unwrap();
+            futures::executor::block_on(ready).unwrap();
+        });
+    });
+}

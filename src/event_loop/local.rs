@@ -76,8 +76,6 @@ pub(crate) struct Shared {
     /// Live resolvers homed here and live `LoopHandle`s: each may bring work later.
     keep_alive: AtomicUsize,
     closed: AtomicBool,
-    /// A thread is inside `run`, `block_on` or a poll that drives this loop.
-    driven: AtomicBool,
 }
 
 impl Shared {
@@ -135,12 +133,23 @@ impl Shared {
         self.has_injected.load(Ordering::Acquire)
     }
 
+    /// A thread is inside `run`, `block_on` or a poll that drives this loop.
     pub(crate) fn is_driven(&self) -> bool {
-        self.driven.load(Ordering::Acquire)
+        self.reactor.is_driven()
     }
 
     pub(crate) fn set_driven(&self, driven: bool) {
-        self.driven.store(driven, Ordering::Release);
+        if driven {
+            self.reactor.begin_driving();
+        } else {
+            self.reactor.end_driving();
+        }
+    }
+
+    /// A poll from another executor, on a thread where no loop runs, left a
+    /// readiness wait here: see `Reactor::watch_foreign_waits`.
+    pub(crate) fn watch_foreign_waits(self: &Arc<Self>) {
+        self.reactor.watch_foreign_waits(self, Shared::reactor);
     }
 
     pub(crate) fn is_kept_alive(&self) -> bool {
@@ -315,7 +324,6 @@ impl Local {
             has_injected: AtomicBool::new(false),
             keep_alive: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            driven: AtomicBool::new(false),
         });
         orphans::register(&shared);
         Local {
@@ -750,6 +758,8 @@ impl Local {
         // A poll from another executor runs every orphan; a loop that waits for
         // its own work runs other loops' orphans only when it has nothing to do.
         let all_orphans = !block;
+        // Whether a turn that does not block has looked at I/O once.
+        let mut looked_at_io = false;
         if block {
             // A `block_on` or `run` that waits on other loops' work looks at it
             // again from the first interval, whatever an earlier one left.
@@ -768,7 +778,7 @@ impl Local {
             if !self.has_ready_work() && !all_orphans && self.take_injected(true) {
                 continue;
             }
-            let timeout = if self.has_ready_work() {
+            let mut timeout = if self.has_ready_work() {
                 Some(Duration::ZERO)
             } else if let Some(deadline) = self.timers.borrow_mut().next_deadline() {
                 Some(deadline.saturating_duration_since(Instant::now()))
@@ -779,7 +789,15 @@ impl Local {
                 }
             };
             if !block && timeout != Some(Duration::ZERO) {
-                return Stop::Stalled;
+                // A poll from another executor: readiness there already (a wait
+                // registered in this very turn, on a socket with data waiting) is
+                // taken once without blocking; what comes later, the watcher
+                // reports (`Reactor::watch_foreign_waits`).
+                if looked_at_io || !self.shared.reactor.has_armed_sources() {
+                    return Stop::Stalled;
+                }
+                looked_at_io = true;
+                timeout = Some(Duration::ZERO);
             }
             // With work queued, still look at I/O (without blocking) if some task
             // waits for it, so that busy loops do not starve sockets.

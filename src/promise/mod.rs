@@ -804,6 +804,10 @@ impl<T: Send + 'static, E: Send + 'static> Promise<T, E> {
                 }
                 if let Some(local) = idle_loop {
                     crate::event_loop::orphans::add_foreign_poller(cx.waker(), &local.shared);
+                    // Its tasks' readiness waits: nobody turns the loop to see them.
+                    if local.shared.reactor().has_armed_sources() {
+                        local.shared.watch_foreign_waits();
+                    }
                     let next_timer = local.timers.borrow_mut().next_deadline();
                     if let Some(deadline) = next_timer {
                         crate::timer::wake_at(deadline, cx.waker().clone());
