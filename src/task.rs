@@ -427,18 +427,26 @@ impl TaskLink {
 
     /// The task, once: whoever swaps the pointer out owns the reference.
     fn take(&self) -> Option<Weak<TaskWaker>> {
-        let raw = self.task.swap(std::ptr::null_mut(), Ordering::AcqRel);
-        // SAFETY: a non-null pointer here came from `Weak::into_raw` in `attach`,
-        // and the swap that just replaced it with null is the only one to see it,
-        // so this takes back that one reference exactly once.
+        Self::reclaim(self.task.swap(std::ptr::null_mut(), Ordering::AcqRel))
+    }
+
+    /// The reference that a pointer taken out of `task` (replaced with null)
+    /// stands for.
+    fn reclaim(raw: *mut TaskWaker) -> Option<Weak<TaskWaker>> {
+        // SAFETY: a non-null pointer in `task` came from `Weak::into_raw` in
+        // `attach`, and whoever replaced it with null (a swap, or the drop's
+        // exclusive access) is the only one to see it, so this takes back that
+        // one reference exactly once.
         #[allow(unsafe_code)]
         (!raw.is_null()).then(|| unsafe { Weak::from_raw(raw) })
     }
 }
 
 impl Drop for TaskLink {
+    /// Through `&mut`: no swap (a locked instruction) is needed to read it.
     fn drop(&mut self) {
-        drop(self.take());
+        let raw = std::mem::replace(self.task.get_mut(), std::ptr::null_mut());
+        drop(Self::reclaim(raw));
     }
 }
 
