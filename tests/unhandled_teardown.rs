@@ -211,3 +211,78 @@ fn a_hook_that_panics_at_thread_exit_is_contained() {
     });
     assert_eq!(seen, ["a", "b"]);
 }
+
+// ---------------------------------------------------------------------------
+// A rejection whose promise is still held when its loop goes may yet be
+// handled: by another loop of the thread, or on the thread it was handed to
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_held_rejection_is_left_to_the_thread_s_next_loop() {
+    let seen = within(|| {
+        let seen = log_reports();
+        let first = EventLoop::new();
+        let handled = Promise::<i32>::rejected(Error::msg("handled on the next loop"));
+        let dropped = Promise::<i32>::rejected(Error::msg("dropped unhandled"));
+        let next = EventLoop::new();
+        drop(first);
+        assert!(entries(&seen).is_empty(), "both may still be handled");
+        drop(dropped);
+        assert_eq!(next.block_on(handled.catch(|_| Ok(0))).unwrap(), 0);
+        let reported = entries(&seen);
+        drop(next);
+        thenable::reset_unhandled_rejection_hook();
+        reported
+    });
+    // The next loop's drain decides, as for a rejection made there.
+    assert_eq!(seen, ["dropped unhandled"]);
+}
+
+#[test]
+fn a_rejection_handed_to_another_thread_is_not_reported_by_the_end_of_its_own() {
+    let (worker, main) = within(|| {
+        let worker_seen = Seen::default();
+        let log = worker_seen.clone();
+        let rejected = std::thread::spawn(move || {
+            thenable::set_unhandled_rejection_hook(move |e: &Error| {
+                log.lock().unwrap().push(e.to_string())
+            });
+            // Tracked on the worker's default loop, which never drains.
+            Promise::<i32>::rejected(Error::msg("handled by the receiver"))
+        })
+        .join()
+        .unwrap();
+        let main_seen = log_reports();
+        assert_eq!(thenable::block_on(rejected.catch(|_| Ok(0))).unwrap(), 0);
+        thenable::reset_unhandled_rejection_hook();
+        (entries(&worker_seen), entries(&main_seen))
+    });
+    assert!(
+        worker.is_empty(),
+        "reported at the worker's end: {worker:?}"
+    );
+    assert!(main.is_empty(), "reported by the receiver: {main:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Awaited from another executor: the poll drives the thread's loop before it
+// takes the outcome, and that drain's end must see the await as a consumer
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_rejection_awaited_by_another_executor_is_not_reported() {
+    let seen = within(|| {
+        let seen = log_reports();
+        let awaited = futures::executor::block_on(Promise::<i32>::rejected(Error::msg("awaited")));
+        assert_eq!(awaited.unwrap_err().to_string(), "awaited");
+        // The same, the loop being an `EventLoop` of the thread.
+        let event_loop = EventLoop::new();
+        let awaited = futures::executor::block_on(Promise::<i32>::rejected(Error::msg("again")));
+        assert!(awaited.is_err());
+        drop(event_loop);
+        let reported = entries(&seen);
+        thenable::reset_unhandled_rejection_hook();
+        reported
+    });
+    assert!(seen.is_empty(), "reported: {seen:?}");
+}

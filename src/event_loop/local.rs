@@ -834,9 +834,21 @@ impl Drop for Local {
         // on a thread whose loop never turned again): reported now, as that end
         // would have, before the teardown below (whose own rejections are
         // nobody's to handle) and with the loop whole, as Node.js reports before
-        // its `exit` event.
+        // its `exit` event. Not those whose promise a handle still holds: they
+        // may yet be handled, on another loop of this thread or on a thread
+        // they were handed to, and are left to the loop free functions use now
+        // (its drain's end, or its drop, decides), or, at the thread's end, to
+        // whoever holds them.
         let suspects = std::mem::take(self.unhandled.get_mut());
-        report_unhandled(&suspects);
+        for node in &suspects {
+            if let Some(error) = node.unhandled() {
+                if node.is_held() {
+                    context::track_unhandled(node.clone());
+                } else {
+                    context::report_unhandled(&error);
+                }
+            }
+        }
         let injected = {
             let mut queue = self.shared.injected.lock();
             self.shared.closed.store(true, Ordering::Release);

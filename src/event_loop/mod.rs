@@ -40,7 +40,8 @@ use crate::timer::{Callback, Fire, TimerId};
 /// `EventLoop` of this thread, or else the thread's default loop.
 ///
 /// Dropping a loop first reports the unhandled rejections that no microtask
-/// drain looked at (see [`set_unhandled_rejection_hook`]), then abandons its
+/// drain looked at and nobody holds any more (see
+/// [`set_unhandled_rejection_hook`]), then abandons its
 /// queued work: promises waiting on it settle as broken, handlers queued on it
 /// never run, and task futures are dropped. A
 /// promise made by [`Promise::pending`] while it was current outlives it:
@@ -623,7 +624,10 @@ pub(crate) fn clear_timer_on_its_loop(id: TimerId) {
 /// drain in which they happened, on this thread (Node.js's `unhandledRejection`).
 /// One that no drain followed (made while no loop ran) is reported when its loop
 /// is dropped, if still unhandled then: an [`EventLoop`] dropped, or the thread's
-/// default loop when the thread ends. The default writes one line to stderr.
+/// default loop when the thread ends. If a [`Promise`] handle still holds it
+/// then, it may yet be handled: it is left to the loop this thread uses next
+/// (at the thread's end, to whoever holds it, and not reported). The default
+/// writes one line to stderr.
 /// Cancellations are never reported, nor is cancellation travelling on: a
 /// combinator rejected because an input was cancelled elsewhere, and that
 /// rejection passed on untouched. A hook that panics is reported on stderr, as a

@@ -51,6 +51,8 @@ pub(crate) trait Graph: Send + Sync {
     /// The rejection reason, if this promise was rejected, nobody ever consumed
     /// it, and it is not cancellation travelling on.
     fn unhandled(&self) -> Option<Error>;
+    /// A `Promise` handle still refers to it: someone may still consume it.
+    fn is_held(&self) -> bool;
     /// The consumer `consumer` (a reaction, follower or collector of this node)
     /// was cancelled. Returns true when that left this promise pending with no consumer
     /// at all: then the caller cancels it in turn (see [`withdraw`], which keeps
@@ -328,6 +330,10 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
             }
             _ => None,
         }
+    }
+
+    fn is_held(&self) -> bool {
+        self.core.lock().handles > 0
     }
 
     fn withdraw_consumer(&self, consumer: Consumer) -> bool {
@@ -1127,6 +1133,13 @@ impl<T, E> Core<T, E> {
             State::Pending(waiters) => !waiters.iter().any(Waiter::consumes),
             State::Settled(_) => false,
         }
+    }
+
+    /// A consumer is about to poll it (an `await` from another executor, which
+    /// drives the thread's loop first): a rejection is not "unhandled" at the
+    /// end of that drain.
+    pub(crate) fn mark_handled(&self) {
+        self.lock().handled = true;
     }
 
     /// A consumer that took the handle to follow this promise was cancelled

@@ -751,6 +751,9 @@ impl<T: Send + 'static, E: Send + 'static> Promise<T, E> {
         let idle_loop = if context::is_running() {
             None
         } else {
+            // This poll is a consumer from now on: the drain below must not
+            // report the rejection it is about to take as unhandled.
+            node.core().mark_handled();
             let local = context::ambient();
             let settled = || node.core().status() != Status::Pending;
             let _ = context::enter(&local, || local.turn_until(&settled, false));
