@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use thenable::{
-    all, clear_timer, queue_microtask, set_immediate, set_timeout, spawn_local, Error, EventLoop,
-    Promise, Resolver,
+    all, clear_timer, queue_microtask, set_immediate, set_timeout, spawn_blocking, spawn_local,
+    Error, EventLoop, Promise, Resolver,
 };
 
 /// Operations per iteration in the batched benchmarks.
@@ -221,6 +221,30 @@ fn cross_thread_settle(c: &mut Criterion) {
     helper.join().expect("the helper does not panic");
 }
 
+/// Empty jobs on the blocking pool: a batch queued at once and awaited together
+/// (the queue, the pool's threads taking turns at it, settling across threads),
+/// and one job at a time (a round trip to a pool thread and back).
+fn blocking_pool(c: &mut Criterion) {
+    let event_loop = EventLoop::new();
+    let mut batch = group(c, "spawn_blocking", BATCH);
+    batch.bench_function("1000 empty jobs, awaited together", |b| {
+        b.iter(|| {
+            let jobs: Vec<Promise<()>> = (0..BATCH).map(|_| spawn_blocking(|| Ok(()))).collect();
+            event_loop.block_on(all(jobs)).expect("fulfils");
+        })
+    });
+    batch.finish();
+    let mut one = group(c, "spawn_blocking_round_trip", 1);
+    one.bench_function("one empty job, awaited", |b| {
+        b.iter(|| {
+            event_loop
+                .block_on(spawn_blocking(|| Ok::<_, Error>(())))
+                .expect("fulfils")
+        })
+    });
+    one.finish();
+}
+
 criterion_group!(
     benches,
     create_resolve,
@@ -230,6 +254,7 @@ criterion_group!(
     microtask_drain,
     timers,
     task_spawn_wake,
-    cross_thread_settle
+    cross_thread_settle,
+    blocking_pool
 );
 criterion_main!(benches);

@@ -2,11 +2,14 @@
 //! process-wide thread pool and settles a promise with its result on the loop that
 //! asked (as libuv's thread pool does for Node.js, or asyncio's `run_in_executor`).
 //!
-//! This module owns the pool: its threads, its queue, and the wrapper that turns a
-//! closure's result or panic into a settlement. It never blocks a loop thread and
-//! never runs a handler: settling goes through a [`Resolver`](crate::Resolver),
-//! which hands the reactions to the home loop and wakes it.
+//! This module owns the pool: its threads, its queue, its bound, and the wrapper
+//! that turns a closure's result or panic into a settlement. It never blocks a loop
+//! thread and never runs a handler: settling goes through a
+//! [`Resolver`](crate::Resolver), which hands the reactions to the home loop and
+//! wakes it. The loop tells it when a pool thread's loop waits
+//! (`waiting_in_a_loop`), which does not count towards the bound.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
@@ -16,8 +19,16 @@ use parking_lot::{Condvar, Mutex};
 use crate::error::Error;
 use crate::promise::Promise;
 
-/// The most threads [`spawn_blocking`] runs at once, for the whole process. More
-/// jobs wait in a queue, first come, first served.
+/// The most jobs [`spawn_blocking`] runs at once, for the whole process, not
+/// counting those waiting in a loop of their own. More jobs wait in a queue, first
+/// come, first served.
+///
+/// A job that waits in a loop ([`block_on`](crate::block_on) or
+/// [`EventLoop::run`](crate::EventLoop::run) inside the job) gives its place to the
+/// next queued job while its loop waits, since what it waits for may be more pool
+/// work. When that wait ends, the job goes on at once, even if that puts the pool
+/// over its bound (by one per wait that ended); until it is back within the bound,
+/// no queued job starts, and the next thread that would take one exits instead.
 ///
 /// Threads are started only when a job finds none idle, and one that stays idle for
 /// ten seconds exits, so a program that never blocks has no pool threads.
@@ -44,9 +55,12 @@ const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(10);
 /// Cancelling the promise skips `work` if it has not started yet (a running job
 /// cannot be interrupted; its result is dropped).
 ///
-/// `work` should not wait for other pool work (`block_on(spawn_blocking(..))`):
-/// once every pool thread is doing so, nothing is left to run what they wait for,
-/// and they wait for ever.
+/// `work` may wait for other pool work in a loop (`block_on(spawn_blocking(..))`):
+/// while it waits, its place goes to the queue (see [`MAX_BLOCKING_THREADS`]), so
+/// the work it waits for runs even when every pool thread waits so; the pool then
+/// has one thread more per waiting job. A job that blocks any other way (on a
+/// channel, a lock, another executor's `block_on`) keeps its place: with every
+/// pool thread waiting so on queued jobs, they wait for ever, as in libuv's pool.
 ///
 /// ```
 /// use thenable::{spawn_blocking, Error, Promise};
@@ -64,6 +78,18 @@ const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(10);
 ///
 /// let panicked: Promise<u64> = spawn_blocking(|| panic!("bug"));
 /// assert!(thenable::block_on(panicked).unwrap_err().is_panic());
+/// ```
+///
+/// Twice as many jobs as the pool has threads, each waiting on one more:
+///
+/// ```
+/// use thenable::{block_on, spawn_blocking, Error, Promise, MAX_BLOCKING_THREADS};
+///
+/// let jobs: Vec<Promise<usize>> = (0..2 * MAX_BLOCKING_THREADS)
+///     .map(|i| spawn_blocking(move || block_on(spawn_blocking(move || Ok::<_, Error>(i * i)))))
+///     .collect();
+/// let squares = block_on(thenable::all(jobs)).unwrap();
+/// assert_eq!(squares[MAX_BLOCKING_THREADS], MAX_BLOCKING_THREADS * MAX_BLOCKING_THREADS);
 /// ```
 pub fn spawn_blocking<T, E, F>(work: F) -> Promise<T, E>
 where
@@ -91,17 +117,47 @@ where
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Runs `wait`, a loop's wait for I/O or a wake-up. On a pool thread, the job
+/// calling it (through `block_on` or `run`) gives up its place in the pool's bound
+/// meanwhile: it uses no CPU, and what it waits for may be more pool work, which
+/// would otherwise wait for a place that none of the waiting jobs gives back.
+pub(crate) fn waiting_in_a_loop(wait: impl FnOnce()) {
+    if !ON_POOL_THREAD.get() {
+        return wait();
+    }
+    struct Back;
+    impl Drop for Back {
+        fn drop(&mut self) {
+            POOL.state.lock().waiting -= 1;
+        }
+    }
+    POOL.start_waiting();
+    let _back = Back;
+    wait()
+}
+
+thread_local! {
+    /// True on the pool's own threads (see [`waiting_in_a_loop`]).
+    static ON_POOL_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
 struct Pool {
     state: Mutex<PoolState>,
     work_queued: Condvar,
 }
 
+/// The bound: `threads - waiting <= MAX_BLOCKING_THREADS` whenever a job starts.
+/// Between starts it may be exceeded, by one thread per wait that ended: that
+/// thread's job goes on at once, and the first thread of the pool to look for a
+/// job while the pool is over its bound exits instead of taking one.
 struct PoolState {
     queue: VecDeque<Job>,
-    /// Threads alive, idle or busy; never more than `MAX_BLOCKING_THREADS`.
+    /// Threads alive: idle, running a job, or with a job waiting in a loop.
     threads: usize,
     /// Threads waiting on `work_queued` (a notified thread counts until it wakes).
     idle: usize,
+    /// Threads whose job waits in a loop (see [`waiting_in_a_loop`]).
+    waiting: usize,
 }
 
 static POOL: Pool = Pool {
@@ -109,15 +165,25 @@ static POOL: Pool = Pool {
         queue: VecDeque::new(),
         threads: 0,
         idle: 0,
+        waiting: 0,
     }),
     work_queued: Condvar::new(),
 };
 
+impl PoolState {
+    /// Threads that count towards the bound: all but those whose job waits in a
+    /// loop. Idle ones count too: each takes the next job it is told of.
+    fn counted(&self) -> usize {
+        self.threads - self.waiting
+    }
+}
+
 impl Pool {
     /// Queues `job` and makes sure a thread will take it: an idle one if there are
-    /// more idle threads than queued jobs, else a new one if the pool may grow, else
-    /// the first busy thread to finish. Fails only when no pool thread exists and
-    /// none can be started (the job is then dropped, not queued).
+    /// more idle threads than queued jobs, else a new one if the bound allows it,
+    /// else the first thread to finish a job or to wait in a loop. Fails only when
+    /// no pool thread exists and none can be started (the job is then dropped, not
+    /// queued).
     fn submit(&'static self, job: Job) -> std::io::Result<()> {
         let mut state = self.state.lock();
         state.queue.push_back(job);
@@ -125,20 +191,13 @@ impl Pool {
             self.work_queued.notify_one();
             return Ok(());
         }
-        if state.threads == MAX_BLOCKING_THREADS {
+        if state.counted() >= MAX_BLOCKING_THREADS {
             return Ok(());
         }
-        state.threads += 1;
-        let started = std::thread::Builder::new()
-            .name("thenable-blocking".into())
-            .spawn(move || self.work());
-        match started {
-            Ok(_detached) => Ok(()),
+        match self.start_thread(&mut state) {
+            Ok(()) => Ok(()),
+            Err(_) if state.threads > 0 => Ok(()), // a thread alive will get to it
             Err(error) => {
-                state.threads -= 1;
-                if state.threads > 0 {
-                    return Ok(()); // a running thread will get to it
-                }
                 // With no thread at all, every earlier job was refused the same way,
                 // so the job just queued is the only one.
                 let refused = state.queue.pop_back();
@@ -149,11 +208,46 @@ impl Pool {
         }
     }
 
-    /// A pool thread: runs queued jobs, exits after idling too long.
+    /// A thread of the pool about to wait in a loop: its place goes to the queue,
+    /// if a job there has no idle thread to take it.
+    fn start_waiting(&'static self) {
+        let mut state = self.state.lock();
+        state.waiting += 1;
+        if state.queue.len() > state.idle && state.counted() < MAX_BLOCKING_THREADS {
+            // Refused, the jobs stay queued for the first thread that finishes a
+            // job or comes back from its wait.
+            let _ = self.start_thread(&mut state);
+        }
+    }
+
+    fn start_thread(&'static self, state: &mut PoolState) -> std::io::Result<()> {
+        state.threads += 1;
+        let started = std::thread::Builder::new()
+            .name("thenable-blocking".into())
+            .spawn(move || self.work());
+        if started.is_err() {
+            state.threads -= 1;
+        }
+        started.map(drop)
+    }
+
+    /// A pool thread: runs queued jobs, exits after idling too long or when the
+    /// pool is over its bound.
     fn work(&self) {
+        ON_POOL_THREAD.set(true);
         let mut state = self.state.lock();
         loop {
-            if let Some(job) = state.queue.pop_front() {
+            if !state.queue.is_empty() {
+                if state.counted() > MAX_BLOCKING_THREADS {
+                    // A job's wait in a loop ended since another thread took its
+                    // place: one of the two goes. The job left for this thread (an
+                    // idle one was told of it, perhaps this one) goes to another
+                    // idle thread, or else to the next that finishes a job.
+                    state.threads -= 1;
+                    self.work_queued.notify_one();
+                    return;
+                }
+                let job = state.queue.pop_front().expect("not empty");
                 drop(state);
                 // Jobs catch their closure's panics themselves; this guard keeps
                 // the thread count right should settling ever panic too.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{context, orphans};
+use crate::blocking;
 use crate::promise::core::{self, Graph, Runnable, Whose};
 use crate::reactor::Reactor;
 use crate::task::TaskWaker;
@@ -802,7 +803,7 @@ impl Local {
             // With work queued, still look at I/O (without blocking) if some task
             // waits for it, so that busy loops do not starve sockets.
             if timeout != Some(Duration::ZERO) || self.shared.reactor.has_armed_sources() {
-                self.shared.reactor.wait(timeout);
+                self.wait_for_events(timeout);
             }
             self.take_injected(all_orphans);
             self.drain_micro();
@@ -819,7 +820,18 @@ impl Local {
     /// Blocks until another thread wakes the loop, or `timeout` passed.
     pub(crate) fn wait_for_wake_up(&self, timeout: Option<Duration>) {
         if !self.has_ready_work() {
+            self.wait_for_events(timeout);
+        }
+    }
+
+    /// Waits for I/O or a wake-up, no longer than `timeout`. A wait that may
+    /// block, on a thread of the blocking pool, frees the job's place in the
+    /// pool's bound meanwhile: what the loop waits for may be more pool work.
+    fn wait_for_events(&self, timeout: Option<Duration>) {
+        if timeout == Some(Duration::ZERO) {
             self.shared.reactor.wait(timeout);
+        } else {
+            blocking::waiting_in_a_loop(|| self.shared.reactor.wait(timeout));
         }
     }
 
