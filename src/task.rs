@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake};
 
@@ -400,16 +400,29 @@ pub(crate) struct TaskLink {
     /// 96-byte chunk, not an 80-byte one (`tasks`: 377 → 392 MiB, 577 → 597 ms).
     task: AtomicPtr<TaskWaker>,
     /// The loop that runs the task, known before the task exists: a wait on the
-    /// promise from another loop is not that loop's deadlock.
-    loop_id: u64,
+    /// promise from another loop is not that loop's deadlock. With [`OFFERED`]
+    /// set, the default loop the task was spawned for, while the task is
+    /// offered to other loops (see `event_loop::claims`); the loop that takes
+    /// it writes its own id when it makes the task.
+    loop_id: AtomicU64,
 }
+
+/// The bit of [`TaskLink::loop_id`] (and of a sleep's) that says the work is
+/// offered to other loops: loop ids are counted from 1, and never reach it.
+pub(crate) const OFFERED: u64 = 1 << 63;
 
 impl TaskLink {
     pub(crate) fn new(loop_id: u64) -> TaskLink {
         TaskLink {
             task: AtomicPtr::new(std::ptr::null_mut()),
-            loop_id,
+            loop_id: AtomicU64::new(loop_id),
         }
+    }
+
+    /// The link of a task spawned for the default loop `loop_id` and offered to
+    /// other loops until one of them, or that loop, makes it.
+    pub(crate) fn offered(loop_id: u64) -> TaskLink {
+        TaskLink::new(loop_id | OFFERED)
     }
 
     /// Names the task of `node`'s promise; cancels it at once if the promise was
@@ -418,6 +431,10 @@ impl TaskLink {
         let raw = Weak::into_raw(Arc::downgrade(task)).cast_mut();
         let before = node.link.task.swap(raw, Ordering::AcqRel);
         debug_assert!(before.is_null(), "a task is attached once");
+        // Where it was offered, the loop that took it (only there does it differ).
+        if node.link.loop_id.load(Ordering::Relaxed) != task.home.id {
+            node.link.loop_id.store(task.home.id, Ordering::Release);
+        }
         if node.core.is_cancelled() {
             if let Some(task) = node.link.take() {
                 context::cancel_task(&task);
@@ -459,7 +476,14 @@ impl<T: Send + 'static, E: Send + 'static> Link<T, E> for TaskLink {
 
     fn settling(node: &Node<T, E, Self>) -> Settling {
         match node.core.status() {
-            Status::Pending => Settling::Loop(node.link.loop_id),
+            Status::Pending => match node.link.loop_id.load(Ordering::Acquire) {
+                id if id & OFFERED != 0 => Settling::Offered {
+                    home: id & !OFFERED,
+                    key: crate::event_loop::claims::key_of(node),
+                    task: true,
+                },
+                id => Settling::Loop(id),
+            },
             _ => Settling::Unknown,
         }
     }

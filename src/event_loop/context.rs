@@ -141,14 +141,7 @@ fn newest_created(cx: &Context) -> Option<Rc<Local>> {
 
 /// True if `local` is this thread's default loop.
 fn is_default(local: &Rc<Local>) -> bool {
-    DEFAULT
-        .try_with(|default| {
-            default
-                .borrow()
-                .as_ref()
-                .is_some_and(|default| Rc::ptr_eq(&default.local, local))
-        })
-        .unwrap_or(false)
+    local.is_default.get()
 }
 
 /// Queues a promise reaction where [`target`] says.
@@ -364,6 +357,23 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&Rc<Local>) -> R) -> R {
     f(&local)
 }
 
+/// [`with_current`], telling `f` also whether the loop is this thread's default
+/// loop while no loop runs here: one that runs only while something on this
+/// thread waits on a promise, and may never run again (see `claims`).
+#[inline]
+pub(crate) fn with_current_or_undriven_default<R>(f: impl FnOnce(&Rc<Local>, bool) -> R) -> R {
+    // One call of `f`, which is then inlined as `with_current`'s is.
+    let (local, undriven_default) = match with_running(Rc::clone) {
+        Some(running) => (running, false),
+        None => {
+            let local = ambient();
+            let undriven_default = is_default(&local);
+            (local, undriven_default)
+        }
+    };
+    f(&local, undriven_default)
+}
+
 /// The loop free functions use when no loop runs on this thread.
 pub(crate) fn ambient() -> Rc<Local> {
     let newest = CONTEXT.with(newest_created);
@@ -372,7 +382,12 @@ pub(crate) fn ambient() -> Rc<Local> {
 
 /// This thread's default loop, made now if need be.
 fn default_loop(default: &mut Option<EventLoop>) -> Rc<Local> {
-    default.get_or_insert_with(EventLoop::new).local.clone()
+    let default = default.get_or_insert_with(|| {
+        let made = EventLoop::new();
+        made.local.is_default.set(true);
+        made
+    });
+    default.local.clone()
 }
 
 pub(crate) fn register_created(local: &Rc<Local>) {

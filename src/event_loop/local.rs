@@ -237,6 +237,10 @@ pub(crate) struct Local {
     /// The task of the `block_on` running this loop, if any (it is not in the
     /// task table).
     block_on_task: RefCell<Option<Weak<TaskWaker>>>,
+    /// This is its thread's default loop (made by `context::ambient`): read for
+    /// every sleep and `Send` task made while no loop runs, without a look at
+    /// the thread-local that holds the default loop.
+    pub(crate) is_default: Cell<bool>,
 }
 
 /// A task, a promise it waits on, and whether that wait counted as another
@@ -340,6 +344,7 @@ impl Local {
             task_waits: RefCell::new(Vec::new()),
             recheck: Cell::new(None),
             block_on_task: RefCell::new(None),
+            is_default: Cell::new(false),
         }
     }
 
@@ -359,6 +364,33 @@ impl Local {
         output: Option<Weak<dyn Graph>>,
         make: impl FnOnce(&Arc<TaskWaker>) -> Pin<Box<dyn Future<Output = ()>>>,
     ) {
+        if let Some(task) = self.add_task(output, make) {
+            self.push(Job::Poll(task));
+        }
+    }
+
+    /// [`spawn`](Self::spawn), polling the task at once instead of queuing it:
+    /// for a task whose start was itself queued (offered to other loops, see
+    /// `claims`), so that its first poll comes where `spawn` would have queued
+    /// it.
+    pub(crate) fn spawn_and_poll(
+        &self,
+        output: Option<Weak<dyn Graph>>,
+        make: impl FnOnce(&Arc<TaskWaker>) -> Pin<Box<dyn Future<Output = ()>>>,
+    ) {
+        if let Some(task) = self.add_task(output, make) {
+            self.poll_task(task);
+        }
+    }
+
+    /// Adds a task (see [`spawn`](Self::spawn)) and gives it back to be polled,
+    /// unless it was cancelled before it existed.
+    #[inline]
+    fn add_task(
+        &self,
+        output: Option<Weak<dyn Graph>>,
+        make: impl FnOnce(&Arc<TaskWaker>) -> Pin<Box<dyn Future<Output = ()>>>,
+    ) -> Option<Arc<TaskWaker>> {
         let mut tasks = self.tasks.borrow_mut();
         let key = match self.free_task.get() {
             NO_SLOT => tasks.len(),
@@ -386,10 +418,10 @@ impl Local {
             // Its promise was cancelled before the task existed (see `TaskLink`).
             None => {
                 core::run_cancellation(|| drop(future));
-                return;
+                return None;
             }
         }
-        self.push(Job::Poll(task));
+        Some(task)
     }
 
     fn poll_task(&self, task: Arc<TaskWaker>) {
@@ -785,6 +817,9 @@ impl Local {
                 Some(deadline.saturating_duration_since(Instant::now()))
             } else {
                 match self.idle_timeout() {
+                    // Its searches took over a task offered by a thread that
+                    // runs no loop (see `claims`).
+                    _ if self.has_ready_work() => Some(Duration::ZERO),
                     Some(timeout) => timeout,
                     None => return Stop::Idle,
                 }

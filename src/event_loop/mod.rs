@@ -12,6 +12,7 @@
 //! whose waker is held by code outside thenable (another runtime's channel, say).
 //! As in Node.js, a pending promise by itself does not keep the loop alive.
 
+pub(crate) mod claims;
 pub(crate) mod context;
 mod local;
 pub(crate) mod orphans;
@@ -28,7 +29,7 @@ pub(crate) use self::local::{contained, report_panic, Job, Local, SendJob, Share
 use crate::error::Error;
 use crate::promise::core::{Link, Node, Settling};
 use crate::promise::{self, Promise, Settled};
-use crate::task::{catch_panics, output_future, TaskLink, TaskOutput, TaskWaker};
+use crate::task::{catch_panics, output_future, TaskLink, TaskOutput, TaskWaker, OFFERED};
 use crate::timer::{Callback, Fire, TimerId};
 
 /// A single-threaded event loop: microtasks (promise reactions), immediates,
@@ -421,6 +422,31 @@ where
 /// settles with its output (or a panic error, or broken if the loop is dropped).
 /// Tasks start on the microtask queue, so `spawn` itself never polls.
 ///
+/// Spawned on a thread that runs no loop and has no [`EventLoop`] of its own,
+/// the task goes to the thread's default loop, which runs only while something
+/// there waits on a promise. Until that loop starts it, a loop of another
+/// thread (or another executor) that awaits the promise takes the task over
+/// and runs it; if the thread ends first, the promise breaks.
+///
+/// ```
+/// let task = std::thread::spawn(|| thenable::spawn(async { Ok::<_, thenable::Error>(7) }))
+///     .join()
+///     .unwrap();
+/// // Its thread ended without running it: nobody will.
+/// assert!(thenable::block_on(task).unwrap_err().is_broken());
+///
+/// let (sender, receiver) = std::sync::mpsc::channel();
+/// let (_keep, parked) = std::sync::mpsc::channel::<()>();
+/// let maker = std::thread::spawn(move || {
+///     sender.send(thenable::spawn(async { Ok::<_, thenable::Error>(7) })).unwrap();
+///     let _ = parked.recv(); // never runs a loop
+/// });
+/// // Run here, by the loop that awaits it.
+/// assert_eq!(thenable::block_on(receiver.recv().unwrap()).unwrap(), 7);
+/// # drop(_keep);
+/// # maker.join().unwrap();
+/// ```
+///
 /// ```
 /// use thenable::{spawn, Promise};
 ///
@@ -435,7 +461,7 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    spawn_local(future)
+    spawn_send(future)
 }
 
 /// Spawns a future that need not be `Send` (it stays on this thread).
@@ -466,7 +492,77 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    spawn_here(future)
+    spawn_send(future)
+}
+
+/// A task of this thread's loop, as [`spawn_here`] makes it; but on a thread
+/// that runs no loop, where it would go to the thread's default loop, its
+/// start is offered to other loops too (see `claims`): the default loop may
+/// never run, and the promise may be awaited on another thread. The default
+/// loop starts it at its place in the queue, unless a loop or another
+/// executor waiting on it took it first.
+fn spawn_send<F, T, E>(future: F) -> Promise<T, E>
+where
+    F: Future + Send + 'static,
+    F::Output: TaskOutput<T, E>,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    context::with_current_or_undriven_default(|local, undriven_default| {
+        if undriven_default {
+            return spawn_offered(local, future);
+        }
+        let (promise, settler) = task_promise::<T, E>(&local.shared);
+        let graph = settler.graph();
+        local.spawn(Some(graph), start_task(future, settler));
+        promise
+    })
+}
+
+/// A task for `default`, this thread's default loop, which runs no loop now:
+/// its start is queued there and offered to other loops (see `claims`).
+fn spawn_offered<F, T, E>(default: &Rc<Local>, future: F) -> Promise<T, E>
+where
+    F: Future + Send + 'static,
+    F::Output: TaskOutput<T, E>,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let (promise, settler) =
+        promise::internal_with::<T, E, _>(TaskLink::offered(default.shared.id));
+    let key = claims::key_of(&**settler.node());
+    let graph = settler.graph();
+    claims::offer(
+        key,
+        Box::new(move |taker| {
+            let make = start_task(future, settler);
+            context::with_current(|local| match taker {
+                // From the queue, where `spawn` would have queued its poll.
+                claims::Taker::Home => local.spawn_and_poll(Some(graph), make),
+                claims::Taker::Other => local.spawn(Some(graph), make),
+            });
+        }),
+    );
+    /// The default loop's turn to start the task: dropped unrun (the loop is
+    /// dropped), it withdraws the offer, and the task's promise breaks.
+    struct StartAtHome(usize);
+    impl StartAtHome {
+        fn run(self) {
+            let key = self.0;
+            std::mem::forget(self);
+            if let Some(start) = claims::take(key) {
+                start(claims::Taker::Home);
+            }
+        }
+    }
+    impl Drop for StartAtHome {
+        fn drop(&mut self) {
+            claims::withdraw(self.0);
+        }
+    }
+    let start = StartAtHome(key);
+    default.push(Job::Call(Box::new(move || start.run())));
+    promise
 }
 
 /// A task of this thread's loop, settling its promise with `future`'s output.
@@ -686,6 +782,11 @@ pub fn reset_unhandled_rejection_hook() {
 /// A promise fulfilled `duration` from now (a timer of this thread's loop).
 /// Cancelling it removes the timer, so it no longer keeps the loop alive.
 ///
+/// Made on a thread that runs no loop and has no [`EventLoop`] of its own, the
+/// timer is the thread's default loop's, which runs only while something there
+/// waits on a promise: awaited on another thread meanwhile, the sleep is taken
+/// over and fired from a thread of the library's at the same deadline.
+///
 /// ```
 /// use std::time::{Duration, Instant};
 ///
@@ -694,32 +795,137 @@ pub fn reset_unhandled_rejection_hook() {
 /// assert!(start.elapsed() >= Duration::from_millis(10));
 /// ```
 pub fn sleep(duration: Duration) -> Promise<()> {
-    context::with_current(|local| {
-        let mut promise = None;
-        let now = Instant::now();
-        local.timers.borrow_mut().insert_with(now, duration, |id| {
-            // The node knows its timer from the start, and the timer holds it.
-            let (sleeping, node) = promise::with_link(SleepLink {
-                loop_id: local.shared.id,
-                timer: AtomicU64::new(id.slot_bits()),
-            });
-            promise = Some(sleeping);
-            Callback::Fire(node)
-        });
-        promise.expect("made with the timer")
+    context::with_current_or_undriven_default(|local, undriven_default| {
+        if undriven_default {
+            return sleep_offered(local, duration);
+        }
+        sleep_on(local, local.shared.id, duration, false).0
     })
 }
 
+/// A sleep's promise node (its timer's callback holds one reference).
+type SleepNode = Arc<Node<(), Error, SleepLink>>;
+
+/// A sleep on `local`'s timers, whose link names the loop `loop_id` (with
+/// [`OFFERED`] for [`sleep_offered`]), and its node if `keep_node` (a count
+/// taken only then).
+#[inline]
+fn sleep_on(
+    local: &Local,
+    loop_id: u64,
+    duration: Duration,
+    keep_node: bool,
+) -> (Promise<()>, Option<SleepNode>) {
+    let mut made = None;
+    let now = Instant::now();
+    local.timers.borrow_mut().insert_with(now, duration, |id| {
+        // The node knows its timer from the start, and the timer holds it.
+        let (sleeping, node) = promise::with_link(SleepLink {
+            loop_id,
+            timer: AtomicU64::new(id.slot_bits()),
+        });
+        made = Some((sleeping, keep_node.then(|| node.clone())));
+        Callback::Fire(node)
+    });
+    made.expect("made with the timer")
+}
+
+/// A sleep for `default`, this thread's default loop, which runs no loop now:
+/// another loop that waits on the sleep takes it over (see `claims`), since the
+/// default loop may never run.
+#[cold]
+fn sleep_offered(default: &Local, duration: Duration) -> Promise<()> {
+    let deadline = Instant::now() + duration.min(crate::timer::LONGEST_DELAY);
+    let (sleeping, node) = sleep_on(default, default.shared.id | OFFERED, duration, true);
+    let node = node.expect("kept");
+    let key = claims::key_of(&*node);
+    claims::offer(
+        key,
+        Box::new(move |taker| {
+            if taker == claims::Taker::Other {
+                fire_elsewhere(node, deadline);
+            }
+        }),
+    );
+    sleeping
+}
+
+/// No timer: the sleep was cancelled. (Neither this nor [`FIRED_ELSEWHERE`] is
+/// the [`TimerId::slot_bits`] of a timer: their key, `u32::MAX`, is no slot's.)
 const NO_TIMER: u64 = u64::MAX;
+/// The sleep was taken over from a default loop nobody drives (see [`sleep`]):
+/// the library's timer thread fires it, and its timer there is being cleared.
+const FIRED_ELSEWHERE: u64 = u64::MAX - 1;
+/// What a wait on a sleep fired elsewhere waits on: work of no loop of this
+/// thread's (loop ids are counted from 1, and never reach it).
+const TIMER_THREAD: u64 = u64::MAX;
+
+/// Takes over an offered sleep (see [`sleep`]): its timer on the default loop it
+/// was made for is cleared (through that loop's injector, as a cancellation
+/// from another thread is), and the library's timer thread settles it at
+/// `deadline`. Nothing if it was cancelled first.
+fn fire_elsewhere(node: SleepNode, deadline: Instant) {
+    let bits = node.link.timer.load(Ordering::Acquire);
+    if bits == NO_TIMER || bits == FIRED_ELSEWHERE {
+        return;
+    }
+    let taken = node.link.timer.compare_exchange(
+        bits,
+        FIRED_ELSEWHERE,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    if taken.is_err() {
+        return;
+    }
+    clear_timer_on_its_loop(TimerId::from_slot_bits(node.link.home(), bits));
+
+    /// Settles the sleep when the timer thread wakes it.
+    struct FireAtDeadline(parking_lot::Mutex<Option<SleepNode>>);
+    impl std::task::Wake for FireAtDeadline {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let node = self.0.lock().take();
+            if let Some(node) = node {
+                // Settling wakes foreign wakers, whose panic must not end the
+                // timer thread.
+                contained("a sleep's wake-up", || promise::settle_node(node, Ok(())));
+            }
+        }
+    }
+    let fire = FireAtDeadline(parking_lot::Mutex::new(Some(node)));
+    crate::timer::wake_at(deadline, Waker::from(Arc::new(fire)));
+}
 
 /// The link of a [`sleep`]'s promise: the timer that settles it, which a
 /// cancellation clears (so that it no longer keeps the loop alive).
 struct SleepLink {
     /// The loop whose timer it is: an id, not a reference, since a sleep is made
-    /// far more often than cancelled (cancelling looks the loop up).
+    /// far more often than cancelled (cancelling looks the loop up). With
+    /// [`OFFERED`] set, a default loop nobody drove when the sleep was made: the
+    /// sleep is offered to other loops (see [`sleep`]).
     loop_id: u64,
-    /// [`TimerId::slot_bits`], or [`NO_TIMER`] once cleared.
+    /// [`TimerId::slot_bits`], [`NO_TIMER`] once cleared, or
+    /// [`FIRED_ELSEWHERE`].
     timer: AtomicU64,
+}
+
+impl SleepLink {
+    /// The loop the sleep's timer was set on.
+    fn home(&self) -> u64 {
+        self.loop_id & !OFFERED
+    }
+
+    /// Withdraws the offer of a sleep offered to other loops: it fired, was
+    /// cancelled, or its loop is gone.
+    #[inline]
+    fn withdraw(node: &Node<(), Error, Self>) {
+        if node.link.loop_id & OFFERED != 0 {
+            claims::withdraw(claims::key_of(node));
+        }
+    }
 }
 
 impl Link<(), Error> for SleepLink {
@@ -731,23 +937,40 @@ impl Link<(), Error> for SleepLink {
         if bits == NO_TIMER {
             return;
         }
-        clear_timer_on_its_loop(TimerId::from_slot_bits(node.link.loop_id, bits));
+        SleepLink::withdraw(node);
+        // Fired elsewhere, its timer there is being cleared already; the timer
+        // thread's wake-up finds it cancelled.
+        if bits != FIRED_ELSEWHERE {
+            clear_timer_on_its_loop(TimerId::from_slot_bits(node.link.home(), bits));
+        }
     }
 
     fn settling(node: &Node<(), Error, Self>) -> Settling {
-        if node.link.timer.load(Ordering::Acquire) == NO_TIMER {
-            return Settling::Unknown;
+        match node.link.timer.load(Ordering::Acquire) {
+            NO_TIMER => Settling::Unknown,
+            FIRED_ELSEWHERE => Settling::Loop(TIMER_THREAD),
+            _ if node.link.loop_id & OFFERED != 0 => Settling::Offered {
+                home: node.link.home(),
+                key: claims::key_of(node),
+                task: false,
+            },
+            _ => Settling::Loop(node.link.loop_id),
         }
-        Settling::Loop(node.link.loop_id)
     }
 }
 
 impl Fire for Node<(), Error, SleepLink> {
     fn fire(self: Arc<Self>) {
+        SleepLink::withdraw(&self);
         promise::settle_node(self, Ok(()));
     }
 
     fn abandon(self: Arc<Self>) {
+        SleepLink::withdraw(&self);
+        // Taken over: the timer thread settles it.
+        if self.link.timer.load(Ordering::Acquire) == FIRED_ELSEWHERE {
+            return;
+        }
         promise::settle_node(self, Err(Error::broken()));
     }
 }

@@ -17,6 +17,7 @@ use std::task::Waker;
 use std::thread::LocalKey;
 
 use crate::error::Error;
+use crate::event_loop::claims;
 use crate::event_loop::context::{self, LoopRef};
 use crate::event_loop::Job;
 use crate::task::{TaskRef, TaskWaker};
@@ -91,6 +92,12 @@ pub(crate) enum Settling {
     /// Nothing a loop's deadlock check can see (a settled node, or one the library
     /// settles from a thread or from state it does not expose).
     Unknown,
+    /// Work made on a thread that runs no loop, for its default loop `home`,
+    /// and offered to other loops (see `event_loop::claims`) under `key`: a
+    /// task not yet made (`task`), or a sleep. A search from another loop takes
+    /// the offer: the task then runs on that loop, the sleep fires from a
+    /// thread of the library's own.
+    Offered { home: u64, key: usize, task: bool },
 }
 
 impl Settling {
@@ -144,12 +151,42 @@ pub(crate) fn settled_by_another_loop(node: &dyn Graph, here: u64, idle: bool) -
 /// it took ends in work of this thread's loops ([`Whose::Own`]): that, and only
 /// that, shows a wait once found on another loop's work to be stuck on this
 /// thread's now.
+///
+/// Work offered by a thread that runs no loop (see `event_loop::claims`) that
+/// the search meets is taken over on the way, unless `here` is the loop it was
+/// made for: a task then becomes `here`'s (the loop running on this thread),
+/// a sleep fires from the library's timer thread.
 pub(crate) fn whose_work(node: &dyn Graph, here: u64, idle: bool) -> Whose {
+    whose_work_claiming(node, here, idle, &mut false)
+}
+
+/// Takes over the offered work (see [`whose_work`]) upstream of `node` for
+/// `here`, a loop of this thread; true if it took any.
+pub(crate) fn claim_upstream(node: &dyn Graph, here: u64) -> bool {
+    let mut claimed = false;
+    whose_work_claiming(node, here, false, &mut claimed);
+    claimed
+}
+
+/// [`whose_work`], setting `claimed` when it takes an offer.
+fn whose_work_claiming(node: &dyn Graph, here: u64, idle: bool, claimed: &mut bool) -> Whose {
     let mut pending = Vec::new();
     let mut seen_through = true;
     let mut next = node.settling();
     for _ in 0..SETTLING_SEARCH {
         match next {
+            Settling::Offered { home, key, task } if home != here => {
+                let claim = claims::take(key);
+                *claimed |= claim.is_some();
+                let taken = claim.map(|claim| claim(claims::Taker::Other)).is_some();
+                // A task taken is this loop's from now on; one taken first by
+                // another loop, and a sleep, are another thread's.
+                if !(task && taken) {
+                    return Whose::Another;
+                }
+            }
+            // Its own loop's work, in that loop's queue.
+            Settling::Offered { .. } => {}
             Settling::Loop(id) if id != here && context::local_loop(id).is_none() => {
                 return Whose::Another
             }

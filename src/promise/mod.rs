@@ -805,6 +805,17 @@ impl<T: Send + 'static, E: Send + 'static> Promise<T, E> {
                         local.record_task_wait(&task, wait, remote);
                     }
                 }
+                // A task's wait took over the work it found offered by a thread
+                // that runs no loop, in its search above; any other wait (another
+                // executor's, or a waker that is not a task's) takes it here.
+                if !by_task && crate::event_loop::claims::any() {
+                    let here = context::with_current(|local| local.shared.id);
+                    if core::claim_upstream(&**node, here) && idle_loop.is_some() {
+                        // A task taken over is queued on this thread's loop, which
+                        // the executor's next poll turns.
+                        cx.waker().wake_by_ref();
+                    }
+                }
                 if let Some(local) = idle_loop {
                     crate::event_loop::orphans::add_foreign_poller(cx.waker(), &local.shared);
                     // Its tasks' readiness waits: nobody turns the loop to see them.
