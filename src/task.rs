@@ -471,6 +471,17 @@ impl<T: Send + 'static, E: Send + 'static> Link<T, E> for TaskLink {
     fn on_cancel(node: &Arc<Node<T, E, Self>>) {
         if let Some(task) = node.link.take() {
             context::cancel_task(&task);
+        } else if node.link.loop_id.load(Ordering::Acquire) & OFFERED != 0 {
+            // Offered, not made yet: its future is in the offer, and is dropped
+            // now, as a made task's is (else not before its default loop ran, or
+            // its thread ended). One that took the offer first makes the task,
+            // which `attach` finds cancelled.
+            let key = crate::event_loop::claims::key_of(&**node);
+            if let Some(offer) = crate::event_loop::claims::take(key) {
+                crate::event_loop::contained("a cancelled task's destructor", || {
+                    crate::promise::core::run_cancellation(|| drop(offer))
+                });
+            }
         }
     }
 

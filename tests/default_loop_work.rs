@@ -14,7 +14,7 @@ mod common;
 use std::sync::mpsc;
 use std::thread;
 
-use common::{ms, within, Log, HOUR};
+use common::{ms, within, Counter, DropCounter, Log, HOUR};
 use thenable::{race, sleep, spawn, Error, EventLoop, Promise};
 
 /// What [`made_on_a_parked_thread`] hands back: the thread stays parked, running
@@ -208,5 +208,116 @@ fn a_loop_made_after_the_sleep_takes_it_over_from_the_default_loop() {
         let event_loop = EventLoop::new();
         event_loop.block_on(slept).unwrap();
         assert_eq!(event_loop.block_on(task).unwrap(), 5);
+    });
+}
+
+#[test]
+fn a_stale_start_does_not_take_a_later_task_made_at_the_same_address() {
+    within(|| {
+        // Each round: a task taken over by another thread's loop and freed here,
+        // then a task made here (where the allocator likely reuses the freed
+        // node's address) after a microtask: it must keep its place behind it.
+        for _ in 0..20 {
+            let first = spawn(async { Ok::<_, Error>(1) });
+            let kept = first.clone();
+            let taker = thread::spawn(move || thenable::block_on(first).unwrap());
+            assert_eq!(taker.join().unwrap(), 1);
+            // The first task's node is freed here, on this thread; its start is
+            // still queued on this thread's default loop.
+            drop(kept);
+            let log = Log::default();
+            let micro_log = log.clone();
+            thenable::queue_microtask(move || micro_log.push("microtask"));
+            let task_log = log.clone();
+            let second = spawn(async move {
+                task_log.push("task");
+                Ok::<_, Error>(2)
+            });
+            assert_eq!(thenable::block_on(second).unwrap(), 2);
+            assert_eq!(log.entries(), ["microtask", "task"]);
+        }
+    });
+}
+
+#[test]
+fn a_task_polled_once_by_another_thread_s_executor_still_runs_on_its_own_thread() {
+    within(|| {
+        let task = spawn(async { Ok::<_, Error>(3) });
+        // Another thread looks once, and gives the promise back.
+        let task = thread::spawn(move || {
+            let mut task = task;
+            assert!(futures::FutureExt::now_or_never(&mut task).is_none());
+            task
+        })
+        .join()
+        .unwrap();
+        assert_eq!(thenable::block_on(task).unwrap(), 3);
+    });
+}
+
+#[test]
+fn a_loop_takes_over_a_task_beside_a_sleep_made_where_no_loop_runs() {
+    within(|| {
+        for sleep_first in [false, true] {
+            let (first, parked) = made_on_a_parked_thread(move || task_or_hour(sleep_first));
+            assert_eq!(thenable::block_on(first).unwrap(), 1);
+            parked.release();
+        }
+    });
+}
+
+#[test]
+fn another_executor_takes_over_a_task_beside_a_sleep_made_where_no_loop_runs() {
+    within(|| {
+        for sleep_first in [false, true] {
+            let (first, parked) = made_on_a_parked_thread(move || task_or_hour(sleep_first));
+            assert_eq!(futures::executor::block_on(first).unwrap(), 1);
+            parked.release();
+        }
+    });
+}
+
+/// A race of a task that settles at once and an hour's sleep, in either order.
+fn task_or_hour(sleep_first: bool) -> Promise<i32> {
+    let task = spawn(async { Ok::<_, Error>(1) });
+    let hour = sleep(HOUR).map(|()| 0);
+    if sleep_first {
+        race([hour, task])
+    } else {
+        race([task, hour])
+    }
+}
+
+#[test]
+fn cancelling_a_task_spawned_where_no_loop_runs_drops_its_future_at_once() {
+    within(|| {
+        let dropped = Counter::default();
+        let guard = DropCounter(dropped.clone());
+        let task = spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok::<_, Error>(())
+        });
+        assert!(task.cancel());
+        assert_eq!(dropped.get(), 1, "dropped by the cancel, on its own thread");
+
+        // Made on a thread that stays parked, cancelled here.
+        let elsewhere = Counter::default();
+        let guard = DropCounter(elsewhere.clone());
+        let (task, parked) = made_on_a_parked_thread(move || {
+            spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok::<_, Error>(())
+            })
+        });
+        assert!(task.cancel());
+        assert_eq!(
+            elsewhere.get(),
+            1,
+            "dropped by the cancel, on another thread"
+        );
+        assert!(thenable::block_on(task).unwrap_err().is_cancelled());
+        parked.release();
     });
 }

@@ -532,7 +532,7 @@ where
         promise::internal_with::<T, E, _>(TaskLink::offered(default.shared.id));
     let key = claims::key_of(&**settler.node());
     let graph = settler.graph();
-    claims::offer(
+    let ticket = claims::offer(
         key,
         Box::new(move |taker| {
             let make = start_task(future, settler);
@@ -544,23 +544,29 @@ where
         }),
     );
     /// The default loop's turn to start the task: dropped unrun (the loop is
-    /// dropped), it withdraws the offer, and the task's promise breaks.
-    struct StartAtHome(usize);
+    /// dropped), it withdraws the offer, and the task's promise breaks. It
+    /// holds the key and the offer's ticket, not the node: taken over and run
+    /// elsewhere, the task's node may be freed before this runs, and a node
+    /// made later at the same address have an offer of its own.
+    struct StartAtHome {
+        key: usize,
+        ticket: u64,
+    }
     impl StartAtHome {
         fn run(self) {
-            let key = self.0;
+            let (key, ticket) = (self.key, self.ticket);
             std::mem::forget(self);
-            if let Some(start) = claims::take(key) {
+            if let Some(start) = claims::take_ticket(key, ticket) {
                 start(claims::Taker::Home);
             }
         }
     }
     impl Drop for StartAtHome {
         fn drop(&mut self) {
-            claims::withdraw(self.0);
+            drop(claims::take_ticket(self.key, self.ticket));
         }
     }
-    let start = StartAtHome(key);
+    let start = StartAtHome { key, ticket };
     default.push(Job::Call(Box::new(move || start.run())));
     promise
 }
@@ -839,7 +845,8 @@ fn sleep_offered(default: &Local, duration: Duration) -> Promise<()> {
     let (sleeping, node) = sleep_on(default, default.shared.id | OFFERED, duration, true);
     let node = node.expect("kept");
     let key = claims::key_of(&*node);
-    claims::offer(
+    // The node withdraws its offer itself, holding the node: no ticket needed.
+    let _ticket = claims::offer(
         key,
         Box::new(move |taker| {
             if taker == claims::Taker::Other {

@@ -157,24 +157,58 @@ pub(crate) fn settled_by_another_loop(node: &dyn Graph, here: u64, idle: bool) -
 /// made for: a task then becomes `here`'s (the loop running on this thread),
 /// a sleep fires from the library's timer thread.
 pub(crate) fn whose_work(node: &dyn Graph, here: u64, idle: bool) -> Whose {
-    whose_work_claiming(node, here, idle, &mut false)
+    whose_work_claiming(node, here, idle, false, &mut false)
 }
 
 /// Takes over the offered work (see [`whose_work`]) upstream of `node` for
-/// `here`, a loop of this thread; true if it took any.
-pub(crate) fn claim_upstream(node: &dyn Graph, here: u64) -> bool {
+/// `here`, a loop of this thread; true if it took any. With `undriven` (a poll
+/// from another executor, `here` being the loop its polls turn), a task is not
+/// taken now but by a job queued on `here` (see
+/// `claims::take_on_this_thread_later`): taken now, it would be queued on a
+/// loop that runs only while that executor polls on this thread, which it may
+/// never do again, and the task would be lost to its own loop too.
+pub(crate) fn claim_upstream(node: &dyn Graph, here: u64, undriven: bool) -> bool {
     let mut claimed = false;
-    whose_work_claiming(node, here, false, &mut claimed);
+    whose_work_claiming(node, here, false, undriven, &mut claimed);
     claimed
 }
 
-/// [`whose_work`], setting `claimed` when it takes an offer.
-fn whose_work_claiming(node: &dyn Graph, here: u64, idle: bool, claimed: &mut bool) -> Whose {
+/// [`whose_work`], setting `claimed` when it takes an offer (or, with
+/// `undriven`, queues the taking of a task's, see [`claim_upstream`]).
+fn whose_work_claiming(
+    node: &dyn Graph,
+    here: u64,
+    idle: bool,
+    undriven: bool,
+    claimed: &mut bool,
+) -> Whose {
     let mut pending = Vec::new();
     let mut seen_through = true;
+    // Work of another thread on one path settles the question, but while
+    // offers are open the other paths may hold some that is still to be taken
+    // (a race of a sleep and a task made where no loop runs): the search then
+    // goes on.
+    let look_on = claims::any();
+    let mut another = false;
+    macro_rules! found_another {
+        () => {{
+            if !look_on {
+                return Whose::Another;
+            }
+            another = true;
+        }};
+    }
     let mut next = node.settling();
     for _ in 0..SETTLING_SEARCH {
         match next {
+            Settling::Offered {
+                home,
+                key,
+                task: true,
+            } if home != here && undriven => {
+                *claimed |= claims::take_on_this_thread_later(key);
+                found_another!();
+            }
             Settling::Offered { home, key, task } if home != here => {
                 let claim = claims::take(key);
                 *claimed |= claim.is_some();
@@ -182,15 +216,15 @@ fn whose_work_claiming(node: &dyn Graph, here: u64, idle: bool, claimed: &mut bo
                 // A task taken is this loop's from now on; one taken first by
                 // another loop, and a sleep, are another thread's.
                 if !(task && taken) {
-                    return Whose::Another;
+                    found_another!();
                 }
             }
             // Its own loop's work, in that loop's queue.
             Settling::Offered { .. } => {}
             Settling::Loop(id) if id != here && context::local_loop(id).is_none() => {
-                return Whose::Another
+                found_another!()
             }
-            Settling::Queued if idle => return Whose::Another,
+            Settling::Queued if idle => found_another!(),
             Settling::Follows(source) => {
                 next = source.settling();
                 continue;
@@ -205,11 +239,16 @@ fn whose_work_claiming(node: &dyn Graph, here: u64, idle: bool, claimed: &mut bo
         }
         match pending.pop() {
             Some(input) => next = input.settling(),
+            None if another => return Whose::Another,
             None if seen_through => return Whose::Own,
             None => return Whose::Unknown,
         }
     }
-    Whose::Unknown
+    if another {
+        Whose::Another
+    } else {
+        Whose::Unknown
+    }
 }
 
 /// What a reaction receives.

@@ -810,9 +810,11 @@ impl<T: Send + 'static, E: Send + 'static> Promise<T, E> {
                 // executor's, or a waker that is not a task's) takes it here.
                 if !by_task && crate::event_loop::claims::any() {
                     let here = context::with_current(|local| local.shared.id);
-                    if core::claim_upstream(&**node, here) && idle_loop.is_some() {
-                        // A task taken over is queued on this thread's loop, which
-                        // the executor's next poll turns.
+                    let undriven = idle_loop.is_some();
+                    if core::claim_upstream(&**node, here, undriven) && undriven {
+                        // A task taken over is queued on this thread's loop (or
+                        // the job that takes it), which the executor's next
+                        // poll turns.
                         cx.waker().wake_by_ref();
                     }
                 }
