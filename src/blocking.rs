@@ -137,7 +137,8 @@ pub(crate) fn waiting_in_a_loop(wait: impl FnOnce()) {
 }
 
 thread_local! {
-    /// True on the pool's own threads (see [`waiting_in_a_loop`]).
+    /// True on the pool's own threads, until they leave the pool (see
+    /// [`waiting_in_a_loop`]).
     static ON_POOL_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -235,6 +236,14 @@ impl Pool {
     /// pool is over its bound.
     fn work(&self) {
         ON_POOL_THREAD.set(true);
+        self.take_jobs();
+        // Left the pool (no longer in `threads`): what runs on this thread from
+        // now on, its thread locals' destructors, may still wait in a loop, and
+        // such a wait must free no place it does not hold.
+        ON_POOL_THREAD.set(false);
+    }
+
+    fn take_jobs(&self) {
         let mut state = self.state.lock();
         loop {
             if !state.queue.is_empty() {

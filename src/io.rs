@@ -225,8 +225,7 @@ impl<T: AsFd> Async<T> {
             .home
             .reactor()
             .poll_ready(&self.source, fd, direction, None, false, cx);
-        self.watch_if_foreign(foreign, &poll);
-        poll
+        self.watch_if_foreign(foreign, poll, None)
     }
 
     /// Waiting from another loop than the one the object is registered with would
@@ -246,11 +245,27 @@ impl<T: AsFd> Async<T> {
 
     /// A wait left by another executor's poll: the home loop may never turn to
     /// see its readiness, so the reactor's watcher looks out for it while
-    /// nobody drives the loop.
-    fn watch_if_foreign(&self, foreign: bool, poll: &Poll<io::Result<()>>) {
+    /// nobody drives the loop. The first such wait starts the watcher, which
+    /// takes descriptors and a thread: a process out of them gets the error,
+    /// as from any I/O call, and the wait (`ticket`'s) is taken back. An
+    /// anonymous one stays, as it would have, until readiness or the object's
+    /// end.
+    fn watch_if_foreign(
+        &self,
+        foreign: bool,
+        poll: Poll<io::Result<()>>,
+        ticket: Option<&mut Ticket>,
+    ) -> Poll<io::Result<()>> {
         if foreign && poll.is_pending() {
+            if let Err(error) = self.home.start_watcher() {
+                if let Some(ticket) = ticket {
+                    self.withdraw(ticket);
+                }
+                return Poll::Ready(Err(error));
+            }
             self.home.watch_foreign_waits();
         }
+        poll
     }
 
     /// Like [`poll_readable`](Self::poll_readable) / [`poll_writable`](Self::poll_writable)
@@ -291,8 +306,7 @@ impl<T: AsFd> Async<T> {
             would_block,
             cx,
         );
-        self.watch_if_foreign(foreign, &poll);
-        poll
+        self.watch_if_foreign(foreign, poll, Some(ticket))
     }
 
     /// Takes back the wait registered under `ticket`, if any.

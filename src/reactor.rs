@@ -612,19 +612,47 @@ impl Reactor {
     /// `owner` holds this reactor, which `reactor_of` finds there; the watcher
     /// keeps a weak reference to it, and ends once the reactor is dropped.
     ///
-    /// The first call starts the watcher thread; the others cost a lock. Only
-    /// polls from another executor call it: a driven loop never does.
+    /// The first call starts the watcher thread (see
+    /// [`start_watcher`](Self::start_watcher), which I/O objects call first, to
+    /// report a failure as their error: here it panics, since the wait would
+    /// hang silently without it); the others cost a lock. Only polls from
+    /// another executor call it: a driven loop never does.
     pub(crate) fn watch_foreign_waits<O: Send + Sync + 'static>(
         &self,
         owner: &Arc<O>,
         reactor_of: fn(&O) -> &Reactor,
     ) {
-        let watcher = self.watcher.get_or_init(|| {
-            // Left without it, the wait would hang silently.
-            Watcher::start(self, Arc::downgrade(owner), reactor_of)
-                .expect("thenable: cannot start the I/O watcher thread")
-        });
-        watcher.watch.request();
+        self.watcher(owner, reactor_of)
+            .expect("thenable: cannot start the I/O watcher thread")
+            .watch
+            .request();
+    }
+
+    /// Starts the watcher thread unless it runs already. It takes descriptors
+    /// and a thread, which a process may be out of: an I/O object calls this
+    /// before it leaves a wait to the watcher, so that the wait fails with the
+    /// reason rather than panic in another executor's poll.
+    pub(crate) fn start_watcher<O: Send + Sync + 'static>(
+        &self,
+        owner: &Arc<O>,
+        reactor_of: fn(&O) -> &Reactor,
+    ) -> io::Result<()> {
+        self.watcher(owner, reactor_of).map(drop)
+    }
+
+    fn watcher<O: Send + Sync + 'static>(
+        &self,
+        owner: &Arc<O>,
+        reactor_of: fn(&O) -> &Reactor,
+    ) -> io::Result<&Watcher> {
+        if let Some(watcher) = self.watcher.get() {
+            return Ok(watcher);
+        }
+        let started = Watcher::start(self, Arc::downgrade(owner), reactor_of)?;
+        // Another thread may have started one meanwhile: this one is dropped,
+        // which ends its thread, and that one is used.
+        let _ = self.watcher.set(started);
+        Ok(self.watcher.get().expect("set just now"))
     }
 }
 
@@ -632,6 +660,10 @@ impl Reactor {
 #[cfg(not(unix))]
 impl Reactor {
     pub(crate) fn watch_foreign_waits<O>(&self, _: &Arc<O>, _: fn(&O) -> &Reactor) {}
+
+    pub(crate) fn start_watcher<O>(&self, _: &Arc<O>, _: fn(&O) -> &Reactor) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A reactor's watcher thread, as the reactor holds it: dropped with the
@@ -720,14 +752,13 @@ impl Watch {
         }
     }
 
-    /// Begins a turn, unless a thread drives the loop.
-    fn begin_turn(&self, reactor: &Reactor) -> bool {
+    /// Begins a turn, unless a thread drives the loop. The turn ends when the
+    /// guard is dropped, even by a panic (a system call that failed): a driver
+    /// waiting for it to end would otherwise wait for ever.
+    fn begin_turn(&self, reactor: &Reactor) -> Option<Turn<'_>> {
         self.turning.store(true, Ordering::SeqCst);
-        if reactor.driven.load(Ordering::SeqCst) {
-            self.end_turn();
-            return false;
-        }
-        true
+        let turn = Turn(self);
+        (!reactor.driven.load(Ordering::SeqCst)).then_some(turn)
     }
 
     fn end_turn(&self) {
@@ -746,6 +777,17 @@ impl Watch {
             self.changed.wait(&mut state);
         }
         self.parked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A turn of the watcher, under way until dropped ([`Watch::begin_turn`]).
+#[cfg(unix)]
+struct Turn<'a>(&'a Watch);
+
+#[cfg(unix)]
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.end_turn();
     }
 }
 
@@ -821,15 +863,15 @@ fn watch_while_undriven<O>(
             let Some(owner) = home.upgrade() else { return };
             let reactor = reactor_of(&owner);
             let mut wake = Wakers::new();
-            if watch.begin_turn(reactor) {
+            if let Some(_turn) = watch.begin_turn(reactor) {
                 reactor.wait_and_take(Some(Duration::ZERO), &mut wake);
                 watch.turns.fetch_add(1, Ordering::Relaxed);
-                watch.end_turn();
             }
             // With the turn over: a driver may start meanwhile, and a waker of
-            // another runtime may run anything.
+            // another runtime may run anything. One that panics is reported,
+            // not let end this thread: every wait left here later would hang.
             for waker in wake {
-                waker.wake();
+                crate::event_loop::contained("a waker woken by the I/O watcher", || waker.wake());
             }
         }
     }
@@ -1370,6 +1412,40 @@ mod tests {
             woken.recv().unwrap();
             assert!(watch.turns.load(Ordering::Relaxed) >= 1);
             reactor.deregister(&source, mine.as_fd());
+        });
+    }
+
+    /// Another executor's waker that panics when woken.
+    struct Panics;
+
+    impl Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            panic!("a foreign waker that panics (expected by the test)");
+        }
+    }
+
+    #[test]
+    fn a_waker_that_panics_leaves_the_watcher_watching() {
+        // Woken on the watcher's thread: the panic must not end that thread,
+        // or every wait left to it afterwards would hang.
+        bounded(|| {
+            let reactor = Arc::new(Reactor::new().unwrap());
+            let (first, mut first_peer, first_source) = registered_pair(&reactor);
+            let (second, mut second_peer, second_source) = registered_pair(&reactor);
+            let panics = Waker::from(Arc::new(Panics));
+            assert!(wait_to_read(&reactor, &first_source, &first, &panics));
+            let (woken, waker) = sending_waker();
+            assert!(wait_to_read(&reactor, &second_source, &second, &waker));
+            reactor.watch_foreign_waits(&reactor, itself);
+            let watch = watch_of(&reactor);
+            first_peer.write_all(b"x").unwrap();
+            // The turn that takes the first readiness is over (its waker is
+            // woken next): the second comes after it.
+            until(|| watch.turns.load(Ordering::Relaxed) >= 1);
+            second_peer.write_all(b"y").unwrap();
+            woken.recv().unwrap(); // hangs if the panic ended the watcher
+            reactor.deregister(&first_source, first.as_fd());
+            reactor.deregister(&second_source, second.as_fd());
         });
     }
 }

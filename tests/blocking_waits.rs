@@ -226,3 +226,66 @@ fn jobs_whose_wait_ended_give_their_room_back() {
     assert_eq!(results, (0..count).collect::<Vec<_>>());
     assert_eq!(waiters.unwrap(), vec![1; MAX_BLOCKING_THREADS]);
 }
+
+/// Waits in a loop when the thread it belongs to ends: at a pool thread's exit,
+/// after the thread has left the pool.
+struct WaitsInALoopAtExit(mpsc::Sender<()>);
+
+impl Drop for WaitsInALoopAtExit {
+    fn drop(&mut self) {
+        // A pool that counted this wait would start a thread for a queued job
+        // meanwhile, which takes it within this time (on a machine so loaded
+        // that it does not, the broken pool would pass; the sound one cannot
+        // fail for it: nothing is asserted about time).
+        let _ = thenable::EventLoop::new().block_on(thenable::sleep(Duration::from_millis(200)));
+        let _ = self.0.send(());
+    }
+}
+
+thread_local! {
+    static AT_EXIT: std::cell::RefCell<Option<WaitsInALoopAtExit>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn a_thread_that_left_the_pool_frees_no_place_when_it_waits_in_a_loop() {
+    let _turn = exclusive();
+    let count = 3 * MAX_BLOCKING_THREADS;
+    let (most, results, waiter) = within(move || {
+        let (hand_over, handed) = mpsc::channel::<Resolver<usize>>();
+        let (exited, exit_seen) = mpsc::channel::<()>();
+        let waiter = spawn_blocking(move || {
+            let (promise, resolver) = Promise::<usize>::pending();
+            let got = thenable::block_on(async move {
+                hand_over.send(resolver).unwrap();
+                promise.await
+            });
+            // Set after thenable's own thread locals are (by the `block_on`
+            // above): dropped before them when the thread ends.
+            AT_EXIT.with(|at_exit| *at_exit.borrow_mut() = Some(WaitsInALoopAtExit(exited)));
+            got
+        });
+        let resolver = handed
+            .recv_timeout(SAFETY_NET)
+            .expect("the job never started");
+        let mut waiter_result = None;
+        let (most, results) = most_ordinary_jobs_at_once(count, || {
+            // The pool is full and jobs are queued: once its wait ends, the
+            // job's thread finds the pool over its bound and leaves it; at its
+            // end, it waits in a loop while every place is still taken.
+            resolver.resolve(1);
+            waiter_result = Some(thenable::block_on(waiter));
+            exit_seen
+                .recv_timeout(SAFETY_NET)
+                .expect("the job's thread did not leave the pool");
+        });
+        (
+            most,
+            results,
+            waiter_result.expect("set once the pool was full"),
+        )
+    });
+    assert_eq!(waiter.unwrap(), 1);
+    assert_eq!(most, MAX_BLOCKING_THREADS);
+    assert_eq!(results, (0..count).collect::<Vec<_>>());
+}

@@ -401,6 +401,33 @@ fn accept_promises_while_out_of_descriptors() {
     report(format!("the timer ran after {errors} accept errors"));
 }
 
+/// A wait another executor leaves where no loop runs needs the reactor's
+/// watcher thread (a duplicate of the poller's descriptor, a socket pair, a
+/// thread): out of descriptors, the first such wait fails with the error, as
+/// any I/O call does then, instead of panicking inside the caller's poll.
+#[test]
+fn a_wait_whose_watcher_cannot_start_fails_with_the_error() {
+    let output = child::command("emfile-watcher")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_child_said(&output, "child: the wait failed: EMFILE");
+}
+
+fn wait_from_another_executor_while_out_of_descriptors() {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    // Registered with this thread's default loop, which nothing drives.
+    let socket = thenable::io::Async::new(socket).unwrap();
+    let hoard = use_up_descriptors();
+    let waited = futures::executor::block_on(socket.readable());
+    drop(hoard);
+    match waited {
+        Err(error) if error.raw_os_error() == Some(24) => report("the wait failed: EMFILE"),
+        other => report(format!("the wait gave {other:?}")),
+    }
+}
+
 /// Not a test of its own: the entry point of the child processes the tests above
 /// start. Run by the test harness without the variable, it does nothing.
 #[test]
@@ -414,6 +441,7 @@ fn child_process_entry_point() {
         "stdin-no-limit" => read_stdin_without_a_limit(),
         "emfile" => accept_while_out_of_descriptors(),
         "emfile-accept" => accept_promises_while_out_of_descriptors(),
+        "emfile-watcher" => wait_from_another_executor_while_out_of_descriptors(),
         other => panic!("unknown child mode {other}"),
     }
 }

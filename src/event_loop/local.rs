@@ -153,6 +153,12 @@ impl Shared {
         self.reactor.watch_foreign_waits(self, Shared::reactor);
     }
 
+    /// Starts the reactor's watcher, for a wait about to be left to it: see
+    /// `Reactor::start_watcher`.
+    pub(crate) fn start_watcher(self: &Arc<Self>) -> std::io::Result<()> {
+        self.reactor.start_watcher(self, Shared::reactor)
+    }
+
     pub(crate) fn is_kept_alive(&self) -> bool {
         self.keep_alive.load(Ordering::Acquire) > 0
     }
