@@ -727,7 +727,13 @@ impl WakeService {
             match next {
                 Some(deadline) if deadline <= now => {
                     let Reverse(due) = queue.heap.pop().expect("peeked");
-                    MutexGuard::unlocked(&mut queue, || due.waker.wake());
+                    // Another runtime's waker may panic: the thread must go on
+                    // for every other deadline.
+                    MutexGuard::unlocked(&mut queue, || {
+                        crate::event_loop::contained("a timer thread's wake-up", || {
+                            due.waker.wake()
+                        })
+                    });
                 }
                 Some(deadline) => {
                     self.changed.wait_until(&mut queue, deadline);
@@ -952,5 +958,31 @@ mod tests {
         let now = Instant::now();
         timers.insert(now, Duration::MAX, once());
         assert_eq!(timers.next_deadline(), Some(now + LONGEST_DELAY));
+    }
+
+    #[test]
+    fn a_waker_that_panics_leaves_the_timer_thread_waking_the_others() {
+        struct Panics;
+        impl std::task::Wake for Panics {
+            fn wake(self: Arc<Self>) {
+                panic!("a waker's wake [expected test panic]");
+            }
+        }
+        struct Sends(Mutex<std::sync::mpsc::Sender<()>>);
+        impl std::task::Wake for Sends {
+            fn wake(self: Arc<Self>) {
+                let _ = self.0.lock().send(());
+            }
+        }
+        let now = Instant::now();
+        wake_at(now, Waker::from(Arc::new(Panics)));
+        let (woken, wakes) = std::sync::mpsc::channel();
+        wake_at(
+            now + Duration::from_millis(1),
+            Waker::from(Arc::new(Sends(Mutex::new(woken)))),
+        );
+        // A thread the panic ended would never send (the bound is no timing
+        // claim: it only keeps a failure from hanging the suite).
+        assert!(wakes.recv_timeout(Duration::from_secs(30)).is_ok());
     }
 }
