@@ -512,10 +512,7 @@ where
         if undriven_default {
             return spawn_offered(local, future);
         }
-        let (promise, settler) = task_promise::<T, E>(&local.shared);
-        let graph = settler.graph();
-        local.spawn(Some(graph), start_task(future, settler));
-        promise
+        spawn_on(local, future)
     })
 }
 
@@ -579,12 +576,22 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    context::with_current(|local| {
-        let (promise, settler) = task_promise::<T, E>(&local.shared);
-        let graph = settler.graph();
-        local.spawn(Some(graph), start_task(future, settler));
-        promise
-    })
+    context::with_current(|local| spawn_on(local, future))
+}
+
+/// A task of `local`, settling its promise with `future`'s output.
+#[inline]
+fn spawn_on<F, T, E>(local: &Local, future: F) -> Promise<T, E>
+where
+    F: Future + 'static,
+    F::Output: TaskOutput<T, E>,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let (promise, settler) = task_promise::<T, E>(&local.shared);
+    let graph = settler.graph();
+    local.spawn(Some(graph), start_task(future, settler));
+    promise
 }
 
 /// Queues `f` on the microtask queue: it runs after the current callback, before
