@@ -57,6 +57,7 @@ use parking_lot::Mutex;
 use crate::error::Error;
 use crate::event_loop::spawn;
 use crate::io::{Async, Direction, Ticket};
+use crate::promise::core::Lock;
 use crate::promise::Promise;
 
 /// How much a buffered read asks the socket for at a time.
@@ -390,7 +391,10 @@ impl TraitWaits {
 
 struct StreamShared {
     socket: Async<std_net::TcpStream>,
-    buffers: Mutex<StreamBuffers>,
+    /// A spin lock: held across a non-blocking `recv` or `send`, nearly always
+    /// by the loop's own thread, and unlocked by a plain store where
+    /// `parking_lot`'s unlock is a locked compare-exchange.
+    buffers: Lock<StreamBuffers>,
 }
 
 #[derive(Default)]
@@ -597,7 +601,7 @@ impl TcpStream {
         Ok(TcpStream {
             shared: Arc::new(StreamShared {
                 socket: Async::new(stream)?,
-                buffers: Mutex::new(StreamBuffers::default()),
+                buffers: Lock::new(StreamBuffers::default()),
             }),
             lent: Mutex::new(LentBytes::default()),
             trait_waits: TraitWaits::new(),

@@ -42,6 +42,8 @@ use parking_lot::Mutex;
 use polling::{Event, Events, PollMode, Poller};
 use smallvec::SmallVec;
 
+use crate::promise::core::Lock;
+
 pub(crate) struct Reactor {
     poller: Poller,
     events: Mutex<Events>,
@@ -117,7 +119,11 @@ pub(crate) struct Source {
     /// [`Reactor::fire`]).
     #[cfg(unix)]
     fd: std::os::fd::RawFd,
-    waiters: Mutex<Waiters>,
+    /// A spin lock, not `parking_lot`'s: held only for bookkeeping and a
+    /// non-blocking `epoll_ctl`, nearly always by the loop's own thread, and
+    /// its unlock is a plain store where `parking_lot`'s is a locked
+    /// compare-exchange (two waits and a wake per echo message).
+    waiters: Lock<Waiters>,
 }
 
 #[derive(Default)]
@@ -439,7 +445,7 @@ impl Reactor {
         let source = Arc::new(Source {
             key,
             fd: fd.as_raw_fd(),
-            waiters: Mutex::new(Waiters {
+            waiters: Lock::new(Waiters {
                 registered: true,
                 ..Waiters::default()
             }),
