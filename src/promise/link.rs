@@ -581,7 +581,11 @@ impl<T, E> Link<T, E> for Hooks {
     }
 
     /// A live resolver's promise is its home loop's business: settling it from
-    /// another thread runs its reactions there.
+    /// another thread runs its reactions there. So is one whose resolver has
+    /// just finished and is settling it (or making it follow another) right
+    /// now, on whatever thread: until the outcome or the forwarder is in place,
+    /// nothing else would say who settles it, and a wait looking at that moment
+    /// would take it for one nothing can end.
     fn settling(node: &Node<T, E, Self>) -> Settling {
         let link = &node.link;
         match &link.home {
@@ -593,6 +597,12 @@ impl<T, E> Link<T, E> for Hooks {
                 let following = registered.as_ref().and_then(|r| r.following.clone());
                 let inputs = registered.as_ref().and_then(|r| r.inputs.clone());
                 drop(registered);
+                if let (Some(home), None, None) = (&link.home, &following, &inputs) {
+                    if node.core.status() == core::Status::Pending {
+                        // Finished, still pending: its resolver is settling it.
+                        return Settling::Loop(home.id);
+                    }
+                }
                 if let Some(inputs) = inputs.and_then(|inputs| inputs.upgrade()) {
                     let pending = inputs.pending_inputs(core::SETTLING_SEARCH);
                     return Settling::of_inputs(pending, node.core.status());
@@ -991,6 +1001,29 @@ mod tests {
         VISITS.with(|v| v.set(0));
         let value = event_loop.block_on(wrap()).expect("the wrapped value");
         (value, VISITS.with(Cell::get))
+    }
+
+    #[test]
+    fn a_resolver_s_promise_stays_its_home_s_business_while_the_resolver_settles_it() {
+        // `Resolver::settle` on another thread marks the resolver finished, then
+        // settles: a wait's search that looks in between must not find a
+        // promise that nothing settles (`block_on` took it for a deadlock, one
+        // run in about a hundred of a test that settles from the pool).
+        let event_loop = EventLoop::new();
+        let (promise, resolver) = Promise::<u64>::pending();
+        let node = resolver.node.clone();
+        let home = node.link.home().expect("a resolver has a home").id;
+        let settling = |node: &Node<u64, Error, Hooks>| <Hooks as Link<u64, Error>>::settling(node);
+        assert!(matches!(settling(&node), Settling::Loop(id) if id == home));
+        assert!(node.link.finish());
+        assert!(
+            matches!(settling(&node), Settling::Loop(id) if id == home),
+            "finished but not yet settled: still its home's business"
+        );
+        settle(&node, Ok(1), node.link.home());
+        node.link.release_home();
+        assert!(matches!(settling(&node), Settling::Unknown));
+        drop((resolver, promise, event_loop));
     }
 
     /// Each wrapper adopts the previous one, all queued to follow in the same
