@@ -274,16 +274,6 @@ fn accept_while_out_of_descriptors() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    #[repr(C)]
-    struct Rlimit {
-        current: u64,
-        max: u64,
-    }
-    extern "C" {
-        fn getrlimit(resource: i32, limit: *mut Rlimit) -> i32;
-        fn setrlimit(resource: i32, limit: *const Rlimit) -> i32;
-    }
-    const RLIMIT_NOFILE: i32 = 7;
     /// However many turns of `incoming.next()` a loop that keeps running needs
     /// before a zero-delay timer fires: a handful. A spinning task never stops.
     const STARVED: usize = 10_000;
@@ -293,16 +283,7 @@ fn accept_while_out_of_descriptors() {
         let listener = thenable::net::TcpListener::bind("127.0.0.1:0")?;
         let _waiting = std::net::TcpStream::connect(listener.local_addr()?)?;
         // Use up every descriptor but none to spare: the next accept is EMFILE.
-        let mut limit = Rlimit { current: 0, max: 0 };
-        // SAFETY: C library calls with the layout of `struct rlimit` on 64-bit Linux.
-        assert_eq!(unsafe { getrlimit(RLIMIT_NOFILE, &mut limit) }, 0);
-        let open = std::fs::read_dir("/proc/self/fd")?.count() as u64;
-        limit.current = open + 8;
-        assert_eq!(unsafe { setrlimit(RLIMIT_NOFILE, &limit) }, 0);
-        let mut hoard = Vec::new();
-        while let Ok(file) = std::fs::File::open("/dev/null") {
-            hoard.push(file);
-        }
+        let hoard = use_up_descriptors();
         thenable::set_timeout(std::time::Duration::ZERO, {
             let fired = fired.clone();
             move || fired.store(true, Ordering::SeqCst)

@@ -530,7 +530,11 @@ impl Local {
             return;
         }
         let suspects = std::mem::take(&mut *self.unhandled.borrow_mut());
-        report_unhandled(&suspects);
+        for node in suspects {
+            if let Some(error) = node.unhandled() {
+                context::report_unhandled(&error);
+            }
+        }
     }
 
     /// Moves work sent by other threads, and orphan reactions, to the microtasks:
@@ -954,15 +958,6 @@ impl Drop for Local {
             orphans::notify_driven_loops();
         }
         orphans::wake_foreign_pollers();
-    }
-}
-
-/// Reports those of `suspects` that nobody handled (see `Graph::unhandled`).
-fn report_unhandled(suspects: &[Arc<dyn Graph>]) {
-    for node in suspects {
-        if let Some(error) = node.unhandled() {
-            context::report_unhandled(&error);
-        }
     }
 }
 
