@@ -14,6 +14,7 @@
 //!
 //! `outcome` and `Links` are shared with `as_completed` and `shield`.
 
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 
@@ -25,7 +26,8 @@ use crate::promise::core::{
     self, Collector, Graph, Input, Link, Lock, Node, Runnable, Settling, FOLLOWER,
 };
 use crate::promise::{
-    internal, internal_with, never, Observation, PendingInputs, Promise, Settled, Settler,
+    internal, never, settle_node_as, wired_with_link, Observation, PendingInputs, Promise, Settled,
+    Settler,
 };
 
 // ---------------------------------------------------------------------------
@@ -242,34 +244,6 @@ where
 // Collect: many inputs of one type, reporting straight to the call's state
 // ---------------------------------------------------------------------------
 
-/// A call whose output was cancelled: it stops waiting on its inputs.
-/// (Its pending inputs are what settles the output, for [`core::Graph::settling`].)
-trait Abort: PendingInputs {
-    fn abort(&self);
-}
-
-/// The link of a [`Collect`] call's output: cancelling the output aborts the call.
-/// Weak: the output must not keep the call (and so its inputs) alive.
-struct AbortLink(Weak<dyn Abort>);
-
-impl<T, E> Link<T, E> for AbortLink {
-    fn on_cancel(node: &Arc<Node<T, E, Self>>) {
-        if let Some(call) = node.link.0.upgrade() {
-            call.abort();
-        }
-    }
-
-    fn settling(node: &Node<T, E, Self>) -> Settling {
-        match node.link.0.upgrade() {
-            Some(call) => Settling::of_inputs(
-                call.pending_inputs(core::SETTLING_SEARCH),
-                node.core.status(),
-            ),
-            None => Settling::Unknown,
-        }
-    }
-}
-
 /// What an `all`/`all_settled`/`race`/`any` call over an iterator keeps, and how
 /// it decides.
 trait Policy<T, E>: Send + 'static {
@@ -287,37 +261,50 @@ trait Policy<T, E>: Send + 'static {
 }
 
 /// The state of one `all`/`all_settled`/`race`/`any` call over an iterator of
-/// inputs. Each input's waiter is this state itself with the input's index (a
-/// [`Collector`]), so an input costs no allocation of its own, and its outcome is
-/// recorded as it is delivered. Only the input that decides the output queues a
-/// job, which settles the output: the tick a JavaScript combinator settles at (its
-/// per-input reactions that decide nothing have no effect anyone can see).
+/// inputs, kept in its output promise's node (as a `then` link keeps its
+/// handler): the call and its output are one allocation. Each input's waiter is
+/// that node with the input's index (a [`Collector`]), so an input costs no
+/// allocation of its own, and its outcome is recorded as it is delivered. Only
+/// the input that decides the output queues a job, which settles the output: the
+/// tick a JavaScript combinator settles at (its per-input reactions that decide
+/// nothing have no effect anyone can see).
+///
+/// The node and its pending inputs hold each other (an input's waiter list holds
+/// the node, the node the input) until the input reports, or the call ends and
+/// withdraws from it, which happens once the output is decided or cancelled.
 struct Collect<P: Policy<T, E>, T, E: Send + 'static> {
     /// A spin lock, as a node's: it is held for a few instructions of ours (the
     /// policy's `finish`, which may run user code, and the inputs' cancellation
     /// run once it is released), and taken once per input.
-    state: Lock<CollectState<P, T, E>>,
+    state: Lock<CollectState<P>>,
+    /// The inputs' types (`P` may be a policy for several).
+    inputs: PhantomData<fn(T, E)>,
 }
 
-struct CollectState<P: Policy<T, E>, T, E: Send + 'static> {
+/// A call's output node: the output promise, with the call as its link.
+type CollectNode<P, T, E> = Node<<P as Policy<T, E>>::Output, E, Collect<P, T, E>>;
+
+struct CollectState<P> {
     /// Taken by the job that settles the output.
     policy: Option<P>,
     /// Set by the delivery that decided the output: later ones are ignored.
     decided: bool,
     /// The output's rejection, if any, is cancellation travelling on.
     quiet: bool,
-    /// `None` once the output is settled or cancelled.
-    output: Option<Settler<P::Output, E, AbortLink>>,
+    /// False once the call ended: its output is settled, cancelled, or left to
+    /// break (its loop is gone).
+    open: bool,
     /// Input `i` while it may still report: what to withdraw from when the output
     /// is decided early or cancelled.
     inputs: Vec<Option<Arc<dyn Graph>>>,
 }
 
 /// What a [`Collect`] call held, once it ended.
-struct Ended<P: Policy<T, E>, T, E: Send + 'static> {
+struct Ended<P> {
     policy: Option<P>,
     quiet: bool,
-    output: Option<Settler<P::Output, E, AbortLink>>,
+    /// Whether this ending is the one that settles the output (no other did).
+    settles: bool,
     inputs: Vec<Option<Arc<dyn Graph>>>,
 }
 
@@ -333,77 +320,87 @@ where
             inputs.len() < FOLLOWER as usize,
             "thenable: a combinator takes fewer than 4 billion inputs"
         );
-        let mut output = None;
-        let collect = Arc::new_cyclic(|call: &Weak<Self>| {
-            let call: Weak<dyn Abort> = call.clone();
-            let (promise, settler) = internal_with::<P::Output, E, _>(AbortLink(call));
-            output = Some(promise);
-            Collect {
-                state: Lock::new(CollectState {
-                    policy: Some(policy),
-                    decided: false,
-                    quiet: false,
-                    output: Some(settler),
-                    inputs: Vec::new(),
-                }),
+        let call = Collect {
+            state: Lock::new(CollectState {
+                policy: Some(policy),
+                decided: false,
+                quiet: false,
+                open: true,
+                inputs: Vec::new(),
+            }),
+            inputs: PhantomData,
+        };
+        wired_with_link::<P::Output, E, _>(call, |node| {
+            // In place: the promises' array becomes the inputs' (same size and
+            // alignment), so attaching allocates nothing.
+            let attached: Vec<Option<Arc<dyn Graph>>> = inputs
+                .into_iter()
+                .enumerate()
+                .map(|(index, input)| Some(input.report_to(node.clone(), index as u32)))
+                .collect();
+            let mut state = node.link.state.lock();
+            if state.open {
+                // (Inputs that reported meanwhile are let go when the output settles.)
+                state.inputs = attached;
+                return;
             }
-        });
-        let output = output.expect("made with the call");
-        // In place: the promises' array becomes the inputs' (same size and
-        // alignment), so attaching allocates nothing.
-        let attached: Vec<Option<Arc<dyn Graph>>> = inputs
-            .into_iter()
-            .enumerate()
-            .map(|(index, input)| Some(input.report_to(collect.clone(), index as u32)))
-            .collect();
-        let mut state = collect.state.lock();
-        if state.output.is_some() {
-            // (Inputs that reported meanwhile are let go when the output settles.)
-            state.inputs = attached;
-            return output;
-        }
-        // Cancelled while we were attaching (from another thread): the inputs are
-        // no longer wanted.
-        drop(state);
-        collect.withdraw_from(attached);
-        output
+            // Ended while we were attaching (decided by an input that settled on
+            // another thread's loop, whose job ran there): the inputs are no
+            // longer wanted.
+            drop(state);
+            withdraw_from(node, attached);
+        })
     }
 
     /// Ends the call: later deliveries are ignored, and what it held is handed back
     /// to be used or dropped once the lock is released (dropping runs user code).
-    fn end(&self) -> Ended<P, T, E> {
+    fn end(&self) -> Ended<P> {
         let mut state = self.state.lock();
         state.decided = true;
         Ended {
             policy: state.policy.take(),
             quiet: state.quiet,
-            output: state.output.take(),
+            settles: std::mem::replace(&mut state.open, false),
             inputs: std::mem::take(&mut state.inputs),
-        }
-    }
-
-    /// Withdraws from the inputs that have not reported; those left with no other
-    /// consumer are cancelled in turn. Never under our lock: cancelling runs other
-    /// promises' `on_cancel` hooks.
-    fn withdraw_from(&self, inputs: Vec<Option<Arc<dyn Graph>>>) {
-        let key = self.collector_key();
-        for (index, input) in (0..).zip(inputs) {
-            if let Some(input) = input {
-                core::withdraw(input, (key, index));
-            }
         }
     }
 }
 
-impl<P, T, E> Abort for Collect<P, T, E>
+/// Withdraws `node`'s call from the inputs that have not reported; those left
+/// with no other consumer are cancelled in turn. Never under the call's lock:
+/// cancelling runs other promises' `on_cancel` hooks.
+fn withdraw_from<P, T, E>(node: &CollectNode<P, T, E>, inputs: Vec<Option<Arc<dyn Graph>>>)
 where
     P: Policy<T, E>,
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    fn abort(&self) {
-        let ended = self.end();
-        self.withdraw_from(ended.inputs);
+    let key = node.collector_key();
+    for (index, input) in (0..).zip(inputs) {
+        if let Some(input) = input {
+            core::withdraw(input, (key, index));
+        }
+    }
+}
+
+impl<P, T, E> Link<P::Output, E> for Collect<P, T, E>
+where
+    P: Policy<T, E>,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    /// The output was cancelled: the call stops waiting on its inputs.
+    fn on_cancel(node: &Arc<CollectNode<P, T, E>>) {
+        let ended = node.link.end();
+        withdraw_from(node, ended.inputs);
+    }
+
+    /// Its pending inputs are what settles the output.
+    fn settling(node: &CollectNode<P, T, E>) -> Settling {
+        Settling::of_inputs(
+            node.link.pending_inputs(core::SETTLING_SEARCH),
+            node.core.status(),
+        )
     }
 }
 
@@ -419,14 +416,15 @@ where
     }
 }
 
-impl<P, T, E> Collector<T, E> for Collect<P, T, E>
+impl<P, T, E, O> Collector<T, E> for Node<O, E, Collect<P, T, E>>
 where
-    P: Policy<T, E>,
+    P: Policy<T, E, Output = O>,
     T: Send + 'static,
     E: From<Error> + Send + 'static,
+    O: Send + 'static,
 {
     fn collect(self: Arc<Self>, index: u32, input: Input<T, E>) -> Option<Arc<dyn Runnable>> {
-        let mut state = self.state.lock();
+        let mut state = self.link.state.lock();
         // Never the input's last reference (whoever settles it holds one), so
         // dropping it here frees nothing: the memory goes back as inputs report.
         drop(state.inputs.get_mut(index as usize).and_then(Option::take));
@@ -464,29 +462,33 @@ where
     }
 }
 
-impl<P, T, E> Runnable for Collect<P, T, E>
+impl<P, T, E, O> Runnable for Node<O, E, Collect<P, T, E>>
 where
-    P: Policy<T, E>,
+    P: Policy<T, E, Output = O>,
     T: Send + 'static,
     E: From<Error> + Send + 'static,
+    O: Send + 'static,
 {
     /// Settles the output, as decided.
     fn run(self: Arc<Self>) {
-        let ended = self.end();
-        if let (Some(policy), Some(mut output)) = (ended.policy, ended.output) {
+        let ended = self.link.end();
+        if let (Some(policy), true) = (ended.policy, ended.settles) {
             let (outcome, quiet) = match catch_unwind(AssertUnwindSafe(|| policy.finish())) {
                 Ok(outcome) => (outcome, ended.quiet),
                 Err(payload) => (Err(E::from(Error::panic(payload))), false),
             };
-            output.settle_as(outcome, quiet);
+            settle_node_as(&self, outcome, quiet);
         }
-        self.withdraw_from(ended.inputs);
+        withdraw_from(&self, ended.inputs);
     }
 
     /// The loop is gone: no user code may run (an `any`'s `combine`), so the
     /// output is left to break.
     fn abandon(self: Arc<Self>) {
-        drop(self.end());
+        let ended = self.link.end();
+        if ended.settles {
+            let _ = self.core.settle_broken(None);
+        }
     }
 }
 

@@ -1117,6 +1117,29 @@ where
     (promise, node)
 }
 
+/// A new pending promise settled from inside the library whose node carries
+/// `link`, as [`with_link`] makes; `wire` is given the node first, to hand out
+/// what will settle it. The promise then takes the node's reference: no count is
+/// taken and dropped for it.
+pub(crate) fn wired_with_link<T, E, L>(
+    link: L,
+    wire: impl FnOnce(&Arc<Node<T, E, L>>),
+) -> Promise<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+    L: core::Link<T, E>,
+{
+    let node = Arc::new(Node {
+        core: Core::new(None, false, plain_ops::<T, E>),
+        link,
+    });
+    wire(&node);
+    Promise {
+        node: Some(node as NodeRef<T, E>),
+    }
+}
+
 /// Settles a node made by [`with_link`] (no effect if it is settled already).
 pub(crate) fn settle_node<T, E, L>(node: Arc<Node<T, E, L>>, outcome: Result<T, E>)
 where
@@ -1126,6 +1149,17 @@ where
 {
     let node: NodeRef<T, E> = node;
     settle(&node, outcome, None);
+}
+
+/// [`settle_node`], a rejection being quiet when `quiet` is set (see
+/// `core::Input::Quiet`).
+pub(crate) fn settle_node_as<T, E, L>(node: &Arc<Node<T, E, L>>, outcome: Result<T, E>, quiet: bool)
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    L: core::Link<T, E>,
+{
+    settle_as(node, outcome, quiet, None);
 }
 
 /// A new pending promise whose node carries `link`, with its settler.
