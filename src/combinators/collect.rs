@@ -4,7 +4,8 @@
 //! Over an iterator, the inputs report straight to state shared by the call
 //! (`Collect`): each input's waiter is that state plus the input's index, so an
 //! input costs no allocation. A tuple's inputs are of different types, so each has
-//! a link of its own ([`Promise::watch`]) reporting to `Gather`. Either way the
+//! a link of its own ([`Promise::watch`]) reporting to `Gather`. Either way the call
+//! is the link of its output promise's node (one allocation for both), and the
 //! output is settled from inside the library, like a `then` child: it does not keep
 //! the loop alive by itself (the inputs do, if anything does). When the output is
 //! decided early (the first rejection for `all`, the first outcome for `race`, ...)
@@ -16,7 +17,7 @@
 
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -26,8 +27,7 @@ use crate::promise::core::{
     self, Collector, Graph, Input, Link, Lock, Node, Runnable, Settling, FOLLOWER,
 };
 use crate::promise::{
-    internal, never, settle_node_as, wired_with_link, Observation, PendingInputs, Promise, Settled,
-    Settler,
+    never, settle_node_as, wired_with_link, Observation, PendingInputs, Promise, Settled,
 };
 
 // ---------------------------------------------------------------------------
@@ -121,71 +121,117 @@ impl Links {
 /// reason, so a quiet one stays quiet.
 type Decide<P, T, O, E> = fn(&mut P, usize, Result<T, E>) -> Option<Result<O, E>>;
 
-/// The state shared by the links of one `join` call (a tuple of inputs, each of
-/// its own type). `P` is what the combinator keeps (values so far, reasons so
-/// far, ...).
-struct Gather<P, O: Send + 'static, E: Send + 'static> {
-    state: Mutex<GatherState<P, O, E>>,
+/// One `join` call (a tuple of inputs, each of its own type), kept in its output
+/// promise's node, as `Collect` is. `P` is what the combinator keeps (values so
+/// far, reasons so far, ...). Each input is watched by a link of its own
+/// ([`Promise::watch`]), whose watcher holds the node.
+struct Gather<P> {
+    state: Mutex<GatherState<P>>,
 }
 
-struct GatherState<P, O: Send + 'static, E: Send + 'static> {
+/// A `join` call's output node: the output promise, with the call as its link.
+type GatherNode<P, O, E> = Node<O, E, Gather<P>>;
+
+struct GatherState<P> {
     policy: P,
-    /// `None` once the output is settled or cancelled: outcomes that come later are
-    /// ignored, and no link is wanted any more.
-    output: Option<Settler<O, E>>,
+    /// False once the output is settled or cancelled: outcomes that come later
+    /// are ignored, and no link is wanted any more.
+    open: bool,
     links: Links,
+    /// Watchers not yet dropped: when the last goes (its loop is gone) with the
+    /// output undecided, nothing is left to settle it, and it breaks.
+    watchers: usize,
 }
 
-impl<P, O, E> Gather<P, O, E>
+impl<P: Send + 'static> Gather<P> {
+    /// The output promise, its node given to `watch_inputs` first, to have the
+    /// inputs report to it. Cancelling the output cancels the inputs' links.
+    fn start<O, E>(
+        policy: P,
+        inputs: usize,
+        watch_inputs: impl FnOnce(&Arc<GatherNode<P, O, E>>),
+    ) -> Promise<O, E>
+    where
+        O: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let call = Gather {
+            state: Mutex::new(GatherState {
+                policy,
+                open: true,
+                links: Links::with_capacity(inputs),
+                watchers: 0,
+            }),
+        };
+        wired_with_link(call, watch_inputs)
+    }
+}
+
+impl<P, O, E> Link<O, E> for Gather<P>
+where
+    P: Send + 'static,
+    O: Send + 'static,
+    E: Send + 'static,
+{
+    /// The output was cancelled: stop watching the inputs.
+    fn on_cancel(node: &Arc<GatherNode<P, O, E>>) {
+        let links = {
+            let mut state = node.link.state.lock();
+            state.open = false;
+            state.links.take()
+        };
+        links.cancel();
+    }
+
+    /// Its inputs, those still watched, are what settles the output.
+    fn settling(node: &GatherNode<P, O, E>) -> Settling {
+        Settling::of_inputs(
+            node.link.pending_inputs(core::SETTLING_SEARCH),
+            node.core.status(),
+        )
+    }
+}
+
+/// Watches input `index` of `node`'s call.
+fn watch<P, T, O, E>(
+    node: &Arc<GatherNode<P, O, E>>,
+    index: usize,
+    input: Promise<T, E>,
+    decide: Decide<P, T, O, E>,
+) where
+    P: Send + 'static,
+    T: Send + 'static,
+    O: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let watcher = Watcher::new(node.clone());
+    let link = input.watch(move |settled| {
+        let (outcome, quiet) = outcome(settled);
+        watcher.receive(index, outcome, quiet, decide);
+    });
+    let mut state = node.link.state.lock();
+    if state.open {
+        state.links.push(link);
+        return;
+    }
+    // Decided while we were attaching (an input settled on another thread's
+    // loop): this input is no longer wanted.
+    drop(state);
+    link.cancel();
+}
+
+/// What one input's watcher holds of its call.
+struct Watcher<P, O: Send + 'static, E: Send + 'static>(Arc<GatherNode<P, O, E>>);
+
+impl<P, O, E> Watcher<P, O, E>
 where
     P: Send + 'static,
     O: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    /// The output promise and the state its inputs will report to. Cancelling the
-    /// output cancels the inputs' links.
-    fn new(policy: P, inputs: usize) -> (Promise<O, E>, Arc<Self>) {
-        let (output, settler) = internal::<O, E>();
-        let gather = Arc::new(Gather {
-            state: Mutex::new(GatherState {
-                policy,
-                output: None,
-                links: Links::with_capacity(inputs),
-            }),
-        });
-        // Weak: the output must not keep the state (and so the inputs' links) alive.
-        let weak = Arc::downgrade(&gather);
-        let inputs: Weak<dyn PendingInputs> = weak.clone();
-        settler.settled_by_inputs(inputs);
-        settler.on_cancel(move || {
-            if let Some(gather) = weak.upgrade() {
-                gather.abort();
-            }
-        });
-        gather.state.lock().output = Some(settler);
-        (output, gather)
-    }
-
-    fn watch<T: Send + 'static>(
-        self: &Arc<Self>,
-        index: usize,
-        input: Promise<T, E>,
-        decide: Decide<P, T, O, E>,
-    ) {
-        let gather = self.clone();
-        let link = input.watch(move |settled| {
-            let (outcome, quiet) = outcome(settled);
-            gather.receive(index, outcome, quiet, decide);
-        });
-        let mut state = self.state.lock();
-        if state.output.is_some() {
-            state.links.push(link);
-            return;
-        }
-        // Decided while we were attaching (an input settled on another thread's
-        // loop): this input is no longer wanted.
-        drop(state);
-        link.cancel();
+    fn new(node: Arc<GatherNode<P, O, E>>) -> Self {
+        node.link.state.lock().watchers += 1;
+        Watcher(node)
     }
 
     fn receive<T>(
@@ -195,40 +241,44 @@ where
         quiet: bool,
         decide: Decide<P, T, O, E>,
     ) {
-        let mut state = self.state.lock();
+        let node = &self.0;
+        let mut state = node.link.state.lock();
         // Never the last reference (the observer runs this), so dropping it under
         // the lock frees nothing.
         drop(state.links.reported(index));
-        if state.output.is_none() {
+        if !state.open {
             return; // decided or cancelled already
         }
         let Some(decided) = decide(&mut state.policy, index, outcome) else {
             return;
         };
-        let (output, links) = (state.output.take(), state.links.take());
+        state.open = false;
+        let links = state.links.take();
         drop(state);
-        if let Some(mut output) = output {
-            output.settle_as(decided, quiet);
-        }
+        settle_node_as(node, decided, quiet);
         links.cancel();
-    }
-
-    /// The output was cancelled: stop watching the inputs.
-    fn abort(&self) {
-        let (output, links) = {
-            let mut state = self.state.lock();
-            (state.output.take(), state.links.take())
-        };
-        links.cancel();
-        drop(output);
     }
 }
 
-impl<P, O, E> PendingInputs for Gather<P, O, E>
+impl<P, O: Send + 'static, E: Send + 'static> Drop for Watcher<P, O, E> {
+    /// The last watcher gone with the output undecided (dropped uncalled: its
+    /// loop is gone) breaks the output, which nothing else could settle.
+    fn drop(&mut self) {
+        let node = &self.0;
+        let mut state = node.link.state.lock();
+        state.watchers -= 1;
+        if state.watchers > 0 || !state.open {
+            return;
+        }
+        state.open = false;
+        drop(state);
+        let _ = node.core.settle_broken(None);
+    }
+}
+
+impl<P> PendingInputs for Gather<P>
 where
     P: Send + 'static,
-    O: Send + 'static,
-    E: Send + 'static,
 {
     fn pending_inputs(&self, limit: usize) -> Vec<Arc<dyn Graph>> {
         let state = self.state.lock();
@@ -1004,24 +1054,25 @@ macro_rules! join_tuple {
                     slots: ($(None::<$value>,)+),
                     left: $count,
                 };
-                let (output, gather) = Gather::new(policy, $count);
-                $(
-                    gather.watch(
-                        $index,
-                        self.$index,
-                        |state, _, outcome| {
-                            match outcome {
-                                Ok(value) => {
-                                    state.slots.$index = Some(value);
-                                    state.left -= 1;
-                                    (state.left == 0).then(|| Ok(state.slots.take_all()))
+                Gather::start(policy, $count, |node| {
+                    $(
+                        watch(
+                            node,
+                            $index,
+                            self.$index,
+                            |state, _, outcome| {
+                                match outcome {
+                                    Ok(value) => {
+                                        state.slots.$index = Some(value);
+                                        state.left -= 1;
+                                        (state.left == 0).then(|| Ok(state.slots.take_all()))
+                                    }
+                                    Err(error) => Some(Err(error)),
                                 }
-                                Err(error) => Some(Err(error)),
-                            }
-                        },
-                    );
-                )+
-                output
+                            },
+                        );
+                    )+
+                })
             }
         }
     };
@@ -1138,5 +1189,28 @@ where
     /// ```
     pub fn join<J: Join<Values = T, Error = E>>(promises: J) -> Promise<T, E> {
         promises.join()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `join`'s watchers are called however their inputs end; one dropped
+    /// uncalled (its job dropped with its loop) must still not leave the output
+    /// pending for ever, since nothing else settles it.
+    #[test]
+    fn a_join_whose_last_watcher_is_dropped_uncalled_breaks() {
+        let mut watchers = Vec::new();
+        let output = Gather::start((), 2, |node: &Arc<GatherNode<(), u8, Error>>| {
+            watchers.push(Watcher::new(node.clone()));
+            watchers.push(Watcher::new(node.clone()));
+        });
+        drop(watchers.pop());
+        assert!(output.is_pending(), "a watcher is left");
+        drop(watchers.pop());
+        assert!(!output.is_pending(), "the last watcher is gone");
+        let error = crate::block_on(output).unwrap_err();
+        assert!(error.is_broken(), "{error}");
     }
 }

@@ -9,7 +9,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 
@@ -456,9 +456,6 @@ type CancelHook = Box<dyn FnOnce() + Send>;
 struct Registered {
     hooks: SmallVec<[CancelHook; 1]>,
     following: Option<Arc<dyn Cancel>>,
-    /// What settles it, when that is several promises (a tuple combinator's
-    /// inputs), for [`Graph::settling`].
-    inputs: Option<Weak<dyn PendingInputs>>,
 }
 
 /// The inputs a combinator still waits on, at most `limit` of them.
@@ -539,18 +536,6 @@ impl Hooks {
         }
     }
 
-    /// Records that `inputs` settle the node (see [`Registered::inputs`]).
-    pub(crate) fn settled_by_inputs<T, E>(
-        node: &Node<T, E, Hooks>,
-        inputs: Weak<dyn PendingInputs>,
-    ) {
-        node.link
-            .on_cancel
-            .lock()
-            .get_or_insert_with(Box::default)
-            .inputs = Some(inputs);
-    }
-
     /// Records that the node follows what `forward` follows (its upstream), and
     /// that a cancellation stops `forward`.
     pub(crate) fn follow<T, E>(node: &Node<T, E, Hooks>, forward: Arc<dyn Cancel>) {
@@ -595,17 +580,12 @@ impl<T, E> Link<T, E> for Hooks {
             _ => {
                 let registered = node.link.on_cancel.lock();
                 let following = registered.as_ref().and_then(|r| r.following.clone());
-                let inputs = registered.as_ref().and_then(|r| r.inputs.clone());
                 drop(registered);
-                if let (Some(home), None, None) = (&link.home, &following, &inputs) {
+                if let (Some(home), None) = (&link.home, &following) {
                     if node.core.status() == core::Status::Pending {
                         // Finished, still pending: its resolver is settling it.
                         return Settling::Loop(home.id);
                     }
-                }
-                if let Some(inputs) = inputs.and_then(|inputs| inputs.upgrade()) {
-                    let pending = inputs.pending_inputs(core::SETTLING_SEARCH);
-                    return Settling::of_inputs(pending, node.core.status());
                 }
                 match following {
                     Some(forward) => match forward.source() {

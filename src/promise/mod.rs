@@ -1065,12 +1065,6 @@ impl<T: Send + 'static, E: Send + 'static> Settler<T, E> {
         Hooks::add(self.node(), Box::new(hook));
     }
 
-    /// Says that `inputs` settle the promise, for a loop's deadlock check (see
-    /// `core::settled_by_another_loop`).
-    pub(crate) fn settled_by_inputs(&self, inputs: std::sync::Weak<dyn PendingInputs>) {
-        Hooks::settled_by_inputs(self.node(), inputs);
-    }
-
     /// Where to register what to release if the promise is cancelled; usable after
     /// the settler itself was moved away.
     pub(crate) fn cancel_hooks(&self) -> CancelHooks<T, E> {
