@@ -19,7 +19,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of, ManuallyDrop, MaybeUninit};
@@ -669,7 +669,15 @@ pub(crate) fn wake_at(deadline: Instant, waker: Waker) {
             .expect("thenable: cannot start the timer wake-up thread");
         service
     });
+    let key = (deadline, wake_key(&waker));
     let mut queue = service.queue.lock();
+    // Another executor polls a pending promise as often as it likes (a
+    // `select!` in a loop, at every iteration), and each pending poll asks for
+    // the wake-up of the same deadline: one per waker is enough. Kept, each
+    // would hold a clone of the waker until the deadline, an hour away maybe.
+    if !queue.pending.insert(key) {
+        return;
+    }
     queue.seq += 1;
     let seq = queue.seq;
     queue.heap.push(Reverse(Wake {
@@ -678,6 +686,13 @@ pub(crate) fn wake_at(deadline: Instant, waker: Waker) {
         waker,
     }));
     service.changed.notify_one();
+}
+
+/// What tells two wakers apart for [`wake_at`]: those with equal keys wake the
+/// same task (`Waker::will_wake` compares the same two pointers).
+fn wake_key(waker: &Waker) -> (usize, usize) {
+    let vtable: *const std::task::RawWakerVTable = waker.vtable();
+    (waker.data() as usize, vtable as usize)
 }
 
 #[derive(Default)]
@@ -689,6 +704,8 @@ struct WakeService {
 #[derive(Default)]
 struct WakeQueue {
     heap: BinaryHeap<Reverse<Wake>>,
+    /// The deadline and waker of each entry of `heap`.
+    pending: HashSet<(Instant, (usize, usize))>,
     seq: u64,
 }
 
@@ -727,6 +744,7 @@ impl WakeService {
             match next {
                 Some(deadline) if deadline <= now => {
                     let Reverse(due) = queue.heap.pop().expect("peeked");
+                    queue.pending.remove(&(due.deadline, wake_key(&due.waker)));
                     // Another runtime's waker may panic: the thread must go on
                     // for every other deadline.
                     MutexGuard::unlocked(&mut queue, || {

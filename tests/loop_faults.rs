@@ -681,6 +681,47 @@ fn a_promise_whose_tokio_waiter_is_gone_settles_from_another_thread_and_is_still
     });
 }
 
+/// Sends on a channel each time it is woken.
+struct SendsOnWake(Mutex<mpsc::Sender<()>>);
+
+impl std::task::Wake for SendsOnWake {
+    fn wake(self: Arc<Self>) {
+        let _ = self.0.lock().unwrap().send(());
+    }
+}
+
+#[test]
+fn a_promise_polled_again_and_again_by_another_executor_keeps_one_wake_up_per_deadline() {
+    within(|| {
+        // A timer of this thread's loop, which nobody runs: each pending poll
+        // from another executor asks the timer thread to wake it at the
+        // deadline (a `select!` in a tokio loop polls the same promise at every
+        // iteration).
+        let _far = sleep(HOUR);
+        let (mut waiting, _resolver) = Promise::<i32>::pending();
+        let (woken, wakes) = mpsc::channel();
+        let wake = Arc::new(SendsOnWake(Mutex::new(woken)));
+        let waker = Waker::from(wake.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        for _ in 0..1_000 {
+            assert!(Future::poll(std::pin::Pin::new(&mut waiting), &mut cx).is_pending());
+        }
+        // Ours, the `Waker`'s, the promise's, the timer thread's one wake-up
+        // for the deadline, and the loops' list of pollers to wake.
+        let held = Arc::strong_count(&wake);
+        assert!(held <= 5, "1,000 polls left {held} references to the waker");
+        // A nearer deadline is still woken for.
+        let near = sleep(Duration::from_millis(20));
+        while near.is_pending() {
+            assert!(Future::poll(std::pin::Pin::new(&mut waiting), &mut cx).is_pending());
+            if near.is_pending() {
+                wakes.recv().unwrap();
+            }
+        }
+        assert!(near.is_fulfilled());
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Panics only a report can tell of (run in a child, whose standard error is read)
 // ---------------------------------------------------------------------------
@@ -743,6 +784,100 @@ fn a_block_on_in_a_destructor_run_by_a_loop_s_drop_completes() {
         event_loop.run().unwrap();
         drop(event_loop);
         assert_eq!(*outcome.lock().unwrap(), Some(Ok(4)));
+    });
+}
+
+/// Runs its closure when dropped.
+struct SpawnsWhenDropped<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for SpawnsWhenDropped<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+#[test]
+fn a_block_on_in_a_destructor_run_by_the_default_loop_s_drop_at_thread_exit_completes() {
+    within_for(HANG, || {
+        let outcome = Arc::new(Mutex::new(None));
+        let guard = BlocksOnWhenDropped(outcome.clone());
+        // And one that spawns first, then waits for the task.
+        let spawned = Arc::new(Mutex::new(None));
+        let kept = spawned.clone();
+        let spawns = SpawnsWhenDropped(Some(move || {
+            let task = spawn(async { Ok::<_, Error>(5) });
+            *kept.lock().unwrap() = Some(thenable::block_on(task).map_err(|e| e.to_string()));
+        }));
+        thread::spawn(move || {
+            // Tasks of this thread's default loop, which nobody runs again: the
+            // loop's drop at the thread's end drops the guards, after the
+            // thread-local that held the loop is gone.
+            for guard in [Box::new(guard) as Box<dyn Send>, Box::new(spawns)] {
+                drop(spawn(async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                    Ok::<_, Error>(())
+                }));
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(*outcome.lock().unwrap(), Some(Ok(4)));
+        assert_eq!(*spawned.lock().unwrap(), Some(Ok(5)));
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Dropping a loop breaks what it held, not other loops' handlers
+// ---------------------------------------------------------------------------
+
+/// A promise of this thread's loop whose `catch` turns a broken promise into
+/// -1, and its resolver.
+fn caught_if_broken() -> (Promise<i32>, thenable::Resolver<i32>) {
+    let (p, r) = Promise::<i32>::pending();
+    (p.catch(|e| Ok(if e.is_broken() { -1 } else { 0 })), r)
+}
+
+#[test]
+fn a_resolver_dropped_with_another_thread_s_loop_runs_this_loop_s_handler() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let (caught, resolver) = caught_if_broken();
+        thread::spawn(move || {
+            let other = EventLoop::new();
+            // A task of that loop holds the resolver when the loop goes.
+            drop(spawn(async move {
+                let _resolver = resolver;
+                std::future::pending::<()>().await;
+                Ok::<_, Error>(())
+            }));
+            other.block_on(sleep(Duration::ZERO)).unwrap();
+            drop(other);
+        })
+        .join()
+        .unwrap();
+        // The promise broke, and its handler is this loop's to run: the
+        // `catch` runs, and takes the broken promise in.
+        assert_eq!(event_loop.block_on(caught).unwrap(), -1);
+    });
+}
+
+#[test]
+fn a_resolver_in_a_task_spawned_through_the_handle_of_a_dropped_loop_runs_this_loop_s_handler() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let gone = EventLoop::new();
+        let handle = gone.handle();
+        drop(gone);
+        let (caught, resolver) = caught_if_broken();
+        let refused = handle.spawn(async move {
+            let _resolver = resolver;
+            Ok::<_, Error>(())
+        });
+        assert!(event_loop.block_on(refused).unwrap_err().is_broken());
+        assert_eq!(event_loop.block_on(caught).unwrap(), -1);
     });
 }
 

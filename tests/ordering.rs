@@ -15,8 +15,8 @@ mod common;
 
 use common::{ms, Log};
 use thenable::{
-    all, all_settled, any, queue_microtask, race, set_immediate, set_timeout, spawn, Error,
-    EventLoop, Promise,
+    all, all_settled, any, queue_microtask, race, reset_unhandled_rejection_hook, set_immediate,
+    set_timeout, set_unhandled_rejection_hook, spawn, Error, EventLoop, Promise,
 };
 
 // Handler makers only these tests need, on the shared log.
@@ -270,6 +270,54 @@ fn immediates_queued_by_an_immediate_run_on_the_next_turn() {
             "C (queued by A)",
             "D (queued by B)",
             "E (queued by C)"
+        ]
+    );
+}
+
+// const log = [];
+// process.on('unhandledRejection', (e) => {
+//   log.push('hook ' + e.message);
+//   if (e.message === 'r1') Promise.reject(new Error('r2'));
+//   queueMicrotask(() => log.push('hook.micro ' + e.message));
+// });
+// setTimeout(() => { log.push('t1'); Promise.reject(new Error('r1')); }, 5);
+// setTimeout(() => log.push('t2'), 5);
+//
+// node: ["t1","hook r1","hook.micro r1","hook r2","hook.micro r2","t2"]
+//
+// The hook runs at the end of a microtask drain; what it queues, and what it
+// rejects unhandled, belongs to that drain, before the next timer of the batch.
+#[test]
+fn microtasks_and_rejections_of_the_unhandled_rejection_hook_run_before_the_next_timer() {
+    let event_loop = EventLoop::new();
+    let log = Log::default();
+    let l = log.clone();
+    set_unhandled_rejection_hook(move |e: &Error| {
+        let reason = e.to_string();
+        l.push(format!("hook {reason}"));
+        if reason == "r1" {
+            drop(Promise::<()>::rejected(Error::msg("r2")));
+        }
+        let l = l.clone();
+        queue_microtask(move || l.push(format!("hook.micro {reason}")));
+    });
+    let l = log.clone();
+    set_timeout(ms(5), move || {
+        l.push("t1");
+        drop(Promise::<()>::rejected(Error::msg("r1")));
+    });
+    set_timeout(ms(5), log.call("t2"));
+    event_loop.run().unwrap();
+    reset_unhandled_rejection_hook();
+    assert_eq!(
+        log.entries(),
+        [
+            "t1",
+            "hook r1",
+            "hook.micro r1",
+            "hook r2",
+            "hook.micro r2",
+            "t2"
         ]
     );
 }

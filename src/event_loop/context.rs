@@ -61,6 +61,9 @@ thread_local! {
     /// Kept apart from `CONTEXT` and first touched after it, so that at thread exit
     /// it is destroyed while `CONTEXT` (which its teardown uses) still exists.
     static DEFAULT: RefCell<Option<EventLoop>> = const { RefCell::new(None) };
+    /// The loop of what runs after the default loop's teardown began, at the
+    /// thread's end (see [`teardown_loop`]).
+    static TEARDOWN: RefCell<Option<EventLoop>> = const { RefCell::new(None) };
 }
 
 /// Where a reaction goes (see [`schedule`]).
@@ -88,7 +91,11 @@ enum Target {
 ///   and awaited on another thread (a tokio worker, say) is not stuck in a queue
 ///   nobody here will run.
 fn target(cx: &Context, home: Option<&LoopRef>) -> Target {
-    if cx.graveyard.borrow().is_some() {
+    // A reaction homed on a loop still there is that loop's work, not the
+    // teardown's, even when the teardown settles it (a resolver held by a task of
+    // the loop being dropped breaks): its handler runs there, as it would had the
+    // resolver been dropped anywhere else. Queued, not run: it costs no stack.
+    if cx.graveyard.borrow().is_some() && home.is_none_or(|home| home.is_closed()) {
         return Target::Grave;
     }
     if let Some(running) = cx.running.borrow().clone() {
@@ -376,8 +383,30 @@ pub(crate) fn with_current_or_undriven_default<R>(f: impl FnOnce(&Rc<Local>, boo
 
 /// The loop free functions use when no loop runs on this thread.
 pub(crate) fn ambient() -> Rc<Local> {
-    let newest = CONTEXT.with(newest_created);
-    newest.unwrap_or_else(|| DEFAULT.with(|default| default_loop(&mut default.borrow_mut())))
+    let newest = CONTEXT.try_with(newest_created).ok().flatten();
+    newest.unwrap_or_else(|| {
+        DEFAULT
+            .try_with(|default| default_loop(&mut default.borrow_mut()))
+            .unwrap_or_else(|_| teardown_loop())
+    })
+}
+
+/// The loop free functions use once the thread's default loop is being torn
+/// down at the thread's end, or is gone: a destructor run by that teardown
+/// calls `spawn` or `block_on`, as a guard that cleans up might, and finds no
+/// loop (the thread-local holding the default loop can no longer be reached).
+/// [`TEARDOWN`]'s, made on first use: first touched after the default loop's
+/// thread-local was destroyed, it is destroyed in its turn, while [`CONTEXT`]
+/// still exists, so what nobody waited for goes with it, as a dropped loop's
+/// work does. A loop of its own for each call once that one is being torn down
+/// too (its work then goes at once).
+fn teardown_loop() -> Rc<Local> {
+    TEARDOWN
+        .try_with(|teardown| {
+            let mut teardown = teardown.borrow_mut();
+            teardown.get_or_insert_with(EventLoop::new).local.clone()
+        })
+        .unwrap_or_else(|_| EventLoop::new().local)
 }
 
 /// This thread's default loop, made now if need be.

@@ -513,26 +513,34 @@ impl Local {
 
     /// Runs microtasks until the queue is empty, including ones queued meanwhile;
     /// then reports the rejections that are still unhandled (as Node.js does after
-    /// the microtask queue drains).
+    /// the microtask queue drains). What the hook queues, or rejects with nobody
+    /// watching, is part of the same drain, as in Node.js's
+    /// `processTicksAndRejections`: it runs (and is reported) before the drain
+    /// returns, not after the next timer or immediate.
     fn drain_micro(&self) {
         loop {
-            let job = self.micro.borrow_mut().pop_front();
-            match job {
-                Some(job) => self.run_job(job),
-                None => break,
+            loop {
+                let job = self.micro.borrow_mut().pop_front();
+                match job {
+                    Some(job) => self.run_job(job),
+                    None => break,
+                }
             }
-        }
-        let orphans_run = self.orphans_taken.replace(0);
-        if orphans_run > 0 {
-            orphans::finished(orphans_run);
-        }
-        if self.unhandled.borrow().is_empty() {
-            return;
-        }
-        let suspects = std::mem::take(&mut *self.unhandled.borrow_mut());
-        for node in suspects {
-            if let Some(error) = node.unhandled() {
-                context::report_unhandled(&error);
+            let orphans_run = self.orphans_taken.replace(0);
+            if orphans_run > 0 {
+                orphans::finished(orphans_run);
+            }
+            if self.unhandled.borrow().is_empty() {
+                return;
+            }
+            let suspects = std::mem::take(&mut *self.unhandled.borrow_mut());
+            for node in suspects {
+                if let Some(error) = node.unhandled() {
+                    context::report_unhandled(&error);
+                }
+            }
+            if self.micro.borrow().is_empty() && self.unhandled.borrow().is_empty() {
+                return;
             }
         }
     }
