@@ -335,6 +335,17 @@ impl fmt::Display for StdView {
     }
 }
 
+impl Error {
+    /// The `Error` a `std::error::Error` is the view of, if it is one: what the
+    /// conversions into `Box<dyn std::error::Error + Send + Sync>` and into
+    /// `std::io::Error` put inside, for the unhandled-rejection report to give
+    /// its message (and tell a cancellation travelling on) whatever `E` it was
+    /// converted into.
+    pub(crate) fn viewed_by(error: &(dyn StdError + Send + Sync + 'static)) -> Option<Error> {
+        error.downcast_ref::<StdView>().map(|view| view.0.clone())
+    }
+}
+
 impl StdError for StdView {
     /// A wrapped error's message is this one's Display already: the chain goes on
     /// from the wrapped error's own source (as `#[error(transparent)]` does), or a

@@ -236,6 +236,97 @@ fn on_cancel_registered_after_cancellation_runs_at_once() {
     assert_eq!(ran.get(), 1);
 }
 
+// A user's `on_cancel` callback that panics runs wherever the cancellation
+// travels: here inside `race`'s job cancelling its losers. Unwound, it left
+// `block_on` with the panic, skipped the resolver's other callback, and left the
+// hour-long loser running (`run` waited an hour).
+#[test]
+fn a_panicking_on_cancel_callback_neither_unwinds_nor_stops_the_cancellation() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let (fired, after) = (Counter::default(), Counter::default());
+        let (hooked, resolver) = Promise::<i32>::pending();
+        resolver.on_cancel(|| panic!("an on_cancel callback {}", common::MARK));
+        let bump = after.clone();
+        resolver.on_cancel(move || bump.bump());
+        let bump = fired.clone();
+        let hour_long = sleep(HOUR).map(move |()| {
+            bump.bump();
+            0
+        });
+        let winner = thenable::race([hooked, hour_long, Promise::resolved(1)]);
+        assert_eq!(event_loop.block_on(winner).unwrap(), 1);
+        assert_eq!(after.get(), 1, "the resolver's other callback ran");
+        assert!(resolver.is_done());
+        event_loop.run().unwrap(); // would take an hour if the sleep were left
+        assert_eq!(fired.get(), 0);
+
+        // Cancelled directly, the same: `cancel` returns instead of unwinding.
+        let (p, r) = Promise::<i32>::pending();
+        r.on_cancel(|| panic!("a direct one {}", common::MARK));
+        let bump = after.clone();
+        r.on_cancel(move || bump.bump());
+        assert!(p.cancel());
+        assert_eq!(after.get(), 2);
+        // Registered once cancelled, it runs at once, contained too.
+        r.on_cancel(|| panic!("a late one {}", common::MARK));
+    });
+}
+
+// An `on_cancel` callback that can no longer run is let go as its promise
+// settles, not kept as long as the promise (or a resolver clone) is: a settled
+// promise may be kept for long (a cache's), and the callback may hold what
+// stops the work (a channel's sender, which keeps a worker waiting).
+#[test]
+fn on_cancel_callbacks_are_released_once_the_promise_settles_otherwise() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        let (ran, released) = (Counter::default(), Counter::default());
+        let hooked = |resolver: &thenable::Resolver<i32>| {
+            let (bump, guard) = (ran.clone(), DropCounter(released.clone()));
+            resolver.on_cancel(move || {
+                let _guard = guard;
+                bump.bump();
+            });
+        };
+        let (fulfilled, resolver) = Promise::<i32>::pending();
+        hooked(&resolver);
+        resolver.resolve(1);
+        assert_eq!(released.get(), 1, "fulfilled: the callback is let go");
+        let (rejected, resolver2) = Promise::<i32>::pending();
+        hooked(&resolver2);
+        resolver2.reject(Error::msg("no"));
+        assert_eq!(released.get(), 2, "rejected");
+        let (broken, resolver3) = Promise::<i32>::pending();
+        hooked(&resolver3);
+        drop(resolver3);
+        assert_eq!(released.get(), 3, "broken");
+        // Following another promise, it may still be cancelled: kept until the
+        // followed promise settles it.
+        let (followed, source) = Promise::<i32>::pending();
+        let (follower, resolver4) = Promise::<i32>::pending();
+        hooked(&resolver4);
+        resolver4.resolve_with(followed);
+        // (The two rejections are reported meanwhile, as nobody handles them.)
+        thenable::set_unhandled_rejection_hook(|_| {});
+        event_loop
+            .block_on(sleep(Duration::from_millis(1)))
+            .unwrap();
+        thenable::reset_unhandled_rejection_hook();
+        assert_eq!(released.get(), 3, "following: still wanted");
+        source.resolve(2);
+        event_loop.run().unwrap();
+        assert!(follower.is_fulfilled());
+        assert_eq!(released.get(), 4, "settled by the followed promise");
+        assert_eq!(ran.get(), 0);
+        // Kept alive all along, with their resolvers.
+        assert!(fulfilled.is_fulfilled() && rejected.is_rejected() && broken.is_rejected());
+        assert!(!fulfilled.cancel() && !follower.cancel());
+        assert_eq!(ran.get(), 0);
+        drop((resolver, resolver2, resolver4));
+    });
+}
+
 #[test]
 fn an_unhandled_rejection_is_reported_once_and_a_handled_one_not_at_all() {
     within(|| {
@@ -298,6 +389,48 @@ fn a_combinator_rejected_because_its_input_was_cancelled_is_not_reported() {
         event_loop.run().unwrap();
         assert_eq!(*seen.borrow(), ["real"]);
         drop(gathered);
+        thenable::reset_unhandled_rejection_hook();
+    });
+}
+
+// With `E = Box<dyn std::error::Error + Send + Sync>` (which the library's
+// failures convert into), the report named the type ("a rejection of type
+// alloc::boxed::Box<dyn ...>") instead of giving the message; and a task
+// passing a cancellation on with `?` was reported, where with `E = Error` it is
+// not. The same for `std::io::Error`, whose report already had the message.
+#[test]
+fn rejections_of_boxed_and_io_errors_are_reported_with_their_message() {
+    type Boxed = Box<dyn std::error::Error + Send + Sync>;
+    within(|| {
+        let event_loop = EventLoop::new();
+        let seen = Rc::new(RefCell::new(Vec::<String>::new()));
+        let log = seen.clone();
+        thenable::set_unhandled_rejection_hook(move |e| log.borrow_mut().push(e.to_string()));
+        drop(Promise::<i32, Boxed>::rejected("disk on fire".into()));
+        drop(Promise::<i32, Boxed>::rejected(
+            Error::msg("from an Error").into(),
+        ));
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        drop(Promise::<i32, std::io::Error>::rejected(io));
+        // Cancellation travelling on through a user's task (its `await` gives
+        // `E::from(Error::cancelled())`, which `?` returns): not reported.
+        let (input, _r) = Promise::<i32>::pending();
+        let boxed = input.clone().map_err(Boxed::from);
+        let io = input.clone().map_err(std::io::Error::from);
+        let passed_boxed = spawn(async move { Ok::<i32, Boxed>(boxed.await? + 1) });
+        let passed_io = spawn(async move { Ok::<i32, std::io::Error>(io.await? + 1) });
+        event_loop
+            .block_on(sleep(Duration::from_millis(1)))
+            .unwrap();
+        assert!(input.cancel());
+        event_loop.run().unwrap();
+        assert!(passed_boxed.is_rejected() && passed_io.is_rejected());
+        drop((passed_boxed, passed_io));
+        event_loop.run().unwrap();
+        assert_eq!(
+            *seen.borrow(),
+            ["disk on fire", "from an Error", "no such file"]
+        );
         thenable::reset_unhandled_rejection_hook();
     });
 }

@@ -549,6 +549,56 @@ fn scope_first_failure_cancels_the_siblings_and_is_the_error() {
     });
 }
 
+/// Logs its name when dropped.
+struct DropLog(String, Log);
+
+impl Drop for DropLog {
+    fn drop(&mut self) {
+        self.1.push(std::mem::take(&mut self.0));
+    }
+}
+
+/// A failure, or the scope's promise cancelled, cancels the members in the
+/// order they joined, body first (as `all` and `map_concurrent` cancel theirs):
+/// their destructors run in the same order on every run. (Kept in a `HashMap`,
+/// they were dropped in a different order each time.)
+#[test]
+fn a_scope_cancels_its_members_in_the_order_they_joined() {
+    within(|| {
+        let event_loop = EventLoop::new();
+        for cancel in [false, true] {
+            let log = Log::default();
+            let members = log.clone();
+            let (fail, failure) = Promise::<()>::pending();
+            let outcome = scope(move |s: Scope| async move {
+                let _body = DropLog("body".into(), members.clone());
+                for n in 0..16 {
+                    let guard = DropLog(n.to_string(), members.clone());
+                    drop(s.spawn(async move {
+                        let _guard = guard;
+                        sleep(HOUR).await
+                    }));
+                }
+                fail.await?;
+                Ok(())
+            });
+            event_loop.block_on(sleep(ms(1))).unwrap();
+            if cancel {
+                assert!(outcome.cancel());
+                event_loop.run().unwrap();
+            } else {
+                failure.reject(Error::msg("the body failed"));
+                assert!(event_loop.block_on(outcome).is_err());
+            }
+            // (A failing body drops its guard as it ends, before the scope
+            // hears of the failure: first either way.)
+            let mut expected = vec![String::from("body")];
+            expected.extend((0..16).map(|n: i32| n.to_string()));
+            assert_eq!(log.entries(), expected, "cancelled: {cancel}");
+        }
+    });
+}
+
 #[test]
 fn a_failing_body_cancels_the_tasks() {
     within(|| {

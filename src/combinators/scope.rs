@@ -7,7 +7,7 @@
 //! `then_or_catch`. The scope keeps those watchers: cancelling a watcher cancels
 //! the task behind it (its only consumer), which drops the task's future.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -24,8 +24,9 @@ use crate::{spawn, Error, Promise};
 /// - with the body's value if nothing failed;
 /// - with the first failure (of the body or of any task; a panic counts) if
 ///   something did. That failure cancels every other member at once, the body
-///   included: their futures are dropped (their destructors run) before any
-///   handler of the scope's promise runs.
+///   included, in the order they joined the scope: their futures are dropped
+///   (their destructors run, in that order) before any handler of the scope's
+///   promise runs.
 ///
 /// Cancelling the scope's promise cancels every member the same way. Tasks may
 /// spawn more tasks into their own scope; a task spawned into a scope that has
@@ -86,7 +87,7 @@ where
         })
     };
     let state = Arc::new(Mutex::new(State {
-        members: HashMap::new(),
+        members: BTreeMap::new(),
         next_key: 0,
         body_done: false,
         failure: None,
@@ -152,7 +153,10 @@ impl<E> fmt::Debug for Scope<E> {
 type Settle<E> = Box<dyn FnOnce(Option<E>) + Send>;
 
 struct State<E> {
-    members: HashMap<u64, Running<E>>,
+    /// By key, which counts up as members join: cancelled in the order they
+    /// joined (the body first), as `all` cancels its inputs, so that their
+    /// destructors and `on_cancel` hooks run in the same order on every run.
+    members: BTreeMap<u64, Running<E>>,
     next_key: u64,
     body_done: bool,
     /// The first failure.
@@ -330,14 +334,14 @@ fn close<E: Send + 'static>(state: &Mutex<State<E>>, failure: Option<E>) {
             // Cancelled: there is nothing left to settle.
             None => guard.settle.take(),
         };
-        let members: Vec<Running<E>> = guard.members.drain().map(|(_, m)| m).collect();
+        let members = std::mem::take(&mut guard.members);
         (members, dropped_settle)
     };
     drop(dropped_settle);
     // Each task's future is dropped by a job its loop runs next, queued before
     // anything the settle below schedules: the destructors run before any handler
     // of the scope's promise.
-    for running in members {
+    for running in members.into_values() {
         running.end(true);
     }
     settle_if_done(state);

@@ -348,6 +348,10 @@ pub(crate) trait Link<T, E>: Send + Sync + Sized + 'static {
             None => Settling::Unknown,
         }
     }
+
+    /// The node settled otherwise than by a cancellation (called by whoever
+    /// settled it, once it did): what only a cancellation would have used can go.
+    fn on_settled(_node: &Node<T, E, Self>) {}
 }
 
 impl<T, E> Link<T, E> for () {
@@ -358,6 +362,9 @@ impl<T, E> Link<T, E> for () {
 /// also carries the link (for `then` children, the handler) in the same allocation.
 pub(crate) trait NodeDyn<T, E>: Graph {
     fn core(&self) -> &Core<T, E>;
+
+    /// See [`Link::on_settled`].
+    fn on_settled(&self);
 
     /// The node as a graph node, from any `Arc` of it (an upcast the caller of
     /// a generic node cannot write).
@@ -446,6 +453,10 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> NodeDyn<T, E> for Node
         &self.core
     }
 
+    fn on_settled(&self) {
+        L::on_settled(self);
+    }
+
     fn into_graph(self: Arc<Self>) -> Arc<dyn Graph> {
         self
     }
@@ -458,8 +469,11 @@ fn describe<E: 'static>(error: &E) -> Error {
         error.clone()
     } else if let Some(text) = any.downcast_ref::<String>() {
         Error::msg(text)
+    } else if let Some(error) = any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>() {
+        Error::viewed_by(&**error).unwrap_or_else(|| Error::msg(error))
     } else if let Some(error) = any.downcast_ref::<std::io::Error>() {
-        Error::msg(error)
+        let viewed = error.get_ref().and_then(Error::viewed_by);
+        viewed.unwrap_or_else(|| Error::msg(error))
     } else {
         Error::msg(format!(
             "a rejection of type {}",

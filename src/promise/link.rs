@@ -45,9 +45,7 @@ where
     E: Send + 'static,
     N: NodeDyn<T, E> + ?Sized,
 {
-    if node.core().settle(outcome, home) == Settle::Unwatched {
-        track_unwatched(node.clone().into_graph(), home);
-    }
+    settle_as(node, outcome, false, home);
 }
 
 /// [`settle`], a rejection being quiet when `quiet` is set (see `Input::Quiet`).
@@ -61,9 +59,12 @@ pub(crate) fn settle_as<T, E, N>(
     E: Send + 'static,
     N: NodeDyn<T, E> + ?Sized,
 {
-    if node.core().settle_as(outcome, quiet, home) == Settle::Unwatched {
-        track_unwatched(node.clone().into_graph(), home);
+    match node.core().settle_as(outcome, quiet, home) {
+        Settle::Already => return,
+        Settle::Unwatched => track_unwatched(node.clone().into_graph(), home),
+        Settle::Done => {}
     }
+    node.on_settled();
 }
 
 /// Registers `node`, rejected with nobody to see it, for the unhandled report.
@@ -476,6 +477,9 @@ pub(crate) struct Hooks {
     /// Live `Resolver` clones: when the last goes while unfinished, the promise is
     /// broken. Not counted down once finished (nothing reads it then).
     resolvers: AtomicU32,
+    /// Set once `on_cancel` holds a list: settling checks it before taking the
+    /// lock to drop the list (a locked instruction most settles need not pay).
+    registered: AtomicBool,
 }
 
 impl Hooks {
@@ -487,7 +491,16 @@ impl Hooks {
             resolvers: AtomicU32::new(u32::from(home.is_some())),
             home,
             finished: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
         }
+    }
+
+    /// The registered list, made now if need be.
+    fn registered<'a>(&self, list: &'a mut Option<Box<Registered>>) -> &'a mut Registered {
+        list.get_or_insert_with(|| {
+            self.registered.store(true, Ordering::Release);
+            Box::default()
+        })
     }
 
     pub(crate) fn add_resolver(&self) {
@@ -527,10 +540,10 @@ impl Hooks {
     pub(crate) fn add<T, E>(node: &Node<T, E, Hooks>, hook: CancelHook) {
         let mut hooks = node.link.on_cancel.lock();
         match node.core.status() {
-            core::Status::Pending => hooks.get_or_insert_with(Box::default).hooks.push(hook),
+            core::Status::Pending => node.link.registered(&mut hooks).hooks.push(hook),
             core::Status::Cancelled => {
                 drop(hooks);
-                hook();
+                run_hook(hook);
             }
             _ => {}
         }
@@ -541,22 +554,38 @@ impl Hooks {
     pub(crate) fn follow<T, E>(node: &Node<T, E, Hooks>, forward: Arc<dyn Cancel>) {
         let stop = forward.clone();
         node.link
-            .on_cancel
-            .lock()
-            .get_or_insert_with(Box::default)
+            .registered(&mut node.link.on_cancel.lock())
             .following = Some(forward);
         Hooks::add(node, Box::new(move || stop.cancel()));
     }
 }
 
 impl<T, E> Link<T, E> for Hooks {
+    /// The cancellation hooks will never run: dropped now, not when the node
+    /// goes (a settled promise may be kept for long, a cache's, and a hook
+    /// may hold what stops the work, a channel's sender, a handle). The rest
+    /// of what was registered was for a pending node only.
+    ///
+    /// A list made while it settles may be missed here (the flag read before it
+    /// was set): it is then dropped with the node, as every list was before.
+    fn on_settled(node: &Node<T, E, Self>) {
+        if !node.link.registered.load(Ordering::Acquire) {
+            return;
+        }
+        let registered = node.link.on_cancel.lock().take();
+        if registered.is_some() {
+            // The captures of a user's `on_cancel` callback: user code.
+            contained("an on_cancel callback's drop", || drop(registered));
+        }
+    }
+
     fn on_cancel(node: &Arc<Node<T, E, Self>>) {
         if node.link.finish() {
             node.link.release_home();
         }
         let hooks = node.link.on_cancel.lock().take();
         for hook in hooks.into_iter().flat_map(|registered| registered.hooks) {
-            hook();
+            run_hook(hook);
         }
     }
 
@@ -600,6 +629,16 @@ impl<T, E> Link<T, E> for Hooks {
             }
         }
     }
+}
+
+/// Runs a cancellation hook. A user's (`Resolver::on_cancel`) may panic, and it
+/// runs wherever the cancellation travels: inside a combinator's job that cancels
+/// its losers, a timer's callback, another promise's cancellation. Unwound, the
+/// panic would skip the hooks after it (the one that stops following a promise,
+/// among others) and the rest of that work (the other losers, left running), and
+/// leave the loop; so it is reported, as a `set_timeout` callback's is.
+fn run_hook(hook: CancelHook) {
+    contained("an on_cancel callback", hook);
 }
 
 /// Something that can stop following a promise.
@@ -699,7 +738,7 @@ impl<T: Send + 'static, E: Send + 'static> Runnable for Forward<T, E> {
     fn abandon(self: Arc<Self>) {
         let step = std::mem::replace(&mut *self.step.lock(), Step::Done);
         if let Some(target) = self.take_target() {
-            let _ = target.core().settle_broken(None);
+            break_target(&*target);
         }
         // Only now: the promise or outcome it held may be the last of a value
         // whose drop panics, and the target must be broken by then.
@@ -761,8 +800,15 @@ impl<T, E> Drop for Forward<T, E> {
         // Dropped before it could forward (its source was abandoned): the target
         // would otherwise stay pending for ever.
         if let Some(target) = self.target.get_mut().take() {
-            let _ = target.core().settle_broken(None);
+            break_target(&*target);
         }
+    }
+}
+
+/// Settles a forwarder's target as broken.
+fn break_target<T, E>(target: &dyn NodeDyn<T, E>) {
+    if target.core().settle_broken(None) != Settle::Already {
+        target.on_settled();
     }
 }
 

@@ -947,7 +947,12 @@ where
 
     /// Runs `on_cancel` if the promise is cancelled (at once if it already was;
     /// never if it settles otherwise): the place to stop the work that would have
-    /// settled it, as bluebird's `onCancel`. It runs inside the `cancel` call.
+    /// settled it, as bluebird's `onCancel`. It runs inside the `cancel` call (or
+    /// wherever the cancellation travelling upstream reaches this promise: a
+    /// combinator cancelling its losers, a timeout). A panic in it is reported
+    /// on stderr, as one in a [`set_timeout`](crate::set_timeout) callback is,
+    /// and does not unwind: the other callbacks still run and the cancellation
+    /// goes on.
     ///
     /// ```
     /// use std::sync::atomic::{AtomicBool, Ordering};
@@ -994,7 +999,9 @@ impl<T, E> Drop for Resolver<T, E> {
             return;
         }
         if link.drop_resolver() && link.finish() {
-            let _ = self.node.core.settle_broken(link.home());
+            if self.node.core.settle_broken(link.home()) != core::Settle::Already {
+                <Hooks as core::Link<T, E>>::on_settled(&self.node);
+            }
             link.release_home();
         }
     }
@@ -1051,8 +1058,11 @@ impl<T: Send + 'static, E: Send + 'static, L: core::Link<T, E>> Settler<T, E, L>
             return Some(outcome);
         };
         match node.core.try_settle(outcome, quiet, None) {
-            Ok(core::Settle::Unwatched) => context::track_unhandled(node),
-            Ok(_) => {}
+            Ok(core::Settle::Unwatched) => {
+                node.on_settled();
+                context::track_unhandled(node);
+            }
+            Ok(_) => node.on_settled(),
             Err(late) => return Some(late),
         }
         None
