@@ -67,6 +67,10 @@ const READ_CHUNK: usize = 16 * 1024;
 const READ_AHEAD: usize = 2048;
 /// The most a single buffered read asks for, however much `read_exact` wants.
 const MAX_READ_CHUNK: usize = 1024 * 1024;
+/// The most room a stream's read buffer keeps once it no longer needs it (see
+/// `ReadBuffer::fill_from`): a message of megabytes, once delivered, does not
+/// hold its size in memory for the rest of the connection.
+const KEPT_READ_CAPACITY: usize = 4 * READ_CHUNK;
 /// The most one `recv_from` makes room for, however large its limit: no UDP
 /// datagram is longer.
 const MAX_DATAGRAM: usize = 64 * 1024;
@@ -78,6 +82,18 @@ const CONNECT_THREAD_STACK: usize = 256 * 1024;
 
 fn would_block(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::WouldBlock
+}
+
+/// The first `len` bytes of `bytes`, without the room a read made for more
+/// when it mostly went unused: a caller keeping many small chunks read with a
+/// large limit would otherwise keep the limit's worth of memory for each (Node.js
+/// shrinks its read buffers so, too).
+fn fitted(mut bytes: Vec<u8>, len: usize) -> Vec<u8> {
+    bytes.truncate(len);
+    if bytes.capacity() / 2 > len {
+        bytes.shrink_to_fit();
+    }
+    bytes
 }
 
 /// A TCP socket listening for connections.
@@ -711,8 +727,7 @@ impl TcpStream {
                     // The limit is a bound, not a size: `usize::MAX` means "what is there".
                     let mut bytes = vec![0; max_len.min(MAX_READ_CHUNK)];
                     let n = socket.read(&mut bytes)?;
-                    bytes.truncate(n);
-                    Ok(bytes)
+                    Ok(fitted(bytes, n))
                 })
                 .await?;
             Ok(bytes)
@@ -990,9 +1005,14 @@ fn take_line(
             format!("line longer than {max_line_len} bytes"),
         )
     };
-    let mut searched = 0;
+    // Where the last search stopped, even if that was in an earlier run of the
+    // operation, before a wait: searching the whole buffer again after each wait
+    // made a long line cost its length times the reads it took.
+    let mut searched = inbound.newline_free;
     loop {
         let filled = inbound.filled();
+        #[cfg(test)]
+        tests::SEARCHED.set(tests::SEARCHED.get() + filled.len() - searched);
         if let Some(offset) = filled[searched..].iter().position(|&b| b == b'\n') {
             let newline = searched + offset;
             let content_len = if newline > 0 && filled[newline - 1] == b'\r' {
@@ -1017,6 +1037,7 @@ fn take_line(
             return Err(too_long());
         }
         searched = filled.len();
+        inbound.newline_free = searched;
         if inbound.fill_from(&mut socket, READ_CHUNK)? == 0 {
             return match inbound.len() {
                 0 => Ok(None),
@@ -1212,6 +1233,9 @@ struct ReadBuffer {
     /// How many bytes were ever taken from the front: where `filled` starts in
     /// the stream, which tells a lent copy whether it is still current.
     taken: u64,
+    /// How many bytes at the front of `filled` are known to hold no `\n`: where
+    /// `take_line`'s next search starts.
+    newline_free: usize,
 }
 
 impl ReadBuffer {
@@ -1234,9 +1258,14 @@ impl ReadBuffer {
     fn consume(&mut self, n: usize) {
         self.taken += n as u64;
         self.start += n;
+        self.newline_free = self.newline_free.saturating_sub(n);
         debug_assert!(self.start <= self.bytes.len());
         if self.start == self.bytes.len() {
-            self.bytes.clear();
+            if self.bytes.capacity() > KEPT_READ_CAPACITY {
+                self.bytes = Vec::new(); // the room of a large message, not needed now
+            } else {
+                self.bytes.clear();
+            }
             self.start = 0;
         }
     }
@@ -1246,6 +1275,7 @@ impl ReadBuffer {
         let n = n.min(self.len());
         if self.start == 0 && n == self.bytes.len() {
             self.taken += n as u64;
+            self.newline_free = 0;
             return std::mem::take(&mut self.bytes);
         }
         let taken = self.filled()[..n].to_vec();
@@ -1260,6 +1290,12 @@ impl ReadBuffer {
         if self.start > 0 && self.start * 2 >= self.bytes.len() {
             self.bytes.drain(..self.start);
             self.start = 0;
+        }
+        // The room a large message took, once it was taken and a few bytes
+        // after it are all that is left: keep what this read needs.
+        let needed = (self.bytes.len() + chunk).max(KEPT_READ_CAPACITY);
+        if self.bytes.capacity() / 2 > needed {
+            self.bytes.shrink_to(needed);
         }
         let old_len = self.bytes.len();
         self.bytes.resize(old_len + chunk, 0);
@@ -1507,8 +1543,7 @@ impl UdpSocket {
             let (len, from) = socket
                 .read_with(|socket| socket.recv_from(&mut datagram))
                 .await?;
-            datagram.truncate(len);
-            Ok((datagram, from))
+            Ok((fitted(datagram, len), from))
         })
     }
 }
@@ -1547,6 +1582,91 @@ impl fmt::Debug for UdpSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Bytes `take_line` has looked through for a `\n` on this thread.
+        pub(super) static SEARCHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Gives `data` one piece per read, and `WouldBlock` before each piece, as a
+    /// socket does when a line arrives more slowly than it is read.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        piece: usize,
+        arrived: bool,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if !std::mem::replace(&mut self.arrived, false) {
+                self.arrived = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.piece).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_long_line_arriving_in_pieces_is_searched_once_not_once_per_piece() {
+        let line_len = 1 << 20;
+        let mut data = vec![b'x'; line_len];
+        data.extend_from_slice(b"\nnext\n");
+        let mut pieces = Pieces {
+            data,
+            at: 0,
+            piece: 1024,
+            arrived: false,
+        };
+        let mut inbound = ReadBuffer::default();
+        SEARCHED.set(0);
+        // What `read_line`'s task does: the operation again after each wait.
+        let mut take = || loop {
+            match take_line(&mut inbound, &mut pieces, usize::MAX) {
+                Err(e) if would_block(&e) => continue,
+                done => break done.unwrap(),
+            }
+        };
+        assert_eq!(take().map(|line| line.len()), Some(line_len));
+        assert_eq!(take().as_deref(), Some("next"));
+        // Each byte once, and those of the last piece (read with the line's
+        // end) once more for the next line: linear, where searching the whole
+        // buffer again after every wait looks through half a gigabyte.
+        let searched = SEARCHED.get();
+        assert!(
+            searched <= 2 * (line_len + 6),
+            "searched {searched} bytes for a line of {line_len}"
+        );
+    }
+
+    #[test]
+    fn a_read_buffer_gives_back_the_room_a_large_message_took() {
+        let big = vec![b'x'; MAX_READ_CHUNK];
+        let mut buffer = ReadBuffer::default();
+        // Emptied, by `take` or by `consume`: the room goes with the bytes.
+        buffer.fill_from(&big[..], big.len()).unwrap();
+        assert_eq!(buffer.take(big.len() - 1).len(), big.len() - 1);
+        buffer.consume(1);
+        assert!(buffer.bytes.capacity() <= KEPT_READ_CAPACITY);
+        // A few bytes left behind it: the next read keeps what it needs only.
+        buffer.fill_from(&big[..], big.len()).unwrap();
+        buffer.consume(big.len() - 3);
+        buffer.fill_from(&b"yz"[..], READ_CHUNK).unwrap();
+        assert_eq!(buffer.filled(), b"xxxyz");
+        assert!(buffer.bytes.capacity() <= KEPT_READ_CAPACITY);
+        assert_eq!(buffer.taken, 2 * big.len() as u64 - 3);
+        // Room it needs is kept: reading on into a large message does not
+        // give back and take again.
+        buffer.fill_from(&big[..], MAX_READ_CHUNK).unwrap();
+        let room = buffer.bytes.capacity();
+        buffer.fill_from(&big[..], MAX_READ_CHUNK).unwrap();
+        buffer.consume(MAX_READ_CHUNK);
+        buffer.fill_from(&big[..], MAX_READ_CHUNK).unwrap();
+        assert!(buffer.bytes.capacity() >= room);
+    }
 
     #[test]
     fn read_buffer_keeps_order_and_position_across_take_and_fill() {

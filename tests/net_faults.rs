@@ -75,6 +75,55 @@ fn recv_from_with_a_huge_limit_returns_the_datagram() {
     })
 }
 
+/// What a read returns holds what arrived, not the room the read made for it: a
+/// caller that keeps many small chunks read with a huge limit (`usize::MAX`, or
+/// 64 KiB for UDP) must not keep a megabyte (64 KiB) for each. Node.js shrinks
+/// its read buffers to what was read in the same way.
+#[test]
+fn chunks_read_with_a_huge_limit_keep_no_more_memory_than_they_hold() {
+    /// Room a small chunk may carry: far below what the limit would have
+    /// reserved (1 MiB for a stream read, 64 KiB for a datagram).
+    const SMALL: usize = 4096;
+    run(async {
+        let (stream, mut peer) = pair_with_std_peer().await?;
+        let mut kept = Vec::new();
+        for message in [&b"abc"[..], b"defgh"] {
+            peer.write_all(message)?;
+            let chunk = stream.read(usize::MAX).await?;
+            assert_eq!(chunk, message);
+            kept.push(chunk);
+        }
+        for chunk in &kept {
+            assert!(
+                chunk.capacity() <= SMALL,
+                "{} bytes kept for {}",
+                chunk.capacity(),
+                chunk.len()
+            );
+        }
+        drop(peer);
+        let end = stream.read(usize::MAX).await?;
+        assert!(end.is_empty());
+        assert!(
+            end.capacity() <= SMALL,
+            "{} bytes kept for the end of the stream",
+            end.capacity()
+        );
+
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let me = socket.local_addr()?;
+        socket.send_to("tiny", me).await?;
+        let (datagram, _) = socket.recv_from(usize::MAX).await?;
+        assert_eq!(datagram, b"tiny");
+        assert!(
+            datagram.capacity() <= SMALL,
+            "{} bytes kept for a datagram of 4",
+            datagram.capacity()
+        );
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Clones share one read buffer, whichever API reads
 // ---------------------------------------------------------------------------
