@@ -30,6 +30,47 @@ use std::sync::Arc;
 /// assert!(err.downcast_ref::<std::io::Error>().is_some());
 /// assert!(!err.is_panic());
 /// ```
+///
+/// # Telling failures apart
+///
+/// | test | the library's failure |
+/// |---|---|
+/// | [`is_panic`](Error::is_panic) | a handler, executor, task, [`spawn_blocking`](crate::spawn_blocking) job or `finally` callback panicked (the message is kept) |
+/// | [`is_cancelled`](Error::is_cancelled) | an `await` of a cancelled promise ([`Promise::cancel`](crate::Promise::cancel)); a combinator's input cancelled elsewhere |
+/// | [`is_timeout`](Error::is_timeout) | [`Promise::timeout`](crate::Promise::timeout) or [`timeout_at`](crate::Promise::timeout_at) ran out |
+/// | [`is_broken`](Error::is_broken) | every [`Resolver`](crate::Resolver) dropped unsettled; the loop holding the work dropped (a thread's default loop, at the thread's end) |
+/// | [`is_deadlock`](Error::is_deadlock) | `block_on` on what nothing left can complete; `block_on` or `run` called inside a running loop; a chaining cycle |
+/// | [`is_aggregate`](Error::is_aggregate) | [`any`](crate::any) with every input rejected: the reasons are in [`errors`](Error::errors) |
+///
+/// Anything else is a message ([`Error::msg`]) or a wrapped error, which
+/// [`downcast_ref`](Error::downcast_ref) gets back: the I/O of [`net`](crate::net)
+/// rejects with a wrapped `std::io::Error`, whose kind says what went wrong.
+///
+/// A promise with an error type of your own receives these failures through its
+/// `E: From<Error>`. The conversions this crate provides keep what they can:
+/// `String` the message; `std::io::Error` the message and a kind (`TimedOut` for a
+/// timeout, `Interrupted` for a cancellation, `BrokenPipe` for a broken promise,
+/// `WouldBlock` for a deadlock, a wrapped `io::Error`'s own kind, `Other`
+/// otherwise); `Box<dyn std::error::Error + Send + Sync>` the message and the
+/// wrapped error's [`source`](std::error::Error::source) chain. None of them gives
+/// the `Error` back: test the kind, or keep `Error` as the error type where the
+/// difference matters.
+///
+/// ```
+/// use std::io::ErrorKind;
+/// use std::time::Duration;
+/// use thenable::{sleep, Promise};
+///
+/// let slow: Promise<(), std::io::Error> = sleep(Duration::from_secs(3600))
+///     .map_err(Into::into)
+///     .timeout(Duration::from_millis(1));
+/// assert_eq!(thenable::block_on(slow).unwrap_err().kind(), ErrorKind::TimedOut);
+/// ```
+///
+/// `Error` does not implement `std::error::Error` itself (nor does `anyhow`'s
+/// error: it would collide with the blanket `From`); `?` turns it into a
+/// `Box<dyn std::error::Error + Send + Sync>` or a `std::io::Error` where one is
+/// wanted, such as the error of `main`.
 #[derive(Clone)]
 pub struct Error {
     inner: Arc<Inner>,
@@ -368,8 +409,11 @@ impl From<Error> for String {
     }
 }
 
-/// Lets `Promise<T, std::io::Error>` receive the library's failures; timeouts keep
-/// their kind (`ErrorKind::TimedOut`), a wrapped `io::Error` keeps its kind too.
+/// Lets `Promise<T, std::io::Error>` receive the library's failures, each with a
+/// kind that tells it: `TimedOut` for a timeout, `Interrupted` for a cancellation,
+/// `BrokenPipe` for a broken promise, `WouldBlock` for a deadlock; a wrapped
+/// `io::Error` keeps its own kind, and the rest (a panic, a message, an
+/// aggregate) is `Other`. The message is the `Error`'s.
 impl From<Error> for std::io::Error {
     fn from(error: Error) -> std::io::Error {
         use std::io::ErrorKind;

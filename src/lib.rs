@@ -36,6 +36,24 @@
 //! - [`Error`], the library's own failures (panic, cancelled, timed out, broken,
 //!   deadlock), which every error type `E: From<Error>` can take.
 //!
+//! # What blocks, what panics
+//!
+//! Only [`block_on`] and [`EventLoop::run`] wait: they run the loop on the calling
+//! thread until their future completes (or the loop has nothing left). Everything
+//! else returns at once, and handlers, tasks and callbacks all run on that one
+//! thread, so one that blocks (a `std::thread::sleep`, blocking I/O, a long
+//! computation) stalls all the others: give such work to [`spawn_blocking`].
+//! (`TcpListener::bind` and `UdpSocket::bind` resolve a host name on the calling
+//! thread; `TcpStream::connect` resolves on a helper thread.)
+//!
+//! A panic in your code does not take the loop down: in a handler, an executor, a
+//! task or a `spawn_blocking` job it rejects the promise with an error for which
+//! [`Error::is_panic`] holds; in a raw callback ([`set_timeout`],
+//! [`queue_microtask`], [`LoopHandle::post`], ...) it is reported on stderr and the
+//! loop goes on. The library itself panics when the operating system refuses it a
+//! poller or a thread (see [`EventLoop::new`]), and on a [`Promise`] used after it
+//! was awaited to completion through a reference.
+//!
 //! `docs/design.md` in the repository explains how they fit, `docs/combinators.md`
 //! and `docs/from-javascript.md` compare them with JavaScript and asyncio.
 

@@ -52,7 +52,7 @@ use crate::promise::{internal, quietly_rejected, Promise, Settler};
 /// });
 /// assert_eq!(order.unwrap(), ["fast", "slow"]);
 /// ```
-#[must_use = "an AsCompleted does nothing unless polled or asked for promises"]
+#[must_use = "dropping an AsCompleted cancels the inputs still pending"]
 pub struct AsCompleted<T: Send + 'static, E: Send + 'static = Error> {
     shared: Arc<Completion<T, E>>,
     /// The request `poll_next` waits on.

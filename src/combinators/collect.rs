@@ -798,17 +798,19 @@ impl<T: Send + 'static, E: Send + 'static> Policy<T, E> for First<T, E> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use thenable::{race, sleep, Promise};
+/// use thenable::{race, sleep, EventLoop, Promise};
 ///
+/// let event_loop = EventLoop::new();
 /// let slow = sleep(Duration::from_secs(3600)).map(|()| "slow");
 /// let fast = sleep(Duration::from_millis(1)).map(|()| "fast");
-/// // The hour-long timer is cancelled with its loser: block_on returns at once.
-/// assert_eq!(thenable::block_on(race([slow, fast])).unwrap(), "fast");
+/// assert_eq!(event_loop.block_on(race([slow, fast])).unwrap(), "fast");
+/// // The hour-long timer was cancelled with its loser: nothing is left to wait for.
+/// event_loop.run().unwrap();
 ///
 /// let none: Vec<Promise<i32>> = Vec::new();
 /// let never = race(none);
 /// assert!(never.is_pending());
-/// assert!(thenable::block_on(never).unwrap_err().is_deadlock()); // not a hang
+/// assert!(event_loop.block_on(never).unwrap_err().is_deadlock()); // not a hang
 /// ```
 pub fn race<T, E>(promises: impl IntoIterator<Item = Promise<T, E>>) -> Promise<T, E>
 where

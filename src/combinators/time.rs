@@ -45,13 +45,16 @@ where
     ///
     /// ```
     /// use std::time::Duration;
-    /// use thenable::{block_on, sleep};
+    /// use thenable::{sleep, EventLoop};
     ///
+    /// let event_loop = EventLoop::new();
     /// let slow = sleep(Duration::from_secs(3600)).timeout(Duration::from_millis(5));
-    /// assert!(block_on(slow).unwrap_err().is_timeout());
+    /// assert!(event_loop.block_on(slow).unwrap_err().is_timeout());
+    /// event_loop.run().unwrap(); // returns at once: the hour-long sleep was cancelled
     ///
     /// let quick = sleep(Duration::from_millis(1)).map(|()| "done").timeout(Duration::from_secs(60));
-    /// assert_eq!(block_on(quick).unwrap(), "done"); // returns without waiting 60 s
+    /// assert_eq!(event_loop.block_on(quick).unwrap(), "done");
+    /// event_loop.run().unwrap(); // returns at once: the 60 s limit's timer was removed
     /// ```
     pub fn timeout(self, limit: Duration) -> Promise<T, E> {
         self.limit_to(limit)

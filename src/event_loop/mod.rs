@@ -8,9 +8,12 @@
 //!
 //! [`EventLoop::run`] returns once nothing is left that could ever add work:
 //! no queued microtask, immediate or cross-thread job; no live timer; no unsettled
-//! [`Resolver`](crate::Resolver) created on this loop; no [`LoopHandle`]; no task
-//! whose waker is held by code outside thenable (another runtime's channel, say).
-//! As in Node.js, a pending promise by itself does not keep the loop alive.
+//! [`Resolver`](crate::Resolver) created on this loop; no [`LoopHandle`]; no wait
+//! for I/O (a pending [`accept`](crate::net::TcpListener::accept) or read, a
+//! [`stdin_lines`](crate::io::stdin_lines) request, as a listening or reading
+//! socket keeps Node.js running); no task whose waker is held by code outside
+//! thenable (another runtime's channel, say). As in Node.js, a pending promise by
+//! itself does not keep the loop alive.
 
 pub(crate) mod claims;
 pub(crate) mod context;
@@ -75,6 +78,12 @@ impl EventLoop {
     /// A new loop; until it is dropped, free functions called on this thread outside
     /// a running loop use it.
     ///
+    /// # Panics
+    ///
+    /// If the operating system refuses the loop its poller (out of file
+    /// descriptors, say). The thread's default loop is made the same way, by the
+    /// first free function that needs it.
+    ///
     /// ```
     /// let event_loop = thenable::EventLoop::new();
     /// event_loop.run().unwrap(); // nothing to do: returns at once
@@ -88,8 +97,10 @@ impl EventLoop {
     /// Runs until nothing is left that could ever add work: no queued microtask,
     /// immediate or cross-thread job; no live timer; no unsettled
     /// [`Resolver`](crate::Resolver) created on this loop; no [`LoopHandle`]; no
-    /// task whose waker is held by code outside thenable (another runtime's
-    /// channel, say), or that waits on another loop's work. As in Node.js, a
+    /// wait for I/O (a pending `accept` or read: a server's `run` returns only
+    /// once nothing waits on its sockets any more); no task whose waker is
+    /// held by code outside thenable (another runtime's channel, say), or that
+    /// waits on another loop's work. As in Node.js, a
     /// pending promise by itself does not keep the loop alive. Fails only when
     /// called while a loop already runs on this thread.
     ///
@@ -119,8 +130,8 @@ impl EventLoop {
     /// Runs the loop until `future` completes and returns its output.
     ///
     /// If the loop runs out of everything that could complete the future (no
-    /// queued work, timers, live resolvers, foreign wakers or another loop's task,
-    /// timer or resolver it waits on), returns a deadlock
+    /// queued work, timers, live resolvers, I/O waits, foreign wakers or another
+    /// loop's task, timer or resolver it waits on), returns a deadlock
     /// error ([`Error::is_deadlock`]) instead of waiting for ever. A foreign waker
     /// dropped without a wake stops counting: a loop that only such wakers keep
     /// waiting looks at them again after 10 ms, then at intervals doubling up to
@@ -664,6 +675,10 @@ pub fn set_timeout(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
 /// (which `f` itself may do). Each run is due a period after the previous one
 /// started, as in Node.js: after a run that took longer than the period, the next
 /// one comes on the next turn of the loop, not a period after the slow run ended.
+/// A zero period is not raised to 1 ms as in Node.js: `f` then runs on every turn
+/// of the loop, which never sleeps while the interval lives (the stream
+/// [`interval`](crate::interval) takes a zero period as 1 ms). Periods longer than
+/// a century are clamped to a century, as delays are.
 ///
 /// ```
 /// use std::cell::{Cell, RefCell};

@@ -32,6 +32,13 @@ use crate::task::TaskRef;
 /// attaches them, in the order they were attached. Each returns a new promise.
 /// A promise is also a [`Future`] with `Output = Result<T, E>`.
 ///
+/// A promise is eager, as in JavaScript: the work behind it and the handlers
+/// attached to it run whether or not anyone awaits the result. Dropping a promise
+/// does not cancel it (a dropped [`spawn`](crate::spawn) handle leaves its task
+/// running, as in tokio); [`cancel`](Promise::cancel) does. A rejection that no
+/// handler or `await` takes is reported (see
+/// [`set_unhandled_rejection_hook`](crate::set_unhandled_rejection_hook)).
+///
 /// ```
 /// use thenable::Promise;
 ///
@@ -40,7 +47,15 @@ use crate::task::TaskRef;
 ///     .map(|v| v * 2);
 /// assert_eq!(thenable::block_on(p).unwrap(), 42);
 /// ```
-#[must_use = "a promise does nothing unless awaited, chained or run"]
+///
+/// # Panics
+///
+/// `then`, `catch`, `map` and the other methods that consume the promise, and
+/// `clone`, panic on a promise already awaited to completion through a
+/// reference (`(&mut promise).await`), which took its outcome; polling it again
+/// panics too, as for most futures. The `is_*` methods are then all false.
+#[must_use = "a dropped promise is not cancelled: its work and handlers run on, and a \
+              rejection nobody handles is reported"]
 pub struct Promise<T, E = Error> {
     node: Option<NodeRef<T, E>>,
 }
