@@ -52,9 +52,8 @@ use std::sync::Arc;
 /// timeout, `Interrupted` for a cancellation, `BrokenPipe` for a broken promise,
 /// `WouldBlock` for a deadlock, a wrapped `io::Error`'s own kind, `Other`
 /// otherwise); `Box<dyn std::error::Error + Send + Sync>` the message and the
-/// wrapped error's [`source`](std::error::Error::source) chain. None of them gives
-/// the `Error` back: test the kind, or keep `Error` as the error type where the
-/// difference matters.
+/// wrapped error's [`source`](std::error::Error::source) chain; and
+/// [`Error::converted_into`] gives the `Error` back from either.
 ///
 /// ```
 /// use std::io::ErrorKind;
@@ -377,13 +376,34 @@ impl fmt::Display for StdView {
 }
 
 impl Error {
-    /// The `Error` a `std::error::Error` is the view of, if it is one: what the
-    /// conversions into `Box<dyn std::error::Error + Send + Sync>` and into
-    /// `std::io::Error` put inside, for the unhandled-rejection report to give
-    /// its message (and tell a cancellation travelling on) whatever `E` it was
-    /// converted into.
-    pub(crate) fn viewed_by(error: &(dyn StdError + Send + Sync + 'static)) -> Option<Error> {
-        error.downcast_ref::<StdView>().map(|view| view.0.clone())
+    /// The library's failure that `error` was converted from, if it was one:
+    /// what the conversions into `Box<dyn std::error::Error + Send + Sync>` and
+    /// into `std::io::Error` keep inside, for a promise with one of those error
+    /// types to tell a cancellation, a timeout or a broken promise exactly (an
+    /// `io::Error`'s kind is shared with real I/O errors: `Interrupted`,
+    /// `TimedOut`, ...). `None` for any other error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use thenable::{sleep, Error, Promise};
+    ///
+    /// let slow: Promise<(), std::io::Error> = sleep(Duration::from_secs(3600))
+    ///     .map_err(Into::into)
+    ///     .timeout(Duration::from_millis(1));
+    /// let failure = thenable::block_on(slow).unwrap_err();
+    /// assert!(Error::converted_into(&failure).is_some_and(|e| e.is_timeout()));
+    ///
+    /// let real = std::io::Error::from(std::io::ErrorKind::TimedOut);
+    /// assert!(Error::converted_into(&real).is_none());
+    /// ```
+    pub fn converted_into(error: &(dyn StdError + 'static)) -> Option<Error> {
+        if let Some(view) = error.downcast_ref::<StdView>() {
+            return Some(view.0.clone());
+        }
+        let io = error.downcast_ref::<std::io::Error>()?;
+        io.get_ref()?
+            .downcast_ref::<StdView>()
+            .map(|view| view.0.clone())
     }
 }
 
@@ -439,6 +459,17 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Error>();
         assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+    }
+
+    #[test]
+    fn converted_into_finds_the_error_inside_a_box_and_an_io_error() {
+        let boxed: Box<dyn StdError + Send + Sync> = Error::broken().into();
+        assert!(Error::converted_into(&*boxed).is_some_and(|e| e.is_broken()));
+        let io = std::io::Error::from(Error::cancelled());
+        assert_eq!(io.kind(), std::io::ErrorKind::Interrupted);
+        assert!(Error::converted_into(&io).is_some_and(|e| e.is_cancelled()));
+        let other: Box<dyn StdError + Send + Sync> = "no".into();
+        assert!(Error::converted_into(&*other).is_none());
     }
 
     #[test]

@@ -470,10 +470,9 @@ fn describe<E: 'static>(error: &E) -> Error {
     } else if let Some(text) = any.downcast_ref::<String>() {
         Error::msg(text)
     } else if let Some(error) = any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>() {
-        Error::viewed_by(&**error).unwrap_or_else(|| Error::msg(error))
+        Error::converted_into(&**error).unwrap_or_else(|| Error::msg(error))
     } else if let Some(error) = any.downcast_ref::<std::io::Error>() {
-        let viewed = error.get_ref().and_then(Error::viewed_by);
-        viewed.unwrap_or_else(|| Error::msg(error))
+        Error::converted_into(error).unwrap_or_else(|| Error::msg(error))
     } else {
         Error::msg(format!(
             "a rejection of type {}",
