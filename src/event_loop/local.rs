@@ -487,6 +487,7 @@ impl Local {
             unreachable!("entry_of found a task here");
         };
         self.live_tasks.set(self.live_tasks.get() - 1);
+        task.end();
         Some(entry)
     }
 
@@ -949,6 +950,9 @@ impl Drop for Local {
             // One at a time: a destructor that panics must not unwind out of the
             // loop's drop, nor skip the tasks after it.
             for slot in std::mem::take(self.tasks.get_mut()) {
+                if let TaskSlot::Taken(entry) = &slot {
+                    entry.task.end();
+                }
                 contained("a task's destructor", || drop(slot));
             }
             // Perhaps their last references: what they hold is dropped here.

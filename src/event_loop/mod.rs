@@ -154,13 +154,15 @@ impl EventLoop {
             let task = Arc::new(TaskWaker::new(local.shared.clone(), usize::MAX, None));
             // Its waits on other loops' work keep the loop alive as a task's do.
             local.set_block_on_task(Some(Arc::downgrade(&task)));
-            struct Done<'a>(&'a Local);
+            struct Done<'a>(&'a Local, &'a TaskWaker);
             impl Drop for Done<'_> {
                 fn drop(&mut self) {
                     self.0.set_block_on_task(None);
+                    // Promises the future left waiting hold its waker: it may go.
+                    self.1.end();
                 }
             }
-            let _done = Done(local);
+            let _done = Done(local, &task);
             let mut future = std::pin::pin!(catch_panics(future.into_future(), E::from));
             // The interval of the last look again at the future's wakers held
             // outside thenable, since it was last polled.

@@ -31,7 +31,32 @@ static HAS_ORPHANS: AtomicBool = AtomicBool::new(false);
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Wakers of futures polled outside any running loop, woken when work appears that
 /// such a poll would run.
-static FOREIGN_POLLERS: Mutex<Vec<Waker>> = Mutex::new(Vec::new());
+static FOREIGN_POLLERS: Mutex<ForeignPollers> = Mutex::new(ForeignPollers {
+    wakers: Vec::new(),
+    limit: POLLERS_ROOM,
+});
+
+/// The wakers of [`FOREIGN_POLLERS`], each with whether it was woken since it
+/// last registered, and the length at which the list is cleared.
+///
+/// Nothing tells when another executor's future is dropped, so a poller that
+/// went away would stay listed until work appears, which may be never: a
+/// tokio server whose every connection task awaited a thenable promise once
+/// would keep a waker (and the task's memory) per connection. So when the list
+/// reaches its limit, the pollers woken since they last registered go (a woken
+/// future polls again, and a poll that still waits registers again: its
+/// wake-up is not lost), and the others are woken, spuriously, to find out
+/// which of them are still there by the next time. The limit leaves room for
+/// half as many new pollers as stayed, at least [`POLLERS_ROOM`]: each poller
+/// costs at most a few such wake-ups, and the list stays within a small
+/// multiple of the pollers that are alive.
+struct ForeignPollers {
+    wakers: Vec<(Waker, bool)>,
+    limit: usize,
+}
+
+/// See [`ForeignPollers`]: the new pollers a clearing leaves room for, at least.
+const POLLERS_ROOM: usize = 32;
 
 pub(crate) fn register(shared: &Arc<Shared>) {
     let mut loops = LOOPS.lock();
@@ -138,20 +163,106 @@ pub(crate) fn add_foreign_poller(waker: &Waker, home: &Shared) {
     // Pairs with the fence in `Shared::inject`: either the injector sees the loop
     // no longer driven (and wakes the pollers), or this sees its work.
     std::sync::atomic::fence(Ordering::SeqCst);
-    let mut wakers = FOREIGN_POLLERS.lock();
+    let mut pollers = FOREIGN_POLLERS.lock();
     if home.has_injected() || HAS_ORPHANS.load(Ordering::Acquire) {
-        drop(wakers);
+        drop(pollers);
         waker.wake_by_ref();
         return;
     }
-    if !wakers.iter().any(|w| w.will_wake(waker)) {
-        wakers.push(waker.clone());
+    if let Some((_, woken)) = pollers.wakers.iter_mut().find(|(w, _)| w.will_wake(waker)) {
+        *woken = false;
+        return;
     }
+    // Woken and dropped once the lock is released: a waker may run any code.
+    let mut gone = Vec::new();
+    let mut to_wake = Vec::new();
+    if pollers.wakers.len() >= pollers.limit {
+        let ForeignPollers { wakers, limit } = &mut *pollers;
+        // Those that stay move to the front, those that go gather behind them.
+        let mut kept = 0;
+        for i in 0..wakers.len() {
+            if !wakers[i].1 {
+                wakers.swap(kept, i);
+                kept += 1;
+            }
+        }
+        gone = wakers.split_off(kept);
+        for (waker, woken) in wakers.iter_mut() {
+            *woken = true;
+            to_wake.push(waker.clone());
+        }
+        *limit = wakers.len() + (wakers.len() / 2).max(POLLERS_ROOM);
+        wakers.shrink_to(*limit);
+    }
+    pollers.wakers.push((waker.clone(), false));
+    drop(pollers);
+    for waker in to_wake {
+        waker.wake();
+    }
+    drop(gone);
 }
 
 pub(crate) fn wake_foreign_pollers() {
-    let wakers = std::mem::take(&mut *FOREIGN_POLLERS.lock());
-    for waker in wakers {
+    let wakers = std::mem::take(&mut FOREIGN_POLLERS.lock().wakers);
+    for (waker, _) in wakers {
         waker.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waker that counts its wakes, and whose `Arc` tells whether the list of
+    /// foreign pollers still holds it.
+    #[derive(Default)]
+    struct Probe {
+        wakes: AtomicUsize,
+    }
+
+    impl std::task::Wake for Probe {
+        fn wake(self: Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn pollers_that_went_away_are_not_held_for_ever_and_live_ones_stay_woken() {
+        // Other tests of this binary may wake the pollers (or find work and wake
+        // a new one at once) meanwhile: that only lets go of more of them, and
+        // every wake counts as one here.
+        const GONE: usize = 1000;
+        const LIVE: usize = 10;
+        let local = crate::event_loop::Local::new();
+        let home = &local.shared;
+        let register = |probe: &Arc<Probe>| {
+            let seen = probe.wakes.load(Ordering::Relaxed);
+            add_foreign_poller(&Waker::from(probe.clone()), home);
+            seen
+        };
+        let live: Vec<Arc<Probe>> = (0..LIVE).map(|_| Arc::default()).collect();
+        // For each live poller, the wakes it had seen when it last registered.
+        let mut registered: Vec<usize> = live.iter().map(register).collect();
+        let gone: Vec<Arc<Probe>> = (0..GONE).map(|_| Arc::default()).collect();
+        for probe in &gone {
+            // Polled once, then dropped by its executor without another poll.
+            register(probe);
+            // A live poller that was woken polls again, and registers again.
+            for (probe, seen) in live.iter().zip(&mut registered) {
+                if probe.wakes.load(Ordering::Relaxed) > *seen {
+                    *seen = register(probe);
+                }
+            }
+        }
+        let held = gone.iter().filter(|p| Arc::strong_count(p) > 1).count();
+        let bound = 2 * (LIVE + POLLERS_ROOM);
+        assert!(held <= bound, "{held} of {GONE} gone pollers held");
+        wake_foreign_pollers();
+        for (probe, seen) in live.iter().zip(&registered) {
+            assert!(
+                probe.wakes.load(Ordering::Relaxed) > *seen,
+                "a live poller lost its wake-up"
+            );
+        }
     }
 }

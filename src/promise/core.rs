@@ -503,6 +503,14 @@ impl<T, E> Waiter<T, E> {
         )
     }
 
+    /// A waker of a task that has ended: nothing will poll for the outcome.
+    fn ended(&self) -> bool {
+        match self {
+            Waiter::Task(task) => task.task_ended(),
+            _ => false,
+        }
+    }
+
     fn is(&self, consumer: Consumer) -> bool {
         match self {
             Waiter::Reaction(reaction) => (reaction.reaction_key(), REACTION) == consumer,
@@ -602,6 +610,75 @@ impl<T, E> Waiters<T, E> {
                 if all.is_empty() {
                     *self = Waiters::None;
                 }
+            }
+        }
+    }
+
+    /// Whether [`push`](Self::push) has room for one more waiter without
+    /// growing: then there is nothing to prune first (see
+    /// [`push_pruning`](Self::push_pruning)).
+    #[inline]
+    fn has_room(&self) -> bool {
+        match self {
+            Waiters::None => true,
+            Waiters::One(_) => false,
+            Waiters::Many(all) => all.len() < all.capacity(),
+        }
+    }
+
+    /// [`push`](Self::push) to a list that has no room, taking out first the
+    /// wakers of tasks that ended, which nothing else takes away while the
+    /// promise is pending (see `TaskWaker::ended`): a single one at once, those
+    /// of a list when it is full. So a list is scanned for them once per
+    /// doubling of its length at most, and holds at most about twice the
+    /// waiters still alive. What it takes out is returned, for the caller to
+    /// drop once the lock is released: dropping a waker may free what its task
+    /// held. (Out of line: a list with room, the usual case, is pushed to
+    /// without it.)
+    #[inline(never)]
+    fn push_pruning(&mut self, waiter: Waiter<T, E>) -> Waiters<T, E> {
+        let gone = self.take_where(Waiter::ended);
+        if let Waiters::Many(all) = self {
+            // What a crowd of waiters left behind goes too.
+            if all.len() * 4 <= all.capacity() {
+                all.shrink_to(all.len() * 2);
+            }
+        }
+        self.push(waiter);
+        gone
+    }
+
+    /// Takes out every waiter that is not a consumer, and returns them (see
+    /// [`push_pruning`](Self::push_pruning)): the promise has no handle left, so
+    /// none of them will poll it again.
+    #[inline(never)]
+    fn take_pollers(&mut self) -> Waiters<T, E> {
+        self.take_where(|waiter| !waiter.consumes())
+    }
+
+    /// Takes out the waiters `out` picks, keeping the order of the others, and
+    /// returns them.
+    fn take_where(&mut self, out: impl Fn(&Waiter<T, E>) -> bool) -> Waiters<T, E> {
+        match self {
+            Waiters::One(waiter) if out(waiter) => std::mem::take(self),
+            Waiters::None | Waiters::One(_) => Waiters::None,
+            // Looked for first: the scan is lighter than one that moves them.
+            Waiters::Many(all) if !all.iter().any(&out) => Waiters::None,
+            Waiters::Many(all) => {
+                // Those kept move to the front, in their order, swapped with
+                // those taken out, which gather behind them.
+                let mut kept = 0;
+                for i in 0..all.len() {
+                    if !out(&all[i]) {
+                        all.swap(kept, i);
+                        kept += 1;
+                    }
+                }
+                let taken = all.split_off(kept);
+                if all.is_empty() {
+                    *self = Waiters::None;
+                }
+                Waiters::Many(Box::new(taken))
             }
         }
     }
@@ -1118,8 +1195,24 @@ impl<T, E> Core<T, E> {
         let (copies, ops) = (inner.copies, *inner.ops);
         let (cancelled, quiet) = (inner.cancelled, inner.quiet());
         match &mut inner.state {
-            State::Pending(waiters) => {
+            State::Pending(waiters @ Waiters::None) => {
+                *waiters = Waiters::One(consumer);
+                None
+            }
+            State::Pending(waiters) if !last && waiters.has_room() => {
                 waiters.push(consumer);
+                None
+            }
+            State::Pending(waiters) => {
+                // The handle it took was the last one: no waker will poll again.
+                let pollers = if last {
+                    waiters.take_pollers()
+                } else {
+                    Waiters::None
+                };
+                let ended = waiters.push_pruning(consumer);
+                drop(inner);
+                drop((pollers, ended));
                 None
             }
             State::Settled(_) if cancelled => {
@@ -1155,6 +1248,10 @@ impl<T, E> Core<T, E> {
         inner.handled = true;
         let has_resolver = inner.has_resolver;
         match &mut inner.state {
+            State::Pending(waiters @ Waiters::None) => {
+                *waiters = Waiters::One(waiter(has_resolver));
+                None
+            }
             State::Pending(waiters) => {
                 let new = waiter(has_resolver);
                 let duplicate = waiters.iter().any(|old| match (old, &new) {
@@ -1163,7 +1260,13 @@ impl<T, E> Core<T, E> {
                     _ => false,
                 });
                 if !duplicate {
-                    waiters.push(new);
+                    if waiters.has_room() {
+                        waiters.push(new);
+                    } else {
+                        let ended = waiters.push_pruning(new);
+                        drop(inner);
+                        drop(ended);
+                    }
                 }
                 None
             }
@@ -1212,6 +1315,12 @@ impl<T, E> Core<T, E> {
 
     /// A `Promise` handle was dropped without consuming the outcome. Returns true
     /// when the promise is pending and has no consumer left.
+    ///
+    /// The last one gone, nobody can poll the promise any more: the wakers it
+    /// holds go (a resolver may still settle it, for its consumers). While
+    /// another handle is left, they stay: the promise cannot tell which
+    /// handle registered a waker, and one task or executor polling two
+    /// handles has one entry for both.
     pub(crate) fn release_handle(&self) -> bool {
         let mut inner = self.lock();
         inner.handles -= 1;
@@ -1219,7 +1328,14 @@ impl<T, E> Core<T, E> {
             return false;
         }
         match &mut inner.state {
-            State::Pending(waiters) => !waiters.iter().any(Waiter::consumes),
+            State::Pending(Waiters::None) => true,
+            State::Pending(waiters) => {
+                let pollers = waiters.take_pollers();
+                let unconsumed = !waiters.iter().any(Waiter::consumes);
+                drop(inner);
+                drop(pollers);
+                unconsumed
+            }
             State::Settled(_) => false,
         }
     }
@@ -1393,6 +1509,8 @@ pub(crate) fn cancelling() -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
 
     fn ops(op: Op<'_, u64, Error>) -> OpDone<u64, Error> {
@@ -1501,5 +1619,222 @@ mod tests {
     #[test]
     fn a_core_is_five_words() {
         assert_eq!(std::mem::size_of::<Core<u64, Error>>(), 40);
+    }
+
+    /// How many waiters (consumers and wakers) the pending promise of `node` holds.
+    fn waiters_of<T, E>(node: &NodeRef<T, E>) -> usize {
+        match &*node.core().lock().state {
+            State::Pending(waiters) => waiters.len(),
+            State::Settled(_) => 0,
+        }
+    }
+
+    fn node_of<T, E>(promise: &crate::Promise<T, E>) -> NodeRef<T, E> {
+        promise.node.clone().expect("not consumed")
+    }
+
+    /// Awaits `shutdown` until `other` settles first, as a connection's task
+    /// waits on a server's shutdown beside its own work.
+    async fn until(shutdown: crate::Promise<()>, other: crate::Promise<()>) -> Result<(), Error> {
+        match futures::future::select(shutdown, other).await {
+            futures::future::Either::Left((outcome, _)) => outcome,
+            futures::future::Either::Right((outcome, _)) => outcome,
+        }
+    }
+
+    /// Tasks that waited on a clone of a long-lived promise and ended while it
+    /// was still pending (`batch` at a time) leave it holding their wakers;
+    /// returns how many waiters it holds at the end.
+    fn waiters_left_by_dead_tasks(tasks: usize, batch: usize) -> usize {
+        let event_loop = crate::EventLoop::new();
+        let (shutdown, _resolver) = crate::Promise::<()>::pending();
+        let node = node_of(&shutdown);
+        event_loop
+            .block_on(async {
+                for _ in 0..tasks / batch {
+                    let (gate, open) = crate::Promise::<()>::pending();
+                    let ended: Vec<_> = (0..batch)
+                        .map(|_| crate::spawn(until(shutdown.clone(), gate.clone())))
+                        .collect();
+                    // Let each of them register on `shutdown` before `gate` opens.
+                    crate::sleep(std::time::Duration::ZERO).await?;
+                    open.resolve(());
+                    for task in ended {
+                        task.await?;
+                    }
+                }
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+        waiters_of(&node)
+    }
+
+    #[test]
+    fn tasks_that_ended_leave_no_waker_on_a_pending_promise() {
+        // One at a time: each finds only dead tasks' wakers before its own.
+        let left = waiters_left_by_dead_tasks(1000, 1);
+        assert!(left <= 1, "{left} waiters left by 1000 ended tasks");
+        // Ten at a time: the list stays within a small multiple of the live ones.
+        let left = waiters_left_by_dead_tasks(1000, 10);
+        assert!(left <= 20, "{left} waiters left by 1000 ended tasks");
+    }
+
+    #[test]
+    fn cancelled_tasks_leave_no_waker_on_a_pending_promise() {
+        const TASKS: usize = 1000;
+        let event_loop = crate::EventLoop::new();
+        let (shutdown, _resolver) = crate::Promise::<()>::pending();
+        let node = node_of(&shutdown);
+        event_loop
+            .block_on(async {
+                for _ in 0..TASKS {
+                    let waiting = shutdown.clone();
+                    let task = crate::spawn(waiting);
+                    crate::sleep(std::time::Duration::ZERO).await?;
+                    assert!(task.cancel(), "the task was still waiting");
+                }
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+        let left = waiters_of(&node);
+        assert!(left <= 1, "{left} waiters left by {TASKS} cancelled tasks");
+        assert_eq!(node.core().status(), Status::Pending, "not cancelled");
+    }
+
+    #[test]
+    fn block_on_calls_that_ended_leave_no_waker_on_a_pending_promise() {
+        const CALLS: usize = 1000;
+        let event_loop = crate::EventLoop::new();
+        let (shutdown, _resolver) = crate::Promise::<()>::pending();
+        let node = node_of(&shutdown);
+        for _ in 0..CALLS {
+            let (other, done) = crate::Promise::<()>::pending();
+            crate::set_timeout(std::time::Duration::ZERO, move || {
+                done.resolve(());
+            });
+            event_loop.block_on(until(shutdown.clone(), other)).unwrap();
+        }
+        let left = waiters_of(&node);
+        assert!(
+            left <= 1,
+            "{left} waiters left by {CALLS} ended block_on calls"
+        );
+    }
+
+    /// A waker that counts its wakes, and whose `Arc` tells whether a waiter
+    /// list still holds it.
+    #[derive(Default)]
+    struct Probe {
+        wakes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl std::task::Wake for Probe {
+        fn wake(self: Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn the_last_handle_dropped_lets_go_of_wakers_but_not_of_consumers() {
+        const POLLERS: usize = 1000;
+        let event_loop = crate::EventLoop::new();
+        let (promise, resolver) = crate::Promise::<u64>::pending();
+        let node = node_of(&promise);
+        let probes: Vec<Arc<Probe>> = (0..POLLERS).map(|_| Arc::default()).collect();
+        let doubled = event_loop
+            .block_on(async {
+                let doubled = promise.clone().map(|value| value * 2);
+                // Polled from a running loop, but not by its task: each is
+                // another executor's waker, which only `will_wake` tells apart.
+                for probe in &probes {
+                    let waker = Waker::from(probe.clone());
+                    let mut clone = promise.clone();
+                    let poll = std::pin::Pin::new(&mut clone)
+                        .poll(&mut std::task::Context::from_waker(&waker));
+                    assert!(poll.is_pending());
+                }
+                Ok::<_, Error>(doubled)
+            })
+            .unwrap();
+        drop(promise);
+        let held = probes.iter().filter(|p| Arc::strong_count(p) > 1).count();
+        assert_eq!(held, 0, "{held} wakers held by a promise nobody can poll");
+        assert_eq!(waiters_of(&node), 1, "the `map` consumer stays");
+        assert!(resolver.resolve(21));
+        assert_eq!(event_loop.block_on(doubled).unwrap(), 42);
+        assert!(probes.iter().all(|p| p.wakes.load(Ordering::Relaxed) == 0));
+    }
+
+    /// Runs `f` on a thread of its own and fails if it has not returned within
+    /// a generous deadline (a lost wake-up is a deadlock report, not a hang,
+    /// but a bug could make it one).
+    fn bounded<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(f());
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the test body hung or panicked")
+    }
+
+    #[test]
+    fn a_task_polling_two_clones_is_still_woken_when_one_is_dropped() {
+        // Both polls register the same task: the list holds one entry for
+        // both, which the dropped clone must not take with it.
+        let woken = bounded(|| {
+            let event_loop = crate::EventLoop::new();
+            let (promise, resolver) = crate::Promise::<u64>::pending();
+            let mut kept = promise.clone();
+            let mut dropped = Some(promise);
+            let waiter = crate::spawn(std::future::poll_fn(move |cx| {
+                if let Some(mut clone) = dropped.take() {
+                    assert!(std::pin::Pin::new(&mut kept).poll(cx).is_pending());
+                    assert!(std::pin::Pin::new(&mut clone).poll(cx).is_pending());
+                    drop(clone);
+                    // Not polled again until a wake-up comes.
+                    return std::task::Poll::Pending;
+                }
+                std::pin::Pin::new(&mut kept).poll(cx)
+            }));
+            event_loop.block_on(async move {
+                crate::sleep(std::time::Duration::ZERO).await?;
+                resolver.resolve(5);
+                waiter.await
+            })
+        });
+        assert_eq!(woken.unwrap(), 5);
+    }
+
+    #[test]
+    fn a_task_waiting_on_a_promise_is_woken_after_others_that_waited_on_it_died() {
+        let woken = bounded(|| {
+            let event_loop = crate::EventLoop::new();
+            let (shutdown, resolver) = crate::Promise::<()>::pending();
+            let node = node_of(&shutdown);
+            event_loop.block_on(async move {
+                let early = crate::spawn(shutdown.clone());
+                for _ in 0..100 {
+                    let (gate, open) = crate::Promise::<()>::pending();
+                    let ended: Vec<_> = (0..10)
+                        .map(|_| crate::spawn(until(shutdown.clone(), gate.clone())))
+                        .collect();
+                    crate::sleep(std::time::Duration::ZERO).await?;
+                    open.resolve(());
+                    for task in ended {
+                        task.await?;
+                    }
+                }
+                let late = crate::spawn(shutdown.clone());
+                crate::sleep(std::time::Duration::ZERO).await?;
+                let left = waiters_of(&node);
+                assert!(left <= 20, "{left} waiters left by 1000 ended tasks");
+                resolver.resolve(());
+                early.await?;
+                late.await?;
+                shutdown.await
+            })
+        });
+        woken.unwrap();
     }
 }
