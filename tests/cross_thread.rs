@@ -3,13 +3,23 @@
 //! as one batch, and a `then` child following the promise its handler returned
 //! must come out right however the threads interleave. Every round checks its
 //! values; the safety net turns a hang into a failure. No timing assertions.
+//!
+//! Also: reactions sent to a loop just as the thread driving it stops, which
+//! must still run wherever their chain is awaited, in the order they were
+//! settled; and the wakers other executors leave on a promise they stopped
+//! polling.
 
 mod common;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Wake, Waker};
 use std::thread;
 
-use common::within;
-use thenable::{all, race, EventLoop, Promise, Resolver};
+use common::{child, within};
+use thenable::{all, race, Error, EventLoop, Promise, Resolver};
 
 const ROUNDS: u64 = 40;
 
@@ -121,5 +131,196 @@ fn an_adoption_cancelled_from_another_thread_lets_the_loop_finish() {
             event_loop.run().unwrap();
             assert!(tail.is_cancelled());
         }
+    });
+}
+
+/// Resolves `resolver` with `value` on a thread of its own, and returns once it
+/// has: the caller's loop, if it is driven, sees the reaction arrive while it is.
+fn resolve_on_another_thread_now(resolver: Resolver<u64>, value: u64) {
+    thread::spawn(move || {
+        resolver.resolve(value);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Makes a chain on a promise whose resolver is settled while `drive` (which
+/// drives the thread's default loop) runs, too late for it to look at its
+/// queues again; hands the chain over, and parks until `release` (or ends at
+/// once without one).
+fn chain_settled_as_a_drive_ends(
+    drive: fn(Box<dyn FnOnce() + Send>),
+    release: Option<mpsc::Receiver<()>>,
+) -> (Promise<u64>, thread::JoinHandle<()>) {
+    let (chains, chain) = mpsc::channel();
+    let maker = thread::spawn(move || {
+        let (promise, resolver) = Promise::<u64>::pending();
+        chains.send(promise.map(|v| v + 1)).unwrap();
+        drive(Box::new(move || resolve_on_another_thread_now(resolver, 1)));
+        if let Some(release) = release {
+            let _ = release.recv();
+        }
+    });
+    (chain.recv().unwrap(), maker)
+}
+
+/// `settle` runs inside the future of a `block_on`, which then completes.
+fn in_block_on(settle: Box<dyn FnOnce() + Send>) {
+    thenable::block_on(async move {
+        settle();
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
+
+/// `settle` runs in a handler that a poll from another executor runs (it drives
+/// the default loop), and the promise polled completes with it.
+fn in_a_foreign_poll(settle: Box<dyn FnOnce() + Send>) {
+    let polled = Promise::<()>::resolved(()).map(move |()| settle());
+    futures::executor::block_on(polled).unwrap();
+}
+
+#[test]
+fn a_reaction_sent_as_a_block_on_ends_runs_where_its_chain_is_awaited() {
+    within(|| {
+        for drive in [in_block_on, in_a_foreign_poll] {
+            let (release, parked) = mpsc::channel();
+            let (chain, maker) = chain_settled_as_a_drive_ends(drive, Some(parked));
+            // The maker's thread never drives its loop again while this waits.
+            let outcome = futures::executor::block_on(chain);
+            drop(release);
+            maker.join().unwrap();
+            assert_eq!(outcome.unwrap(), 2);
+        }
+    });
+}
+
+#[test]
+fn a_reaction_sent_as_a_block_on_ends_outlives_its_thread() {
+    within(|| {
+        for drive in [in_block_on, in_a_foreign_poll] {
+            let (chain, maker) = chain_settled_as_a_drive_ends(drive, None);
+            maker.join().unwrap();
+            // Not broken with the thread's default loop: it was never that
+            // loop's work to abandon.
+            assert_eq!(EventLoop::new().block_on(chain).unwrap(), 2);
+        }
+    });
+}
+
+#[test]
+fn reactions_settled_before_and_after_a_loop_starts_run_in_settle_order() {
+    // In a process of its own: the first reaction is an orphan until the loop
+    // starts, which any idle loop or foreign poll of another test could take
+    // and run on its own thread meanwhile.
+    let output = child::command("settle-order").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the child failed: {stderr}");
+}
+
+fn reactions_run_in_settle_order() {
+    within(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let event_loop = EventLoop::new();
+        let (first, resolve_first) = Promise::<u64>::pending();
+        let (second, resolve_second) = Promise::<u64>::pending();
+        let logged = |promise: Promise<u64>| {
+            let log = log.clone();
+            promise.map(move |v| log.lock().unwrap().push(v))
+        };
+        let both = all([logged(first), logged(second)]);
+        // Settled while nobody drives the loop...
+        resolve_on_another_thread_now(resolve_first, 1);
+        event_loop
+            .block_on(async move {
+                // ...and once it is driven, before its first turn.
+                resolve_on_another_thread_now(resolve_second, 2);
+                both.await
+            })
+            .unwrap();
+        assert_eq!(*log.lock().unwrap(), [1, 2]);
+    });
+}
+
+#[test]
+fn child_process_entry_point() {
+    let Some(mode) = child::mode() else {
+        return;
+    };
+    match mode.as_str() {
+        "settle-order" => reactions_run_in_settle_order(),
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+/// A waker that counts the live ones among its kind.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn waker(live: &Arc<AtomicUsize>) -> Waker {
+        live.fetch_add(1, Ordering::SeqCst);
+        Waker::from(Arc::new(Counted(live.clone())))
+    }
+}
+
+impl Wake for Counted {
+    fn wake(self: Arc<Self>) {}
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn clones_of_a_pending_promise_polled_and_dropped_do_not_keep_their_wakers() {
+    within(|| {
+        // A signal cloned into many waits that each give up on it (a `select`'s
+        // losing branch, a `FuturesUnordered` member that finished otherwise),
+        // each with a waker of its own, while the signal stays pending.
+        let live = Arc::new(AtomicUsize::new(0));
+        let (signal, resolver) = Promise::<u64>::pending();
+        let counting = live.clone();
+        let (kept, signal) = EventLoop::new()
+            .block_on(async move {
+                for _ in 0..1000 {
+                    let waker = Counted::waker(&counting);
+                    let mut clone = signal.clone();
+                    let polled = Pin::new(&mut clone).poll(&mut Context::from_waker(&waker));
+                    assert!(polled.is_pending());
+                }
+                Ok::<_, Error>((counting.load(Ordering::SeqCst), signal))
+            })
+            .unwrap();
+        assert!(kept <= 16, "{kept} wakers of dropped polls kept");
+
+        // A handle still polled, among them, is woken all the same: by the
+        // settlement, or earlier, to poll again, if its waker was swept out.
+        let (woken, wakes) = mpsc::channel();
+        struct Tells(Mutex<mpsc::Sender<()>>);
+        impl Wake for Tells {
+            fn wake(self: Arc<Self>) {
+                let _ = self.0.lock().unwrap().send(());
+            }
+        }
+        let mut awaited = signal.clone();
+        let told = Waker::from(Arc::new(Tells(Mutex::new(woken))));
+        let value = EventLoop::new()
+            .block_on(async move {
+                assert!(Pin::new(&mut awaited)
+                    .poll(&mut Context::from_waker(&told))
+                    .is_pending());
+                for _ in 0..1000 {
+                    let mut clone = signal.clone();
+                    let waker = Counted::waker(&live);
+                    let _ = Pin::new(&mut clone).poll(&mut Context::from_waker(&waker));
+                }
+                resolver.resolve(7);
+                assert!(wakes.try_recv().is_ok(), "the live poll was never woken");
+                awaited.await
+            })
+            .unwrap();
+        assert_eq!(value, 7);
     });
 }

@@ -455,14 +455,19 @@ pub(crate) fn enter<R>(local: &Rc<Local>, f: impl FnOnce() -> R) -> Result<R, ()
     struct Exit(Option<Vec<Arc<dyn Runnable>>>);
     impl Drop for Exit {
         fn drop(&mut self) {
-            let _ = CONTEXT.try_with(|cx| {
-                if let Some(local) = cx.running.borrow_mut().take() {
-                    local.shared.set_driven(false);
-                }
+            let left = CONTEXT.try_with(|cx| {
+                let left = cx.running.borrow_mut().take();
                 if let Some(buried) = self.0.take() {
                     *cx.graveyard.borrow_mut() = Some(buried);
                 }
+                left
             });
+            if let Ok(Some(local)) = left {
+                local.shared.set_driven(false);
+                // Outside the context's borrows: handing them over wakes
+                // other executors' wakers, which may call back in.
+                local.shared.orphan_injected_reactions();
+            }
         }
     }
     let _exit = Exit(buried);

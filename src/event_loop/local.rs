@@ -83,9 +83,10 @@ impl Shared {
     /// Queues work from any thread and wakes the loop.
     /// Queues `job` for the loop; false if the loop is closed, `job` then being
     /// handed to the orphans (a reaction) or abandoned (anything else).
-    pub(crate) fn inject(&self, job: SendJob) -> bool {
+    pub(crate) fn inject(self: &Arc<Self>, job: SendJob) -> bool {
         // Checked under the queue's lock, which the loop's drop holds to close it:
         // a job is either in the queue the drop abandons, or refused here.
+        let reaction = matches!(job, SendJob::Run(_));
         let refused = {
             let mut injected = self.injected.lock();
             if self.closed.load(Ordering::Acquire) {
@@ -115,10 +116,61 @@ impl Shared {
         // not driving it, or sees this job when it registers its waker.
         std::sync::atomic::fence(Ordering::SeqCst);
         if !self.is_driven() {
+            // The thread that drove the loop when the sender looked has stopped
+            // since, and may not drive it again: a reaction goes where one sent a
+            // moment later would (see `orphan_injected_reactions`). Only then:
+            // other jobs find no reaction left there (a post before `run`
+            // looking through every earlier post would be quadratic).
+            if reaction {
+                self.orphan_injected_reactions();
+            }
             // Its thread may be awaiting through another executor: bring it back.
             orphans::wake_foreign_pollers();
         }
         true
+    }
+
+    /// Hands the reactions waiting in the injector to the orphans, in the order
+    /// they came, once no thread drives the loop: called by the thread that stops
+    /// driving it, and by a sender that finds it no longer driven after queuing.
+    ///
+    /// A reaction is sent to the injector only while a thread drives the loop,
+    /// and to the orphans otherwise (`context::send_elsewhere`). One that arrived
+    /// too late for the driver's last look at its queues (a `block_on` whose
+    /// future completed meanwhile, a poll from another executor) would otherwise
+    /// wait until the loop is driven again, which a thread's default loop may
+    /// never be (its promise awaited on another thread, or in a tokio task that
+    /// moved to another worker), and be broken with the loop; a reaction settled
+    /// just after it, by the same thread, became an orphan and ran. Tasks' polls
+    /// and posted calls belong to the loop, and stay.
+    pub(crate) fn orphan_injected_reactions(self: &Arc<Self>) {
+        // Pairs with the fence in `inject`: either this sees the job queued, or
+        // the sender sees the loop no longer driven and calls this itself.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !self.has_injected() {
+            return;
+        }
+        let reactions: Vec<Arc<dyn Runnable>> = {
+            let mut injected = self.injected.lock();
+            if !injected.iter().any(|job| matches!(job, SendJob::Run(_))) {
+                return;
+            }
+            let mut reactions = Vec::new();
+            injected.retain_mut(|job| match job {
+                SendJob::Run(reaction) => {
+                    reactions.push(reaction.clone());
+                    false
+                }
+                _ => true,
+            });
+            if injected.is_empty() {
+                // A sender's store that comes after this one marks a job pushed
+                // after this took the queue: true then is at worst one empty look.
+                self.has_injected.store(false, Ordering::Release);
+            }
+            reactions
+        };
+        orphans::push_all(reactions, self);
     }
 
     pub(crate) fn notify(&self) {
@@ -552,14 +604,19 @@ impl Local {
     fn take_injected(&self, all_orphans: bool) -> bool {
         let mut micro = self.micro.borrow_mut();
         let before = micro.len();
-        if self.shared.has_injected.swap(false, Ordering::AcqRel) {
-            let injected = std::mem::take(&mut *self.shared.injected.lock());
-            micro.extend(injected.into_iter().map(Job::from));
-        }
+        // Orphans first: what this loop's injector holds was sent since a thread
+        // started driving it, after every orphan meant for it was pushed (sent
+        // while nobody drove it, or handed over by the last driver as it stopped),
+        // so a thread that settles two promises homed here gets their handlers
+        // run in the order it settled them.
         if let Some(orphans) = orphans::take(&self.shared, all_orphans) {
             self.orphans_taken
                 .set(self.orphans_taken.get() + orphans.len());
             micro.extend(orphans.into_iter().map(Job::Run));
+        }
+        if self.shared.has_injected.swap(false, Ordering::AcqRel) {
+            let injected = std::mem::take(&mut *self.shared.injected.lock());
+            micro.extend(injected.into_iter().map(Job::from));
         }
         micro.len() > before
     }

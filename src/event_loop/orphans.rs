@@ -107,6 +107,21 @@ pub(crate) fn push(job: Arc<dyn Runnable>, home: Option<&Arc<Shared>>) {
     notify_driven_loops();
 }
 
+/// [`push`] for reactions meant for `home`, in order, with one wake-up.
+pub(crate) fn push_all(jobs: Vec<Arc<dyn Runnable>>, home: &Arc<Shared>) {
+    if jobs.is_empty() {
+        return;
+    }
+    IN_FLIGHT.fetch_add(jobs.len(), Ordering::AcqRel);
+    let home = Arc::downgrade(home);
+    ORPHANS
+        .lock()
+        .extend(jobs.into_iter().map(|job| (Some(home.clone()), job)));
+    HAS_ORPHANS.store(true, Ordering::Release);
+    wake_foreign_pollers();
+    notify_driven_loops();
+}
+
 /// Takes orphan reactions, in the order they were settled: those meant for `own`
 /// (or for no loop, or for a loop that is gone), or, with `everything`, all of them.
 ///
