@@ -315,6 +315,14 @@ impl<T: AsFd> Async<T> {
         self.home.reactor().withdraw(&self.source, fd, ticket);
     }
 
+    /// Wakes the tasks waiting to read, as readiness would: what they wait for
+    /// may be there without the kernel knowing (taken by an operation whose
+    /// promise was cancelled, and given back; see `net`). One that finds nothing
+    /// waits again.
+    pub(crate) fn wake_readers(&self) {
+        self.home.reactor().wake_readers(&self.source);
+    }
+
     /// A future of readiness in `direction` whose wait is withdrawn if it is
     /// dropped first.
     pub(crate) fn wait(&self, direction: Direction) -> Wait<'_, T> {

@@ -38,6 +38,7 @@
 //! trait forms by path: `AsyncReadExt::read(&mut stream, &mut buf)`.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -47,6 +48,7 @@ use std::net::{
 };
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -55,10 +57,11 @@ use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::event_loop::spawn;
+use crate::event_loop::{spawn, spawn_send};
 use crate::io::{Async, Direction, Ticket};
-use crate::promise::core::Lock;
-use crate::promise::Promise;
+use crate::promise::core::{Link, Lock};
+use crate::promise::{Promise, Settler};
+use crate::task::TaskOutput;
 
 /// How much a buffered read asks the socket for at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -113,7 +116,13 @@ fn fitted(mut bytes: Vec<u8>, len: usize) -> Vec<u8> {
 /// # Ok::<_, thenable::Error>(())
 /// ```
 pub struct TcpListener {
-    socket: Arc<Async<std_net::TcpListener>>,
+    shared: Arc<ListenerShared>,
+}
+
+struct ListenerShared {
+    socket: Async<std_net::TcpListener>,
+    /// Connections accepted for promises cancelled first, for the next accept.
+    given_back: GivenBack<(TcpStream, SocketAddr)>,
 }
 
 impl TcpListener {
@@ -144,7 +153,10 @@ impl TcpListener {
     pub fn from_std(listener: std_net::TcpListener) -> io::Result<TcpListener> {
         listener.set_nonblocking(true)?;
         Ok(TcpListener {
-            socket: Arc::new(Async::new(listener)?),
+            shared: Arc::new(ListenerShared {
+                socket: Async::new(listener)?,
+                given_back: GivenBack::default(),
+            }),
         })
     }
 
@@ -156,7 +168,7 @@ impl TcpListener {
     /// # Ok::<_, std::io::Error>(())
     /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.get_ref().local_addr()
+        self.shared.socket.get_ref().local_addr()
     }
 
     /// The next connection and the peer's address.
@@ -170,6 +182,10 @@ impl TcpListener {
     /// stays queued, so a server that skips the error and accepts again would
     /// otherwise fail at once, for ever, without giving the loop back.
     ///
+    /// Cancelled on another thread just as its task accepted a connection, the
+    /// promise loses nothing: the connection goes to the next `accept` (or
+    /// [`incoming`](Self::incoming)).
+    ///
     /// ```
     /// use thenable::net::{TcpListener, TcpStream};
     ///
@@ -181,18 +197,29 @@ impl TcpListener {
     /// # Ok::<_, thenable::Error>(())
     /// ```
     pub fn accept(&self) -> Promise<(TcpStream, SocketAddr)> {
-        let socket = self.socket.clone();
-        spawn(async move {
-            match socket.read_with(|listener| listener.accept()).await {
-                Ok((stream, peer)) => Ok((TcpStream::from_std(stream)?, peer)),
+        let shared = self.shared.clone();
+        spawn_send(async move {
+            let accepted = shared
+                .socket
+                .read_with(|listener| match shared.given_back.take() {
+                    Some(given_back) => Ok(Accepted::GivenBack(given_back)),
+                    None => listener.accept().map(Accepted::New),
+                })
+                .await;
+            let outcome = match accepted {
+                Ok(Accepted::GivenBack(connection)) => Ok(connection),
+                Ok(Accepted::New((stream, peer))) => {
+                    TcpStream::from_std(stream).map(|stream| (stream, peer))
+                }
                 Err(error) => {
                     if out_of_resources(&error) {
                         // Cancelled meanwhile, the sleep's timer ends on its own soon.
                         let _ = crate::sleep(ACCEPT_PAUSE).await;
                     }
-                    Err(error.into())
+                    Err(error)
                 }
-            }
+            };
+            OrGiveBack::new(outcome, shared)
         })
     }
 
@@ -224,7 +251,7 @@ impl TcpListener {
     /// ```
     pub fn incoming(&self) -> Incoming {
         Incoming {
-            socket: self.socket.clone(),
+            shared: self.shared.clone(),
             wait: Ticket::new(Direction::Read),
             pause: None,
         }
@@ -254,7 +281,27 @@ impl fmt::Debug for TcpListener {
 /// ```
 impl AsFd for TcpListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.get_ref().as_fd()
+        self.shared.socket.get_ref().as_fd()
+    }
+}
+
+/// What an accept's attempt found.
+enum Accepted {
+    New((std_net::TcpStream, SocketAddr)),
+    GivenBack((TcpStream, SocketAddr)),
+}
+
+/// A connection accepted for a promise that was cancelled first goes to the
+/// next accept, which the readiness of the listening socket (drained of it)
+/// would not wake.
+impl GiveBack<(TcpStream, SocketAddr)> for Arc<ListenerShared> {
+    fn give_back(self, outcome: Result<(TcpStream, SocketAddr), Error>) {
+        // An error took nothing: the connection that caused it, if any, is
+        // still queued and fails the next accept again.
+        if let Ok(connection) = outcome {
+            self.given_back.give_back(connection);
+            self.socket.wake_readers();
+        }
     }
 }
 
@@ -273,7 +320,7 @@ impl AsFd for TcpListener {
 /// # Ok::<_, thenable::Error>(())
 /// ```
 pub struct Incoming {
-    socket: Arc<Async<std_net::TcpListener>>,
+    shared: Arc<ListenerShared>,
     /// Withdrawn when the stream is dropped while it waits for a connection.
     wait: Ticket,
     /// Set after an error that leaves the connection queued (out of descriptors or
@@ -287,7 +334,7 @@ pub struct Incoming {
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        self.socket.withdraw(&mut self.wait);
+        self.shared.socket.withdraw(&mut self.wait);
         if let Some(pause) = self.pause.take() {
             pause.cancel(); // or its timer would keep the loop alive
         }
@@ -318,12 +365,16 @@ impl Stream for Incoming {
             this.pause = None;
         }
         loop {
-            match this.socket.get_ref().accept() {
+            if let Some((stream, _peer)) = this.shared.given_back.take() {
+                return Poll::Ready(Some(Ok(stream)));
+            }
+            match this.shared.socket.get_ref().accept() {
                 Ok((stream, _peer)) => {
                     return Poll::Ready(Some(TcpStream::from_std(stream).map_err(Error::from)))
                 }
                 Err(e) if would_block(&e) => {
-                    let ready = this.socket.poll_ready_after_would_block(&mut this.wait, cx);
+                    let socket = &this.shared.socket;
+                    let ready = socket.poll_ready_after_would_block(&mut this.wait, cx);
                     if let Err(e) = ready!(ready) {
                         return Poll::Ready(Some(Err(e.into())));
                     }
@@ -342,7 +393,10 @@ impl Stream for Incoming {
 impl fmt::Debug for Incoming {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Incoming")
-            .field("local_addr", &self.socket.get_ref().local_addr().ok())
+            .field(
+                "local_addr",
+                &self.shared.socket.get_ref().local_addr().ok(),
+            )
             .finish()
     }
 }
@@ -351,9 +405,11 @@ impl fmt::Debug for Incoming {
 ///
 /// Reads go through a buffer kept with the socket, so no byte is lost between
 /// operations: what `read_line` read past the end of its line, what a cancelled
-/// `read_exact` had gathered, is there for the next read. Writes are queued in the
-/// order they were called and go out in that order, however the promises are
-/// awaited; a write's promise fulfils once its bytes were handed to the kernel.
+/// `read_exact` had gathered, is there for the next read. So is what a read took
+/// when its promise was cancelled (on another thread) as its task finished: it
+/// goes back to the front of the buffer. Writes are queued in the order they
+/// were called and go out in that order, however the promises are awaited; a
+/// write's promise fulfils once its bytes were handed to the kernel.
 ///
 /// Clones share the socket, its read buffer and its write queue (cheap: one
 /// `Arc`), which is how a promise can own the connection while you keep a handle,
@@ -417,8 +473,8 @@ struct StreamShared {
 struct StreamBuffers {
     inbound: ReadBuffer,
     outbound: WriteQueue,
-    /// The last read from the socket came back short (see [`SocketReader`]).
-    drained: bool,
+    /// What the next read from the socket must know (see [`SocketReader`]).
+    socket_state: SocketState,
     /// Where a small read reads ahead (see [`StreamBuffers::read`]): zeroed once, when
     /// first needed, not at each read.
     ahead: Vec<u8>,
@@ -432,7 +488,7 @@ impl StreamBuffers {
     ) -> (&'a mut ReadBuffer, SocketReader<'a>) {
         let reader = SocketReader {
             socket,
-            drained: &mut self.drained,
+            state: &mut self.socket_state,
         };
         (&mut self.inbound, reader)
     }
@@ -453,7 +509,7 @@ impl StreamBuffers {
         }
         let mut socket = SocketReader {
             socket,
-            drained: &mut self.drained,
+            state: &mut self.socket_state,
         };
         // A read of nothing goes to the socket: read ahead, it would take bytes
         // nobody asked for out of the kernel's view (readiness).
@@ -477,18 +533,71 @@ impl StreamBuffers {
 /// level-triggered, so the next poll reports a socket that became readable
 /// meanwhile, an end of stream included. (The echo server of `cargo bench --bench compare`
 /// makes one system call fewer per message.)
+///
+/// An error given back by a read whose promise was cancelled comes first, as
+/// the socket would have reported it.
 struct SocketReader<'a> {
     socket: &'a std_net::TcpStream,
-    drained: &'a mut bool,
+    state: &'a mut SocketState,
+}
+
+#[derive(Default)]
+struct SocketState {
+    /// What the next read does before it asks the kernel: one test of one
+    /// byte, as the flag of a short read alone was (testing the error too
+    /// cost `echo`'s short reads 5 instructions each).
+    next: NextRead,
+    /// An error the socket reported to a read whose promise was cancelled first,
+    /// for the next read from the socket to report (the kernel reports one
+    /// once: a connection reset, then the end of the stream).
+    given_back_error: Option<io::Error>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum NextRead {
+    #[default]
+    Ask,
+    /// The last read came back short: answer `WouldBlock`.
+    Drained,
+    /// Report `given_back_error`.
+    Report,
+}
+
+impl SocketState {
+    fn give_back(&mut self, error: io::Error) {
+        self.given_back_error = Some(error);
+        self.next = NextRead::Report;
+    }
+
+    #[cold]
+    fn report(&mut self) -> Option<io::Error> {
+        if self.next != NextRead::Report {
+            return None;
+        }
+        self.next = NextRead::Ask;
+        self.given_back_error.take()
+    }
 }
 
 impl Read for SocketReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !buf.is_empty() && std::mem::take(self.drained) {
-            return Err(io::ErrorKind::WouldBlock.into());
+        let state = &mut *self.state;
+        if state.next != NextRead::Ask {
+            // A read of nothing asks the kernel, and leaves the next one to it.
+            if state.next == NextRead::Drained && !buf.is_empty() {
+                state.next = NextRead::Ask;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            if let Some(error) = state.report() {
+                return Err(error);
+            }
         }
         let result = (&mut &*self.socket).read(buf);
-        *self.drained = matches!(result, Ok(n) if n > 0 && n < buf.len());
+        state.next = if matches!(result, Ok(n) if n > 0 && n < buf.len()) {
+            NextRead::Drained
+        } else {
+            NextRead::Ask
+        };
         result
     }
 }
@@ -714,29 +823,33 @@ impl TcpStream {
     /// ```
     pub fn read(&self, max_len: usize) -> Promise<Vec<u8>> {
         let shared = self.shared.clone();
-        spawn(async move {
-            if max_len == 0 {
-                return Ok(Vec::new());
-            }
-            let bytes = shared
-                .io(Direction::Read, |buffers, socket| {
-                    let (inbound, mut socket) = buffers.reader(socket);
-                    if !inbound.is_empty() {
-                        return Ok(inbound.take(max_len));
-                    }
-                    // The limit is a bound, not a size: `usize::MAX` means "what is there".
-                    let mut bytes = vec![0; max_len.min(MAX_READ_CHUNK)];
-                    let n = socket.read(&mut bytes)?;
-                    Ok(fitted(bytes, n))
-                })
-                .await?;
-            Ok(bytes)
+        spawn_send(async move {
+            let bytes = if max_len == 0 {
+                Ok(Vec::new())
+            } else {
+                shared
+                    .io(Direction::Read, |buffers, socket| {
+                        let (inbound, mut socket) = buffers.reader(socket);
+                        if !inbound.is_empty() {
+                            return Ok(inbound.take(max_len));
+                        }
+                        // The limit is a bound, not a size: `usize::MAX` means "what is there".
+                        let mut bytes = vec![0; max_len.min(MAX_READ_CHUNK)];
+                        let n = socket.read(&mut bytes)?;
+                        // As if through the buffer: bytes given back move it back.
+                        inbound.taken += n as u64;
+                        Ok(fitted(bytes, n))
+                    })
+                    .await
+            };
+            OrGiveBack::new(bytes, ToStream::new(shared))
         })
     }
 
     /// Exactly `len` bytes. If the stream ends first, rejects with
     /// `ErrorKind::UnexpectedEof` and the bytes that did arrive stay buffered for
-    /// the next read (as they do if the promise is cancelled).
+    /// the next read, as they do if the promise is cancelled, half-way or as the
+    /// last bytes arrive.
     ///
     /// ```
     /// use std::io::ErrorKind;
@@ -761,7 +874,7 @@ impl TcpStream {
     /// ```
     pub fn read_exact(&self, len: usize) -> Promise<Vec<u8>> {
         let shared = self.shared.clone();
-        spawn(async move {
+        spawn_send(async move {
             let bytes = shared
                 .io(Direction::Read, |buffers, socket| {
                     let (inbound, mut socket) = buffers.reader(socket);
@@ -777,8 +890,8 @@ impl TcpStream {
                     }
                     Ok(inbound.take(len))
                 })
-                .await?;
-            Ok(bytes)
+                .await;
+            OrGiveBack::new(bytes, ToStream::new(shared))
         })
     }
 
@@ -790,7 +903,8 @@ impl TcpStream {
     ///   the terminator). Nothing is consumed (where the line ends is unknown), and
     ///   no more than about `max_line_len` bytes are ever buffered for it: a peer
     ///   cannot make a reader hoard memory. Close the connection, or read on.
-    /// - `InvalidData` if the line is not UTF-8; that line is consumed.
+    /// - `InvalidData` if the line is not UTF-8; that line is consumed (unless
+    ///   the promise was cancelled: then it is the next read's).
     /// - `UnexpectedEof` if the stream ends in the middle of a line (the partial
     ///   line stays buffered).
     ///
@@ -814,14 +928,25 @@ impl TcpStream {
     /// ```
     pub fn read_line(&self, max_line_len: usize) -> Promise<Option<String>> {
         let shared = self.shared.clone();
-        spawn(async move {
-            let line = shared
+        spawn_send(async move {
+            let taken = shared
                 .io(Direction::Read, |buffers, socket| {
                     let (inbound, socket) = buffers.reader(socket);
                     take_line(inbound, socket, max_line_len)
                 })
-                .await?;
-            Ok(line)
+                .await;
+            let (outcome, rest) = match taken {
+                Ok(Some(TakenLine { line, rest })) => (line.map(Some), rest),
+                Ok(None) => (Ok(None), Cow::Borrowed(&[][..])),
+                Err(error) => (Err(error), Cow::Borrowed(&[][..])),
+            };
+            OrGiveBack::new(
+                outcome,
+                ToStream {
+                    stream: shared,
+                    rest,
+                },
+            )
         })
     }
 
@@ -992,13 +1117,171 @@ impl StreamShared {
     }
 }
 
+/// What the task of an operation that takes something out of a socket (bytes,
+/// a datagram, a connection) ends with: the outcome for its promise, and where
+/// to give the outcome back if the promise was cancelled first. Cancelled on
+/// another thread, a task is dropped only when its loop gets to it, after the
+/// polls queued before: it may still run, take, and find its promise settled
+/// (as cancelled). What it took then goes back where the next operation looks
+/// first, as `io::stdin_lines` does with a line (see `docs/design.md`).
+struct OrGiveBack<T, B> {
+    outcome: Result<T, Error>,
+    back: B,
+}
+
+impl<T, B> OrGiveBack<T, B> {
+    fn new(outcome: io::Result<T>, back: B) -> Self {
+        OrGiveBack {
+            outcome: outcome.map_err(Error::from),
+            back,
+        }
+    }
+}
+
+/// Where an outcome that a cancelled promise did not take goes back to.
+trait GiveBack<T> {
+    fn give_back(self, outcome: Result<T, Error>);
+}
+
+impl<T, B> TaskOutput<T, Error> for OrGiveBack<T, B>
+where
+    T: Send + 'static,
+    B: GiveBack<T>,
+{
+    fn settle_task<L: Link<T, Error>>(self, settler: &mut Settler<T, Error, L>) {
+        if let Some(outcome) = settler.try_settle_as(self.outcome, false) {
+            self.back.give_back(outcome);
+        }
+    }
+}
+
+/// What a read took, going back to the front of its stream's read buffer.
+struct ToStream {
+    stream: Arc<StreamShared>,
+    /// The bytes taken that the outcome does not hold: a line's terminator, or
+    /// the whole of a line that is not UTF-8 (its error only says so).
+    rest: Cow<'static, [u8]>,
+}
+
+impl ToStream {
+    fn new(stream: Arc<StreamShared>) -> ToStream {
+        ToStream {
+            stream,
+            rest: Cow::Borrowed(&[]),
+        }
+    }
+}
+
+/// The bytes a read's value holds.
+trait TakenBytes {
+    fn into_taken_bytes(self) -> Vec<u8>;
+}
+
+impl TakenBytes for Vec<u8> {
+    fn into_taken_bytes(self) -> Vec<u8> {
+        self
+    }
+}
+
+impl TakenBytes for Option<String> {
+    fn into_taken_bytes(self) -> Vec<u8> {
+        self.map(String::into_bytes).unwrap_or_default()
+    }
+}
+
+impl<T: TakenBytes> GiveBack<T> for ToStream {
+    /// Nothing runs on the loop's thread between the take and this (the task's
+    /// future is dropped in between, which runs no code of the caller's), so the
+    /// bytes go back exactly where they were taken: the stream's position
+    /// (`ReadBuffer::taken`), and so a copy lent by `poll_fill_buf`, stays
+    /// right. The readers waiting for readiness are woken: the socket does not
+    /// know of these bytes (one that found its read short and waits may have
+    /// been overtaken by this one).
+    fn give_back(self, outcome: Result<T, Error>) {
+        let mut buffers = self.stream.buffers.lock();
+        match outcome {
+            Ok(value) => {
+                let mut bytes = value.into_taken_bytes();
+                bytes.extend_from_slice(&self.rest);
+                buffers.inbound.give_back(bytes);
+            }
+            Err(error) => {
+                buffers.inbound.give_back(self.rest.into_owned());
+                // The errors of our own making (the end of the stream in the
+                // middle of something, a line too long) come again by themselves.
+                if let Some(again) = reported_by_the_socket(&error) {
+                    buffers.socket_state.give_back(again);
+                }
+            }
+        }
+        drop(buffers);
+        self.stream.socket.wake_readers();
+    }
+}
+
+/// `error` again, if a system call reported it (the kernel reports a socket's
+/// error once).
+fn reported_by_the_socket(error: &Error) -> Option<io::Error> {
+    let code = error.downcast_ref::<io::Error>()?.raw_os_error()?;
+    Some(io::Error::from_raw_os_error(code))
+}
+
+/// Outcomes taken for promises that were cancelled first, oldest first, for
+/// the next operation to take before it asks the socket (a datagram or a
+/// connection cannot be put back in the kernel).
+struct GivenBack<T> {
+    /// Whether `outcomes` holds any: an operation reads this, a plain load, and
+    /// takes the lock only when it does.
+    any: AtomicBool,
+    outcomes: Mutex<VecDeque<T>>,
+}
+
+impl<T> Default for GivenBack<T> {
+    fn default() -> Self {
+        GivenBack {
+            any: AtomicBool::new(false),
+            outcomes: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+impl<T> GivenBack<T> {
+    fn take(&self) -> Option<T> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut outcomes = self.outcomes.lock();
+        let taken = outcomes.pop_front();
+        self.any.store(!outcomes.is_empty(), Ordering::Release);
+        taken
+    }
+
+    /// At the front: what an operation gives back is what it took last, before
+    /// anything still in the socket, and it looked here first, so it took that
+    /// from here if there was anything.
+    fn give_back(&self, outcome: T) {
+        let mut outcomes = self.outcomes.lock();
+        outcomes.push_front(outcome);
+        self.any.store(true, Ordering::Release);
+    }
+}
+
+/// A line [`take_line`] took out of the buffer.
+struct TakenLine {
+    /// The line without its terminator, or the error of one that is not UTF-8.
+    line: io::Result<String>,
+    /// The bytes taken that `line` does not hold: its terminator, or, if it is
+    /// not UTF-8, the whole line (see [`ToStream::rest`]).
+    rest: Cow<'static, [u8]>,
+}
+
 /// Takes the next line out of `inbound`, reading more from `socket` as needed (see
 /// [`TcpStream::read_line`] for the rules).
 fn take_line(
     inbound: &mut ReadBuffer,
     mut socket: impl Read,
     max_line_len: usize,
-) -> io::Result<Option<String>> {
+) -> io::Result<Option<TakenLine>> {
     let too_long = || {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -1023,14 +1306,31 @@ fn take_line(
             if content_len > max_line_len {
                 return Err(too_long());
             }
+            let terminator: &'static [u8] = if content_len < newline {
+                b"\r\n"
+            } else {
+                b"\n"
+            };
             let mut line = inbound.take(newline + 1);
             line.truncate(content_len);
-            return String::from_utf8(line).map(Some).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("line is not UTF-8: {e}"),
-                )
-            });
+            return Ok(Some(match String::from_utf8(line) {
+                Ok(line) => TakenLine {
+                    line: Ok(line),
+                    rest: Cow::Borrowed(terminator),
+                },
+                Err(e) => {
+                    let error = io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("line is not UTF-8: {}", e.utf8_error()),
+                    );
+                    let mut whole = e.into_bytes();
+                    whole.extend_from_slice(terminator);
+                    TakenLine {
+                        line: Err(error),
+                        rest: Cow::Owned(whole),
+                    }
+                }
+            }));
         }
         // Even a `\r\n` arriving next would leave more than `max_line_len` before it.
         if filled.len() > max_line_len.saturating_add(1) {
@@ -1230,7 +1530,8 @@ impl AsyncWrite for TcpStream {
 struct ReadBuffer {
     bytes: Vec<u8>,
     start: usize,
-    /// How many bytes were ever taken from the front: where `filled` starts in
+    /// How many bytes were ever taken from the front (or read past it by
+    /// `TcpStream::read`, which may give them back): where `filled` starts in
     /// the stream, which tells a lent copy whether it is still current.
     taken: u64,
     /// How many bytes at the front of `filled` are known to hold no `\n`: where
@@ -1268,6 +1569,33 @@ impl ReadBuffer {
             }
             self.start = 0;
         }
+    }
+
+    /// Puts `bytes`, just taken from the front, back there: the stream's
+    /// position moves back with them.
+    fn give_back(&mut self, mut bytes: Vec<u8>) {
+        let n = bytes.len();
+        if n == 0 {
+            return;
+        }
+        self.taken -= n as u64;
+        self.newline_free = if bytes.contains(&b'\n') {
+            0
+        } else {
+            self.newline_free + n
+        };
+        if self.is_empty() {
+            // Taken whole, or read past the buffer: the `Vec` itself comes back.
+            self.bytes = bytes;
+        } else if self.start >= n {
+            self.start -= n;
+            self.bytes[self.start..self.start + n].copy_from_slice(&bytes);
+            return;
+        } else {
+            bytes.extend_from_slice(self.filled());
+            self.bytes = bytes;
+        }
+        self.start = 0;
     }
 
     /// Takes up to `n` bytes from the front.
@@ -1457,7 +1785,14 @@ impl WriteQueue {
 /// ```
 #[derive(Clone)]
 pub struct UdpSocket {
-    socket: Arc<Async<std_net::UdpSocket>>,
+    shared: Arc<UdpShared>,
+}
+
+struct UdpShared {
+    socket: Async<std_net::UdpSocket>,
+    /// Datagrams received for promises cancelled first, with their senders, for
+    /// the next `recv_from`.
+    given_back: GivenBack<(Vec<u8>, SocketAddr)>,
 }
 
 impl UdpSocket {
@@ -1485,7 +1820,10 @@ impl UdpSocket {
     pub fn from_std(socket: std_net::UdpSocket) -> io::Result<UdpSocket> {
         socket.set_nonblocking(true)?;
         Ok(UdpSocket {
-            socket: Arc::new(Async::new(socket)?),
+            shared: Arc::new(UdpShared {
+                socket: Async::new(socket)?,
+                given_back: GivenBack::default(),
+            }),
         })
     }
 
@@ -1497,7 +1835,7 @@ impl UdpSocket {
     /// # Ok::<_, std::io::Error>(())
     /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.get_ref().local_addr()
+        self.shared.socket.get_ref().local_addr()
     }
 
     /// Sends one datagram to `target`; fulfils with the number of bytes sent. The
@@ -1510,10 +1848,11 @@ impl UdpSocket {
     /// # Ok::<_, thenable::Error>(())
     /// ```
     pub fn send_to(&self, datagram: impl Into<Vec<u8>>, target: SocketAddr) -> Promise<usize> {
-        let socket = self.socket.clone();
+        let shared = self.shared.clone();
         let datagram = datagram.into();
         spawn(async move {
-            let sent = socket
+            let sent = shared
+                .socket
                 .write_with(|socket| socket.send_to(&datagram, target))
                 .await?;
             Ok(sent)
@@ -1522,6 +1861,10 @@ impl UdpSocket {
 
     /// The next datagram and its sender. A datagram longer than `max_len` is
     /// truncated to `max_len` bytes (the rest is lost, as with `recv_from(2)`).
+    ///
+    /// Cancelled on another thread just as its task received a datagram, the
+    /// promise loses nothing: the datagram goes to the next `recv_from` (cut to
+    /// the shorter of the two limits).
     ///
     /// ```
     /// let socket = thenable::net::UdpSocket::bind("127.0.0.1:0")?;
@@ -1536,14 +1879,22 @@ impl UdpSocket {
     /// # Ok::<_, thenable::Error>(())
     /// ```
     pub fn recv_from(&self, max_len: usize) -> Promise<(Vec<u8>, SocketAddr)> {
-        let socket = self.socket.clone();
-        spawn(async move {
+        let shared = self.shared.clone();
+        spawn_send(async move {
             // No datagram is longer, so a larger limit (`usize::MAX`) needs no more room.
-            let mut datagram = vec![0; max_len.min(MAX_DATAGRAM)];
-            let (len, from) = socket
-                .read_with(|socket| socket.recv_from(&mut datagram))
-                .await?;
-            Ok((fitted(datagram, len), from))
+            let mut room = vec![0; max_len.min(MAX_DATAGRAM)];
+            let received = shared
+                .socket
+                .read_with(|socket| {
+                    if let Some((mut datagram, from)) = shared.given_back.take() {
+                        datagram.truncate(max_len);
+                        return Ok((datagram, from));
+                    }
+                    let (len, from) = socket.recv_from(&mut room)?;
+                    Ok((fitted(std::mem::take(&mut room), len), from))
+                })
+                .await;
+            OrGiveBack::new(received, shared)
         })
     }
 }
@@ -1567,7 +1918,21 @@ impl UdpSocket {
 /// ```
 impl AsFd for UdpSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.get_ref().as_fd()
+        self.shared.socket.get_ref().as_fd()
+    }
+}
+
+/// A datagram received for a promise that was cancelled first goes to the next
+/// `recv_from`, which the socket's readiness (drained of it) would not wake.
+impl GiveBack<(Vec<u8>, SocketAddr)> for Arc<UdpShared> {
+    fn give_back(self, outcome: Result<(Vec<u8>, SocketAddr), Error>) {
+        // An error took no datagram. (The errors a UDP socket reports, an ICMP
+        // "port unreachable" after a send, are hints about earlier sends, not
+        // kept for the next receive.)
+        if let Ok(received) = outcome {
+            self.given_back.give_back(received);
+            self.socket.wake_readers();
+        }
     }
 }
 
@@ -1627,7 +1992,7 @@ mod tests {
         let mut take = || loop {
             match take_line(&mut inbound, &mut pieces, usize::MAX) {
                 Err(e) if would_block(&e) => continue,
-                done => break done.unwrap(),
+                done => break done.unwrap().map(|taken| taken.line.unwrap()),
             }
         };
         assert_eq!(take().map(|line| line.len()), Some(line_len));
@@ -1666,6 +2031,49 @@ mod tests {
         buffer.consume(MAX_READ_CHUNK);
         buffer.fill_from(&big[..], MAX_READ_CHUNK).unwrap();
         assert!(buffer.bytes.capacity() >= room);
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_taken_whole_for_giving_back() {
+        let mut buffer = ReadBuffer::default();
+        let mut source = &b"a\xff\nb\n"[..];
+        let taken = take_line(&mut buffer, &mut source, 100).unwrap().unwrap();
+        assert_eq!(taken.line.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(&*taken.rest, b"a\xff\n");
+        let taken = take_line(&mut buffer, &mut source, 100).unwrap().unwrap();
+        assert_eq!(taken.line.unwrap(), "b");
+        assert_eq!(&*taken.rest, b"\n");
+    }
+
+    #[test]
+    fn bytes_given_back_are_the_front_again_at_their_position() {
+        let mut buffer = ReadBuffer::default();
+        // Taken whole: the same `Vec` comes back.
+        buffer.fill_from(&b"abc"[..], 64).unwrap();
+        let whole = buffer.take(3);
+        let at = whole.as_ptr();
+        buffer.give_back(whole);
+        assert_eq!((buffer.filled(), buffer.taken), (&b"abc"[..], 0));
+        assert_eq!(buffer.filled().as_ptr(), at);
+        // Taken from the front, with room before what is left: copied in place.
+        assert_eq!(buffer.take(2), b"ab");
+        buffer.give_back(b"ab".to_vec());
+        assert_eq!((buffer.filled(), buffer.taken), (&b"abc"[..], 0));
+        // No room left before the rest (a fill compacted the buffer since):
+        // in front of a copy of it.
+        assert_eq!(buffer.take(2), b"ab");
+        buffer.fill_from(&b"de"[..], 64).unwrap();
+        buffer.give_back(b"ab".to_vec());
+        assert_eq!((buffer.filled(), buffer.taken), (&b"abcde"[..], 0));
+        // Where `take_line` searches from: past bytes given back without a `\n`,
+        // from the start again if they hold one.
+        buffer.newline_free = 5;
+        assert_eq!(buffer.take(1), b"a");
+        buffer.give_back(b"a".to_vec());
+        assert_eq!(buffer.newline_free, 5);
+        buffer.take(2);
+        buffer.give_back(b"a\n".to_vec());
+        assert_eq!(buffer.newline_free, 0);
     }
 
     #[test]
@@ -1755,11 +2163,10 @@ mod tests {
     fn take_line_limits_apply_to_content_not_terminator() {
         let mut buffer = ReadBuffer::default();
         let mut source = &b"1234\r\n12345\n"[..];
-        assert_eq!(
-            take_line(&mut buffer, &mut source, 4).unwrap().as_deref(),
-            Some("1234")
-        );
-        let err = take_line(&mut buffer, &mut source, 4).unwrap_err();
+        let taken = take_line(&mut buffer, &mut source, 4).unwrap().unwrap();
+        assert_eq!(taken.line.unwrap(), "1234");
+        assert_eq!(&*taken.rest, b"\r\n");
+        let err = take_line(&mut buffer, &mut source, 4).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(buffer.filled(), b"12345\n"); // nothing consumed
     }

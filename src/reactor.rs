@@ -387,6 +387,29 @@ impl Reactor {
         }
     }
 
+    /// Wakes the tasks waiting to read `source`, for what the poller cannot
+    /// see: bytes given back to a stream's buffer (see `net`). Their interest
+    /// stays armed, as after readiness: one that finds nothing waits again.
+    /// Apart from [`take_ready`](Self::take_ready), whose inlining into the
+    /// poller's wait a second caller changed (`echo`: 2.8% more instructions).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn wake_readers(&self, source: &Source) {
+        let readers = {
+            let mut waiters = source.waiters.lock();
+            let was_waiting = waiters.is_waiting();
+            let readers = std::mem::take(&mut waiters.readers);
+            if was_waiting && !waiters.is_waiting() {
+                self.armed.fetch_sub(1, Ordering::AcqRel);
+            }
+            readers
+        };
+        // Outside the lock: a waker of another runtime may run anything.
+        for (_, waker) in readers {
+            waker.wake();
+        }
+    }
+
     /// Records the reported directions as ready and takes their waiters' wakers
     /// into `wake`. The poller keeps the interest of a direction whose waiters
     /// are woken (they usually wait again soon), and drops the interest of a

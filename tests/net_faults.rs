@@ -1,6 +1,7 @@
 //! Fault hunting in `thenable::net` and `thenable::io`: limits at the edge of their
-//! range, clones that share one read buffer across APIs, a peer that vanishes
-//! while writes are queued, and a process out of descriptors.
+//! range, clones that share one read buffer across APIs, reads cancelled on
+//! another thread as they take their bytes, a peer that vanishes while writes
+//! are queued, and a process out of descriptors.
 //!
 //! Every test body runs on a loop of its own under a safety net that turns a hang
 //! into a failure; no test asserts on timing.
@@ -13,7 +14,9 @@ use std::process::Stdio;
 
 use common::child::{self, report};
 use common::net::{kind_of, pair_with_std_peer, run};
-use thenable::net::UdpSocket;
+use common::run_cancelling_odd_ones_as_served;
+use thenable::net::{TcpListener, TcpStream, UdpSocket};
+use thenable::{EventLoop, Promise};
 
 /// The child succeeded and printed `expected`.
 fn assert_child_said(output: &std::process::Output, expected: &str) {
@@ -152,6 +155,342 @@ fn bytes_a_clone_buffered_through_async_buf_read_are_seen_by_the_other_handles()
             Ok(())
         })
     });
+}
+
+// ---------------------------------------------------------------------------
+// Reads cancelled on another thread just as they take their bytes
+// ---------------------------------------------------------------------------
+
+/// Rounds of [`RACE_REQUESTS`] reads, every other one cancelled on another
+/// thread just as the one before it has its bytes: the loop then polls the next
+/// read's task, which takes bytes out of the stream (or a datagram out of the
+/// socket) and settles its promise, which another thread cancels meanwhile.
+const RACE_ROUNDS: usize = 200;
+const RACE_REQUESTS: usize = 32;
+
+/// A thenable stream on `event_loop`, whose peer has sent `bytes` and closed,
+/// once they have arrived (so that the first poll of a read takes some).
+fn stream_that_received(event_loop: &EventLoop, bytes: &[u8]) -> TcpStream {
+    let (stream, mut peer) = event_loop
+        .block_on(pair_with_std_peer())
+        .expect("a connected pair");
+    peer.write_all(bytes).expect("the kernel holds it all");
+    event_loop
+        .block_on(thenable::io::readable(&stream))
+        .expect("readable");
+    stream
+}
+
+/// The bytes the reads of `requests` that were not cancelled (or were cancelled
+/// too late, and have them) got, in order.
+fn bytes_of_uncancelled(
+    event_loop: &EventLoop,
+    requests: Vec<Promise<Vec<u8>>>,
+    got: &mut Vec<u8>,
+) {
+    for (request, cancelled) in run_cancelling_odd_ones_as_served(event_loop, requests) {
+        if !cancelled {
+            got.extend(event_loop.block_on(request).expect("no read fails"));
+        }
+    }
+}
+
+/// Cancels `promise` on another thread, as `Promise::cancel` allows: its task, if
+/// queued on the loop, is dropped only when the loop gets to the cancellation,
+/// which comes after the polls queued before it.
+fn cancel_elsewhere<T: Send + 'static>(promise: Promise<T>) {
+    let cancelled = std::thread::spawn(move || promise.cancel()).join().unwrap();
+    assert!(cancelled, "nothing ran yet");
+}
+
+/// A read cancelled on another thread after its task was queued, before the loop
+/// polled it: the poll comes first, takes the bytes, and finds the promise
+/// cancelled (the race above, made certain). What it took is the next read's.
+#[test]
+fn a_read_cancelled_on_another_thread_before_its_task_runs_gives_its_bytes_to_the_next() {
+    common::within(|| {
+        let event_loop = EventLoop::new();
+        let stream = stream_that_received(&event_loop, b"abcdefgh\r\nline\nnot \xff\nrest");
+        let read = |promise: Promise<Vec<u8>>| event_loop.block_on(promise).unwrap();
+        // Its bytes read straight from the socket, past the (empty) buffer.
+        cancel_elsewhere(stream.read(2));
+        assert_eq!(read(stream.read_exact(3)), b"abc");
+        cancel_elsewhere(stream.read_exact(3));
+        assert_eq!(read(stream.read_exact(2)), b"de");
+        cancel_elsewhere(stream.read_line(100));
+        assert_eq!(
+            read(stream.read(4)),
+            b"fgh\r",
+            "a line gives its `\\r\\n` back"
+        );
+        cancel_elsewhere(stream.read_line(100));
+        assert_eq!(read(stream.read(2)), b"\nl");
+        cancel_elsewhere(stream.read_line(100));
+        assert_eq!(
+            event_loop
+                .block_on(stream.read_line(100))
+                .unwrap()
+                .as_deref(),
+            Some("ine")
+        );
+        // A line that is not UTF-8 is consumed by the error: given back too.
+        cancel_elsewhere(stream.read_line(100));
+        let error = event_loop.block_on(stream.read_line(100)).unwrap_err();
+        assert_eq!(kind_of(&error), ErrorKind::InvalidData);
+        cancel_elsewhere(stream.read(usize::MAX));
+        assert_eq!(read(stream.read(usize::MAX)), b"rest");
+    });
+}
+
+/// A read waiting for readiness when a cancelled one gives its bytes back is
+/// woken: the kernel, drained of them, would never wake it. It waits there
+/// because the read before came back short: the next one then waits without
+/// asking the kernel (see `SocketReader` in `net.rs`), while the read after it
+/// does ask, and takes what has arrived meanwhile.
+#[test]
+fn a_read_waiting_when_a_cancelled_one_gives_its_bytes_back_gets_them() {
+    common::within(|| {
+        let event_loop = EventLoop::new();
+        let (stream, mut peer) = event_loop.block_on(pair_with_std_peer()).unwrap();
+        peer.write_all(b"x").unwrap();
+        assert_eq!(event_loop.block_on(stream.read(10)).unwrap(), b"x"); // short
+        peer.write_all(b"yz").unwrap();
+        event_loop
+            .block_on(thenable::io::readable(&stream))
+            .unwrap();
+        let waiting = stream.read(10);
+        cancel_elsewhere(stream.read(10));
+        assert_eq!(event_loop.block_on(waiting).unwrap(), b"yz");
+    });
+}
+
+/// The error a socket reports once (a reset: after it, reads see the end of
+/// the stream) goes back too: the next read reports the reset, not a clean end.
+#[test]
+fn a_reset_reported_to_a_cancelled_read_is_reported_to_the_next() {
+    common::within(|| {
+        let event_loop = EventLoop::new();
+        let (stream, peer) = event_loop.block_on(pair_with_std_peer()).unwrap();
+        event_loop.block_on(stream.write_all("unread")).unwrap();
+        // Closing a socket with unread data sends a reset (RST), not a FIN.
+        peer.peek(&mut [0; 1]).unwrap();
+        drop(peer);
+        event_loop
+            .block_on(thenable::io::readable(&stream))
+            .unwrap();
+        cancel_elsewhere(stream.read(10));
+        let error = event_loop.block_on(stream.read(10)).unwrap_err();
+        assert_eq!(kind_of(&error), ErrorKind::ConnectionReset);
+        // Reported once, as the kernel does: then the end.
+        assert!(event_loop.block_on(stream.read(10)).unwrap().is_empty());
+    });
+}
+
+/// The same for `recv_from`: the datagram a cancelled one received is the next
+/// one's.
+#[test]
+fn a_recv_from_cancelled_on_another_thread_before_its_task_runs_gives_its_datagram_to_the_next() {
+    common::within(|| {
+        let event_loop = EventLoop::new();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = socket.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for datagram in [&b"first"[..], b"second"] {
+            sender.send_to(datagram, to).unwrap();
+        }
+        let receive = |limit| event_loop.block_on(socket.recv_from(limit)).unwrap().0;
+        // Let both arrive, so that the first poll of a `recv_from` receives.
+        event_loop
+            .block_on(thenable::io::readable(&socket))
+            .unwrap();
+        cancel_elsewhere(socket.recv_from(16));
+        assert_eq!(receive(16), b"first");
+        cancel_elsewhere(socket.recv_from(16));
+        // Truncated to the limit of the one that gets it, as from the kernel.
+        assert_eq!(receive(3), b"sec");
+    });
+}
+
+/// The same for `accept`: the connection a cancelled one took is the next one's,
+/// not closed on its client.
+#[test]
+fn an_accept_cancelled_on_another_thread_before_its_task_runs_gives_its_connection_to_the_next() {
+    common::within(|| {
+        let event_loop = EventLoop::new();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let first = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let second = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        // Let the connections arrive, so that the first poll of an accept takes one.
+        event_loop
+            .block_on(thenable::io::readable(&listener))
+            .unwrap();
+        cancel_elsewhere(listener.accept());
+        let (_conn, peer) = event_loop.block_on(listener.accept()).unwrap();
+        assert_eq!(peer, first.local_addr().unwrap());
+        // And through `incoming` as well.
+        cancel_elsewhere(listener.accept());
+        let mut incoming = listener.incoming();
+        let conn = event_loop
+            .block_on(async { futures::StreamExt::next(&mut incoming).await.unwrap() })
+            .unwrap();
+        assert_eq!(conn.peer_addr().unwrap(), second.local_addr().unwrap());
+    });
+}
+
+/// Every byte must come out once, in order: what a cancelled read took goes back
+/// to the front of the stream's buffer, for the next read. `read_exact` and
+/// `read` take turns being the cancelled one; the others read with
+/// `read_exact`, or through `futures-io` (`AsyncRead`, `AsyncBufRead`) in a
+/// task of their own, never cancelled.
+#[test]
+fn reads_cancelled_on_another_thread_as_they_take_their_bytes_lose_none() {
+    let got = common::within(|| {
+        let event_loop = EventLoop::new();
+        let sent: Vec<u8> = (0..(RACE_ROUNDS * RACE_REQUESTS) as u32)
+            .flat_map(u32::to_be_bytes)
+            .collect();
+        let stream = stream_that_received(&event_loop, &sent);
+        let mut got = Vec::new();
+        for _ in 0..RACE_ROUNDS {
+            let requests = (0..RACE_REQUESTS)
+                .map(|i| match i % 8 {
+                    1 | 5 => stream.read(4),
+                    2 => read_through_async_read(stream.clone()),
+                    6 => read_through_async_buf_read(stream.clone()),
+                    _ => stream.read_exact(4),
+                })
+                .collect();
+            bytes_of_uncancelled(&event_loop, requests, &mut got);
+        }
+        // What is left, given-back bytes first, up to the end of the stream.
+        loop {
+            let rest = event_loop.block_on(stream.read(usize::MAX)).unwrap();
+            if rest.is_empty() {
+                break;
+            }
+            got.extend(rest);
+        }
+        (sent, got)
+    });
+    assert_in_order(&got.0, &got.1);
+}
+
+/// Four bytes, read with `AsyncReadExt::read_exact`.
+fn read_through_async_read(mut stream: TcpStream) -> Promise<Vec<u8>> {
+    thenable::spawn(async move {
+        let mut bytes = [0; 4];
+        futures::AsyncReadExt::read_exact(&mut stream, &mut bytes).await?;
+        Ok(bytes.to_vec())
+    })
+}
+
+/// Up to four bytes, from what `AsyncBufReadExt::fill_buf` lends.
+fn read_through_async_buf_read(mut stream: TcpStream) -> Promise<Vec<u8>> {
+    use futures::AsyncBufReadExt;
+    thenable::spawn(async move {
+        let lent = stream.fill_buf().await?;
+        let bytes = lent[..lent.len().min(4)].to_vec();
+        stream.consume_unpin(bytes.len());
+        Ok(bytes)
+    })
+}
+
+/// The same for lines: a cancelled `read_line` gives its line back, terminator
+/// (`\n` or `\r\n`) included.
+#[test]
+fn lines_read_by_requests_cancelled_on_another_thread_as_they_are_served_are_not_lost() {
+    let (sent, got) = common::within(|| {
+        let event_loop = EventLoop::new();
+        let sent: String = (0..RACE_ROUNDS * RACE_REQUESTS)
+            .map(|n| {
+                if n % 3 == 0 {
+                    format!("{n}\r\n")
+                } else {
+                    format!("{n}\n")
+                }
+            })
+            .collect();
+        let stream = stream_that_received(&event_loop, sent.as_bytes());
+        let mut got = Vec::new();
+        let mut take = |line: Option<String>| {
+            let Some(line) = line else { return false };
+            got.push(line);
+            true
+        };
+        for _ in 0..RACE_ROUNDS {
+            let requests = (0..RACE_REQUESTS).map(|_| stream.read_line(100)).collect();
+            for (request, cancelled) in run_cancelling_odd_ones_as_served(&event_loop, requests) {
+                if !cancelled {
+                    take(event_loop.block_on(request).expect("every line is UTF-8"));
+                }
+            }
+        }
+        while take(event_loop.block_on(stream.read_line(100)).unwrap()) {}
+        let sent: Vec<String> = sent.lines().map(str::to_owned).collect();
+        (sent, got)
+    });
+    assert_in_order(&sent, &got);
+}
+
+/// The same for datagrams: one a cancelled `recv_from` received goes to the next
+/// `recv_from` (a datagram cannot be put back in the kernel).
+#[test]
+fn datagrams_received_by_recv_froms_cancelled_on_another_thread_are_not_lost() {
+    let (sent, got) = common::within(|| {
+        let event_loop = EventLoop::new();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = socket.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from = sender.local_addr().unwrap();
+        let total = (RACE_ROUNDS * RACE_REQUESTS) as u32;
+        const ROUND_ENDS: u32 = u32::MAX;
+        let mut got = Vec::new();
+        let take = |got: &mut Vec<u32>, (datagram, sender): (Vec<u8>, std::net::SocketAddr)| {
+            assert_eq!(sender, from);
+            got.push(u32::from_be_bytes(datagram.try_into().expect("4 bytes")));
+        };
+        for round in 0..RACE_ROUNDS {
+            // A round's worth at a time: the kernel's buffer holds that much.
+            for n in 0..RACE_REQUESTS {
+                let n = (round * RACE_REQUESTS + n) as u32;
+                sender.send_to(&n.to_be_bytes(), to).unwrap();
+            }
+            sender.send_to(&ROUND_ENDS.to_be_bytes(), to).unwrap();
+            let requests = (0..RACE_REQUESTS).map(|_| socket.recv_from(16)).collect();
+            for (request, cancelled) in run_cancelling_odd_ones_as_served(&event_loop, requests) {
+                if !cancelled {
+                    take(
+                        &mut got,
+                        event_loop.block_on(request).expect("no receive fails"),
+                    );
+                }
+            }
+            // The round's datagrams that the cancelled requests left, given-back
+            // ones first, up to the round's end mark (so a lost datagram is a
+            // difference, not a wait for ever), so that the kernel's buffer
+            // never holds more than a round's.
+            while got.last() != Some(&ROUND_ENDS) {
+                take(&mut got, event_loop.block_on(socket.recv_from(16)).unwrap());
+            }
+            got.pop();
+        }
+        ((0..total).collect::<Vec<u32>>(), got)
+    });
+    assert_in_order(&sent, &got);
+}
+
+/// `got` is `sent`, or else the first place where it is not.
+fn assert_in_order<T: PartialEq + std::fmt::Debug>(sent: &[T], got: &[T]) {
+    let first_wrong = (0..sent.len().max(got.len())).find(|&i| sent.get(i) != got.get(i));
+    if let Some(i) = first_wrong {
+        panic!(
+            "{} sent, {} got; the first difference at {i}: sent {:?}, got {:?}",
+            sent.len(),
+            got.len(),
+            sent.get(i),
+            got.get(i)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -513,8 +513,9 @@ where
 /// start is offered to other loops too (see `claims`): the default loop may
 /// never run, and the promise may be awaited on another thread. The default
 /// loop starts it at its place in the queue, unless a loop or another
-/// executor waiting on it took it first.
-fn spawn_send<F, T, E>(future: F) -> Promise<T, E>
+/// executor waiting on it took it first. The library's own tasks whose output
+/// is not a plain `Result` (see `task::TaskOutput`) are spawned with it too.
+pub(crate) fn spawn_send<F, T, E>(future: F) -> Promise<T, E>
 where
     F: Future + Send + 'static,
     F::Output: TaskOutput<T, E>,

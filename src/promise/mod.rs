@@ -1069,6 +1069,17 @@ impl<T: Send + 'static, E: Send + 'static, L: core::Link<T, E>> Settler<T, E, L>
         outcome: Result<T, E>,
         quiet: bool,
     ) -> Option<Result<T, E>> {
+        self.try_settle_as(outcome, quiet)
+    }
+
+    /// [`settle_or_give_back`](Self::settle_or_give_back) through a reference,
+    /// for a task's output (see `task::TaskOutput`); the settler is spent either
+    /// way.
+    pub(crate) fn try_settle_as(
+        &mut self,
+        outcome: Result<T, E>,
+        quiet: bool,
+    ) -> Option<Result<T, E>> {
         let Some(node) = self.node.take() else {
             return Some(outcome);
         };
