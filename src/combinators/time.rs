@@ -158,9 +158,13 @@ pub fn delay<T: Send + 'static>(duration: Duration, value: T) -> Promise<T> {
 /// A stream of ticks, one every `period`, numbered from 1: the stream form of
 /// [`set_interval`](crate::set_interval) (Node.js's `timers/promises` `setInterval`).
 ///
-/// The timer starts at once. A tick is never lost: if the consumer falls behind,
-/// the ticks that fired meanwhile are yielded back to back, so the numbers count
-/// every period that passed. The stream never ends by itself; dropping it clears
+/// The timer starts at once. A tick is never lost: if the consumer falls behind
+/// (awaiting something else while the loop runs), the ticks that fired meanwhile
+/// are yielded back to back, so the numbers count every tick that fired. A loop
+/// kept busy for several periods (a handler that blocks its thread) fires the
+/// timer once for them, as [`set_interval`](crate::set_interval) and Node.js do:
+/// the numbers then count fewer ticks than periods passed, and are no clock.
+/// The stream never ends by itself; dropping it clears
 /// its timer, which then no longer keeps the loop alive. A zero period is taken
 /// as 1 ms (as Node.js does), and a period of a century or more never ticks.
 ///
