@@ -243,12 +243,59 @@ fn reactions_run_in_settle_order() {
 }
 
 #[test]
+fn reactions_settled_by_one_thread_as_a_drive_ends_run_in_settle_order() {
+    // In a process of its own, for the reason above.
+    let output = child::command("settle-order-as-a-drive-ends")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the child failed: {stderr}");
+}
+
+/// Two promises homed on a loop, settled in order by one thread just as the
+/// loop's `block_on` ends: the first may reach the injector while the loop is
+/// driven (and be handed to the orphans by the thread that stops driving it),
+/// the second may find the loop undriven and go to the orphans itself. Their
+/// handlers must run in settle order however the two threads interleave; the
+/// sender waits a little longer each round, so that some rounds settle the
+/// second promise while the driver hands the first one over.
+fn reactions_settled_as_a_drive_ends_run_in_settle_order() {
+    within(|| {
+        for round in 0..ROUNDS * 100 {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let event_loop = EventLoop::new();
+            let (gate, open) = Promise::<u64>::pending();
+            let (first, resolve_first) = Promise::<u64>::pending();
+            let (second, resolve_second) = Promise::<u64>::pending();
+            let logged = |promise: Promise<u64>| {
+                let log = log.clone();
+                promise.map(move |v| log.lock().unwrap().push(v))
+            };
+            let both = all([logged(first), logged(second)]);
+            let sender = thread::spawn(move || {
+                open.resolve(0);
+                for _ in 0..round % 4000 {
+                    std::hint::spin_loop();
+                }
+                resolve_first.resolve(1);
+                resolve_second.resolve(2);
+            });
+            event_loop.block_on(gate).unwrap();
+            sender.join().unwrap();
+            event_loop.block_on(both).unwrap();
+            assert_eq!(*log.lock().unwrap(), [1, 2], "round {round}");
+        }
+    });
+}
+
+#[test]
 fn child_process_entry_point() {
     let Some(mode) = child::mode() else {
         return;
     };
     match mode.as_str() {
         "settle-order" => reactions_run_in_settle_order(),
+        "settle-order-as-a-drive-ends" => reactions_settled_as_a_drive_ends_run_in_settle_order(),
         other => panic!("unknown child mode {other}"),
     }
 }

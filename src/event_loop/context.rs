@@ -176,7 +176,7 @@ pub(crate) fn schedule(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
     match decided {
         Ok(Target::Local(local)) => local.push(Job::Run(job)),
         Ok(Target::Grave) => job.abandon(),
-        Ok(Target::Orphan) => orphans::push(job, home),
+        Ok(Target::Orphan) => orphan(job, home),
         Ok(Target::Elsewhere) => send_elsewhere(job, home),
         // The thread is exiting (a resolver settled or dropped by a thread-local's
         // destructor): none of its loops will run this, but the home loop of a
@@ -202,7 +202,17 @@ fn send_elsewhere(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
         Some(home) if home.is_driven() => {
             home.inject(SendJob::Run(job));
         }
-        _ => orphans::push(job, home),
+        _ => orphan(job, home),
+    }
+}
+
+/// Hands a reaction nobody drives its loop for to the orphans: through its
+/// home, if it has one, after the reactions its injector still holds (see
+/// `Shared::orphan`).
+fn orphan(job: Arc<dyn Runnable>, home: Option<&LoopRef>) {
+    match home {
+        Some(home) => home.orphan(job),
+        None => orphans::push(job, None),
     }
 }
 

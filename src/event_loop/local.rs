@@ -74,6 +74,9 @@ pub(crate) struct Shared {
     reactor: Reactor,
     injected: Mutex<Vec<SendJob>>,
     has_injected: AtomicBool,
+    /// Whether `injected` holds a reaction; read and written under its lock
+    /// (see [`orphan`](Self::orphan)).
+    reactions_injected: AtomicBool,
     /// Live resolvers homed here and live `LoopHandle`s: each may bring work later.
     keep_alive: AtomicUsize,
     closed: AtomicBool,
@@ -92,6 +95,9 @@ impl Shared {
             if self.closed.load(Ordering::Acquire) {
                 Some(job)
             } else {
+                if reaction {
+                    self.reactions_injected.store(true, Ordering::Relaxed);
+                }
                 injected.push(job);
                 None
             }
@@ -150,27 +156,51 @@ impl Shared {
         if !self.has_injected() {
             return;
         }
-        let reactions: Vec<Arc<dyn Runnable>> = {
-            let mut injected = self.injected.lock();
-            if !injected.iter().any(|job| matches!(job, SendJob::Run(_))) {
-                return;
+        let mut injected = self.injected.lock();
+        let moved = self.move_injected_reactions(&mut injected);
+        drop(injected);
+        if moved {
+            orphans::announce();
+        }
+    }
+
+    /// Hands `job`, a reaction homed here, to the orphans, nobody driving the
+    /// loop: after the reactions still in the injector, under its lock. A
+    /// thread that settles two promises homed here, the first while the loop
+    /// was driven (injected) and the second just after (an orphan), would
+    /// otherwise see the second overtake the first while the thread that
+    /// stopped driving hands it over (their handlers ran [2, 1]).
+    pub(crate) fn orphan(self: &Arc<Self>, job: Arc<dyn Runnable>) {
+        let mut injected = self.injected.lock();
+        self.move_injected_reactions(&mut injected);
+        orphans::enqueue(std::iter::once(job), Some(self));
+        drop(injected);
+        // Outside the lock: a waker may run any code, a send to this loop too.
+        orphans::announce();
+    }
+
+    /// Moves the reactions of `injected` (this loop's injector, locked) to the
+    /// orphans, in order, without waking anyone; true if there were any.
+    fn move_injected_reactions(self: &Arc<Self>, injected: &mut Vec<SendJob>) -> bool {
+        if !self.reactions_injected.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.reactions_injected.store(false, Ordering::Relaxed);
+        let mut reactions = Vec::new();
+        injected.retain_mut(|job| match job {
+            SendJob::Run(reaction) => {
+                reactions.push(reaction.clone());
+                false
             }
-            let mut reactions = Vec::new();
-            injected.retain_mut(|job| match job {
-                SendJob::Run(reaction) => {
-                    reactions.push(reaction.clone());
-                    false
-                }
-                _ => true,
-            });
-            if injected.is_empty() {
-                // A sender's store that comes after this one marks a job pushed
-                // after this took the queue: true then is at worst one empty look.
-                self.has_injected.store(false, Ordering::Release);
-            }
-            reactions
-        };
-        orphans::push_all(reactions, self);
+            _ => true,
+        });
+        if injected.is_empty() {
+            // A sender's store that comes after this one marks a job pushed
+            // after this took the queue: true then is at worst one empty look.
+            self.has_injected.store(false, Ordering::Release);
+        }
+        orphans::enqueue(reactions, Some(self));
+        true
     }
 
     pub(crate) fn notify(&self) {
@@ -385,6 +415,7 @@ impl Local {
             reactor,
             injected: Mutex::new(Vec::new()),
             has_injected: AtomicBool::new(false),
+            reactions_injected: AtomicBool::new(false),
             keep_alive: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
@@ -608,14 +639,25 @@ impl Local {
         // started driving it, after every orphan meant for it was pushed (sent
         // while nobody drove it, or handed over by the last driver as it stopped),
         // so a thread that settles two promises homed here gets their handlers
-        // run in the order it settled them.
+        // run in the order it settled them. Both under the injector's lock, which
+        // a hand-over to the orphans holds (see `Shared::orphan`): taken between
+        // the two, a reaction handed over would be overtaken by one injected
+        // after it.
+        let injected = self
+            .shared
+            .has_injected
+            .swap(false, Ordering::AcqRel)
+            .then(|| self.shared.injected.lock());
         if let Some(orphans) = orphans::take(&self.shared, all_orphans) {
             self.orphans_taken
                 .set(self.orphans_taken.get() + orphans.len());
             micro.extend(orphans.into_iter().map(Job::Run));
         }
-        if self.shared.has_injected.swap(false, Ordering::AcqRel) {
-            let injected = std::mem::take(&mut *self.shared.injected.lock());
+        if let Some(mut injected) = injected {
+            self.shared
+                .reactions_injected
+                .store(false, Ordering::Relaxed);
+            let injected = std::mem::take(&mut *injected);
             micro.extend(injected.into_iter().map(Job::from));
         }
         micro.len() > before

@@ -100,24 +100,31 @@ pub(crate) fn undriven_resolvers_exist() -> bool {
 
 /// Adds a reaction nobody would run otherwise; `home` is the loop it was meant for.
 pub(crate) fn push(job: Arc<dyn Runnable>, home: Option<&Arc<Shared>>) {
-    IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
-    ORPHANS.lock().push_back((home.map(Arc::downgrade), job));
-    HAS_ORPHANS.store(true, Ordering::Release);
-    wake_foreign_pollers();
-    notify_driven_loops();
+    enqueue(std::iter::once(job), home);
+    announce();
 }
 
-/// [`push`] for reactions meant for `home`, in order, with one wake-up.
-pub(crate) fn push_all(jobs: Vec<Arc<dyn Runnable>>, home: &Arc<Shared>) {
-    if jobs.is_empty() {
-        return;
+/// Adds reactions meant for `home`, in order, without the wake-ups that tell
+/// waiters (see [`announce`]): for a caller that holds a lock no waker may
+/// meet, and wakes them once it let go of it.
+pub(crate) fn enqueue(
+    jobs: impl IntoIterator<Item = Arc<dyn Runnable>>,
+    home: Option<&Arc<Shared>>,
+) {
+    let home = home.map(Arc::downgrade);
+    let mut orphans = ORPHANS.lock();
+    let before = orphans.len();
+    orphans.extend(jobs.into_iter().map(|job| (home.clone(), job)));
+    let added = orphans.len() - before;
+    if added > 0 {
+        IN_FLIGHT.fetch_add(added, Ordering::AcqRel);
+        HAS_ORPHANS.store(true, Ordering::Release);
     }
-    IN_FLIGHT.fetch_add(jobs.len(), Ordering::AcqRel);
-    let home = Arc::downgrade(home);
-    ORPHANS
-        .lock()
-        .extend(jobs.into_iter().map(|job| (Some(home.clone()), job)));
-    HAS_ORPHANS.store(true, Ordering::Release);
+}
+
+/// Wakes whoever may run an orphan [`enqueue`] added: foreign pollers, and the
+/// loops being driven.
+pub(crate) fn announce() {
     wake_foreign_pollers();
     notify_driven_loops();
 }
