@@ -1137,14 +1137,9 @@ where
     E: From<Error> + Send + 'static,
     L: core::Link<T, E>,
 {
-    let node = Arc::new(Node {
-        core: Core::new(None, false, plain_ops::<T, E>),
-        link,
-    });
-    let promise = Promise {
-        node: Some(node.clone() as NodeRef<T, E>),
-    };
-    (promise, node)
+    let mut settler = None;
+    let promise = wired_with_link(link, |node| settler = Some(node.clone()));
+    (promise, settler.expect("wired"))
 }
 
 /// A new pending promise settled from inside the library whose node carries
