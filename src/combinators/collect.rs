@@ -139,13 +139,16 @@ struct GatherState<P> {
     open: bool,
     links: Links,
     /// Watchers not yet dropped: when the last goes (its loop is gone) with the
-    /// output undecided, nothing is left to settle it, and it breaks.
+    /// output undecided, nothing is left to settle it, and it breaks. Counted
+    /// for every input from the start: an input settled on another thread's
+    /// loop may report, and its watcher go, before the next input is watched.
     watchers: usize,
 }
 
 impl<P: Send + 'static> Gather<P> {
     /// The output promise, its node given to `watch_inputs` first, to have the
-    /// inputs report to it. Cancelling the output cancels the inputs' links.
+    /// inputs report to it, which must watch each of the `inputs` once.
+    /// Cancelling the output cancels the inputs' links.
     fn start<O, E>(
         policy: P,
         inputs: usize,
@@ -160,7 +163,7 @@ impl<P: Send + 'static> Gather<P> {
                 policy,
                 open: true,
                 links: Links::with_capacity(inputs),
-                watchers: 0,
+                watchers: inputs,
             }),
         };
         wired_with_link(call, watch_inputs)
@@ -229,8 +232,8 @@ where
     O: Send + 'static,
     E: From<Error> + Send + 'static,
 {
+    /// One of the watchers [`Gather::start`] counted, one per input.
     fn new(node: Arc<GatherNode<P, O, E>>) -> Self {
-        node.link.state.lock().watchers += 1;
         Watcher(node)
     }
 
@@ -1214,5 +1217,65 @@ mod tests {
         assert!(!output.is_pending(), "the last watcher is gone");
         let error = crate::block_on(output).unwrap_err();
         assert!(error.is_broken(), "{error}");
+    }
+
+    /// Counts the inputs of a two-input join, fulfilling with their sum once both
+    /// fulfilled.
+    fn sum_of_two(
+        left: &mut (u8, u8),
+        _: usize,
+        outcome: Result<u8, Error>,
+    ) -> Option<Result<u8, Error>> {
+        match outcome {
+            Ok(value) => {
+                left.0 -= 1;
+                left.1 += value;
+                (left.0 == 0).then_some(Ok(left.1))
+            }
+            Err(error) => Some(Err(error)),
+        }
+    }
+
+    /// The first input of a `join` reports (settled by its resolver's loop on
+    /// another thread) before the second one is watched, as it may while the
+    /// call attaches: its watcher, called and dropped, was the only one yet,
+    /// and must not break an output that the second input still decides.
+    #[test]
+    fn a_join_whose_first_input_reports_while_it_attaches_waits_for_the_others() {
+        let (first, settle_first) = std::sync::mpsc::channel::<()>();
+        let (ran, first_ran) = std::sync::mpsc::channel::<()>();
+        let (input, resolver) = std::sync::mpsc::channel();
+        // The first input's resolver belongs to a loop of another thread, which
+        // runs its watcher there.
+        let other = std::thread::spawn(move || {
+            let event_loop = crate::EventLoop::new();
+            let (promise, resolve) = event_loop
+                .block_on(async { Ok::<_, Error>(Promise::<u8>::pending()) })
+                .unwrap();
+            input.send(promise).unwrap();
+            settle_first.recv().unwrap();
+            event_loop
+                .block_on(async move {
+                    resolve.resolve(1);
+                    crate::sleep(std::time::Duration::ZERO).await
+                })
+                .unwrap();
+            ran.send(()).unwrap();
+        });
+        let a = resolver.recv().unwrap();
+        let (b, resolve_b) = Promise::<u8>::pending();
+        let output = Gather::start((2, 0), 2, |node: &Arc<GatherNode<(u8, u8), u8, Error>>| {
+            watch(node, 0, a, sum_of_two);
+            first.send(()).unwrap();
+            first_ran.recv().unwrap();
+            watch(node, 1, b, sum_of_two);
+        });
+        other.join().unwrap();
+        assert!(
+            output.is_pending(),
+            "decided before its second input reported"
+        );
+        resolve_b.resolve(2);
+        assert_eq!(crate::block_on(output).unwrap(), 3);
     }
 }
