@@ -371,3 +371,31 @@ fn clones_of_a_pending_promise_polled_and_dropped_do_not_keep_their_wakers() {
         assert_eq!(value, 7);
     });
 }
+
+#[test]
+fn many_tasks_of_another_executor_awaiting_one_pending_promise_stall_and_then_complete() {
+    within(|| {
+        // More pollers than the list of foreign pollers holds before it is
+        // pruned (64): a pruning that woke live pollers to see which came back
+        // kept 65 of them polling each other out for ever (`run_until_stalled`
+        // never returned).
+        for tasks in [65, 200] {
+            let (signal, resolver) = Promise::<u64>::pending();
+            let done = Arc::new(AtomicUsize::new(0));
+            let mut pool = futures::executor::LocalPool::new();
+            for _ in 0..tasks {
+                let (waiting, done) = (signal.clone(), done.clone());
+                futures::task::LocalSpawnExt::spawn_local(&pool.spawner(), async move {
+                    assert_eq!(waiting.await.unwrap(), 7);
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+                .unwrap();
+            }
+            pool.run_until_stalled();
+            assert_eq!(done.load(Ordering::SeqCst), 0, "none can finish yet");
+            assert!(resolver.resolve(7));
+            pool.run();
+            assert_eq!(done.load(Ordering::SeqCst), tasks);
+        }
+    });
+}

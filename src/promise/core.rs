@@ -75,6 +75,8 @@ pub(crate) trait Graph: Send + Sync {
     fn settling(&self) -> Settling;
     /// See [`Core::recount_wait`].
     fn recount_wait(&self, task: &Arc<TaskWaker>, remote: bool) -> bool;
+    /// See [`Core::settled_now`].
+    fn settled_now(&self) -> Option<bool>;
 }
 
 /// See [`Graph::settling`].
@@ -445,6 +447,10 @@ impl<T: Send + 'static, E: Send + 'static, L: Link<T, E>> Graph for Node<T, E, L
 
     fn recount_wait(&self, task: &Arc<TaskWaker>, remote: bool) -> bool {
         self.core.recount_wait(task, remote)
+    }
+
+    fn settled_now(&self) -> Option<bool> {
+        self.core.settled_now()
     }
 }
 
@@ -996,6 +1002,24 @@ impl<T, E> Core<T, E> {
 
     /// Takes the lock; dropping the guard releases it.
     fn lock(&self) -> Inner<'_, T, E> {
+        match self.acquire::<true>() {
+            Some(inner) => inner,
+            None => unreachable!("a lock that waits is always taken"),
+        }
+    }
+
+    /// Whether it has settled, if that can be told without waiting: `None`
+    /// while another holder has the lock (so it never waits for a thread that
+    /// may be waiting for the caller).
+    pub(crate) fn settled_now(&self) -> Option<bool> {
+        let inner = self.acquire::<false>()?;
+        Some(!matches!(inner.state, State::Pending(_)))
+    }
+
+    /// Takes the lock, waiting for it if `WAIT`; without, `None` if another
+    /// holder has it.
+    #[inline(always)]
+    fn acquire<const WAIT: bool>(&self) -> Option<Inner<'_, T, E>> {
         let mut word = self.word.load(Ordering::Relaxed);
         loop {
             if word & LOCKED == 0 {
@@ -1009,6 +1033,9 @@ impl<T, E> Core<T, E> {
                     Err(now) => word = now,
                 }
             } else {
+                if !WAIT {
+                    return None;
+                }
                 // Held by another thread (a settle from elsewhere): let it run.
                 std::thread::yield_now();
                 word = self.word.load(Ordering::Relaxed);
@@ -1019,7 +1046,7 @@ impl<T, E> Core<T, E> {
         // it: until then no other thread gets past the loop above, so these are
         // the only references to `state` and `ops`.
         let (state, ops) = unsafe { (&mut *self.state.get(), &mut *self.ops.get()) };
-        Inner {
+        Some(Inner {
             state,
             ops,
             handles: (word >> HANDLES_SHIFT) as u32,
@@ -1028,7 +1055,7 @@ impl<T, E> Core<T, E> {
             cancelled: word & CANCELLED != 0,
             copies: word & COPIES != 0,
             word: &self.word,
-        }
+        })
     }
 
     /// One of the library's failures as this promise's error type. (Takes the

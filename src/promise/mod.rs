@@ -834,7 +834,12 @@ impl<T: Send + 'static, E: Send + 'static> Promise<T, E> {
                     }
                 }
                 if let Some(local) = idle_loop {
-                    crate::event_loop::orphans::add_foreign_poller(cx.waker(), &local.shared);
+                    let waits_on: std::sync::Weak<dyn NodeDyn<T, E>> = Arc::downgrade(node);
+                    crate::event_loop::orphans::add_foreign_poller(
+                        cx.waker(),
+                        &local.shared,
+                        waits_on,
+                    );
                     // Its tasks' readiness waits: nobody turns the loop to see them.
                     if local.shared.reactor().has_armed_sources() {
                         local.shared.watch_foreign_waits();
