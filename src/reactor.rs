@@ -1317,6 +1317,18 @@ mod tests {
         (receive, Waker::from(Arc::new(Sends(Mutex::new(send)))))
     }
 
+    /// A read wait on a socket nothing is sent to, watched for another
+    /// executor: the socket, its peer, its source and the watch.
+    fn watching_a_wait_never_ready(
+        reactor: &Arc<Reactor>,
+    ) -> (UnixStream, UnixStream, Arc<Source>, Arc<Watch>) {
+        let (mine, peer, source) = registered_pair(reactor);
+        let (_, waker) = waker();
+        assert!(wait_to_read(reactor, &source, &mine, &waker));
+        reactor.watch_foreign_waits(reactor, itself);
+        (mine, peer, source, watch_of(reactor))
+    }
+
     fn watch_of(reactor: &Reactor) -> Arc<Watch> {
         reactor.watcher.get().expect("started").watch.clone()
     }
@@ -1351,11 +1363,7 @@ mod tests {
     fn the_watcher_ends_with_its_reactor_while_it_waits_for_an_event() {
         bounded(|| {
             let reactor = Arc::new(Reactor::new().unwrap());
-            let (mine, _peer, source) = registered_pair(&reactor);
-            let (_, waker) = waker();
-            assert!(wait_to_read(&reactor, &source, &mine, &waker)); // never ready
-            reactor.watch_foreign_waits(&reactor, itself);
-            let watch = watch_of(&reactor);
+            let (mine, _peer, source, watch) = watching_a_wait_never_ready(&reactor);
             // In `poll(2)`, or about to be: either way the end of the reactor's
             // socket is what tells it to stop.
             until(|| watch.polls.load(Ordering::Relaxed) == 1);
@@ -1374,11 +1382,7 @@ mod tests {
         // pending: a watcher that left it there would turn for ever.
         bounded(|| {
             let reactor = Arc::new(Reactor::new().unwrap());
-            let (mine, _peer, source) = registered_pair(&reactor);
-            let (_, waker) = waker();
-            assert!(wait_to_read(&reactor, &source, &mine, &waker)); // never ready
-            reactor.watch_foreign_waits(&reactor, itself);
-            let watch = watch_of(&reactor);
+            let (mine, _peer, source, watch) = watching_a_wait_never_ready(&reactor);
             reactor.notify();
             until(|| watch.turns.load(Ordering::Relaxed) >= 1);
             std::thread::sleep(Duration::from_millis(50));

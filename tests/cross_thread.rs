@@ -218,17 +218,30 @@ fn reactions_settled_before_and_after_a_loop_starts_run_in_settle_order() {
     assert!(output.status.success(), "the child failed: {stderr}");
 }
 
+/// Two pending promises whose handlers log their values, the promise of both
+/// handlers, and the two resolvers.
+#[allow(clippy::type_complexity)]
+fn two_logged() -> (
+    Arc<Mutex<Vec<u64>>>,
+    Promise<Vec<()>>,
+    Resolver<u64>,
+    Resolver<u64>,
+) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (first, resolve_first) = Promise::<u64>::pending();
+    let (second, resolve_second) = Promise::<u64>::pending();
+    let logged = |promise: Promise<u64>| {
+        let log = log.clone();
+        promise.map(move |v| log.lock().unwrap().push(v))
+    };
+    let both = all([logged(first), logged(second)]);
+    (log, both, resolve_first, resolve_second)
+}
+
 fn reactions_run_in_settle_order() {
     within(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
         let event_loop = EventLoop::new();
-        let (first, resolve_first) = Promise::<u64>::pending();
-        let (second, resolve_second) = Promise::<u64>::pending();
-        let logged = |promise: Promise<u64>| {
-            let log = log.clone();
-            promise.map(move |v| log.lock().unwrap().push(v))
-        };
-        let both = all([logged(first), logged(second)]);
+        let (log, both, resolve_first, resolve_second) = two_logged();
         // Settled while nobody drives the loop...
         resolve_on_another_thread_now(resolve_first, 1);
         event_loop
@@ -262,16 +275,9 @@ fn reactions_settled_by_one_thread_as_a_drive_ends_run_in_settle_order() {
 fn reactions_settled_as_a_drive_ends_run_in_settle_order() {
     within(|| {
         for round in 0..ROUNDS * 100 {
-            let log = Arc::new(Mutex::new(Vec::new()));
             let event_loop = EventLoop::new();
             let (gate, open) = Promise::<u64>::pending();
-            let (first, resolve_first) = Promise::<u64>::pending();
-            let (second, resolve_second) = Promise::<u64>::pending();
-            let logged = |promise: Promise<u64>| {
-                let log = log.clone();
-                promise.map(move |v| log.lock().unwrap().push(v))
-            };
-            let both = all([logged(first), logged(second)]);
+            let (log, both, resolve_first, resolve_second) = two_logged();
             let sender = thread::spawn(move || {
                 open.resolve(0);
                 for _ in 0..round % 4000 {

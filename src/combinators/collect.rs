@@ -207,7 +207,7 @@ fn watch<P, T, O, E>(
     O: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    let watcher = Watcher::new(node.clone());
+    let watcher = Watcher(node.clone());
     let link = input.watch(move |settled| {
         let (outcome, quiet) = outcome(settled);
         watcher.receive(index, outcome, quiet, decide);
@@ -233,10 +233,6 @@ where
     E: From<Error> + Send + 'static,
 {
     /// One of the watchers [`Gather::start`] counted, one per input.
-    fn new(node: Arc<GatherNode<P, O, E>>) -> Self {
-        Watcher(node)
-    }
-
     fn receive<T>(
         &self,
         index: usize,
@@ -331,7 +327,7 @@ struct Collect<P: Policy<T, E>, T, E: Send + 'static> {
     /// run once it is released), and taken once per input.
     state: Lock<CollectState<P>>,
     /// The inputs' types (`P` may be a policy for several).
-    inputs: PhantomData<fn(T, E)>,
+    types: PhantomData<fn(T, E)>,
 }
 
 /// A call's output node: the output promise, with the call as its link.
@@ -381,7 +377,7 @@ where
                 open: true,
                 inputs: Vec::new(),
             }),
-            inputs: PhantomData,
+            types: PhantomData,
         };
         wired_with_link::<P::Output, E, _>(call, |node| {
             // In place: the promises' array becomes the inputs' (same size and
@@ -1208,8 +1204,8 @@ mod tests {
     fn a_join_whose_last_watcher_is_dropped_uncalled_breaks() {
         let mut watchers = Vec::new();
         let output = Gather::start((), 2, |node: &Arc<GatherNode<(), u8, Error>>| {
-            watchers.push(Watcher::new(node.clone()));
-            watchers.push(Watcher::new(node.clone()));
+            watchers.push(Watcher(node.clone()));
+            watchers.push(Watcher(node.clone()));
         });
         drop(watchers.pop());
         assert!(output.is_pending(), "a watcher is left");

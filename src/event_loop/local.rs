@@ -623,9 +623,6 @@ impl Local {
                     context::report_unhandled(&error);
                 }
             }
-            if self.micro.borrow().is_empty() && self.unhandled.borrow().is_empty() {
-                return;
-            }
         }
     }
 

@@ -719,15 +719,16 @@ const STALE_POLLS_FROM: usize = 8;
 /// outcome is allowed to any future). The list then grows by at least as many
 /// pushes as it has live handles before the next such sweep: a spurious
 /// wake-up or two per push, amortised.
-fn take_stale_polls<T, E>(waiters: &mut Waiters<T, E>, handles: u32) -> Waiters<T, E> {
-    if waiters.len() < STALE_POLLS_FROM {
+/// `foreign` is how many of `waiters` are such wakers.
+fn take_stale_polls<T, E>(
+    waiters: &mut Waiters<T, E>,
+    foreign: usize,
+    handles: u32,
+) -> Waiters<T, E> {
+    if waiters.len() < STALE_POLLS_FROM || foreign <= 2 * handles as usize {
         return Waiters::None;
     }
-    let foreign = |waiter: &Waiter<T, E>| matches!(waiter, Waiter::Waker(_));
-    if waiters.iter().filter(|waiter| foreign(waiter)).count() <= 2 * handles as usize {
-        return Waiters::None;
-    }
-    waiters.take_where(foreign)
+    waiters.take_where(|waiter| matches!(waiter, Waiter::Waker(_)))
 }
 
 /// What a promise needs of its types, as one function (one word, where two
@@ -1314,15 +1315,21 @@ impl<T, E> Core<T, E> {
             }
             State::Pending(waiters) => {
                 let new = waiter(has_resolver);
+                // Counted in the same scan: other executors' wakers, for
+                // `take_stale_polls` (read only when no duplicate stopped it).
+                let mut foreign = 0;
                 let duplicate = waiters.iter().any(|old| match (old, &new) {
                     (Waiter::Task(a), Waiter::Task(b)) => a.same_task(b),
-                    (Waiter::Waker(a), Waiter::Waker(b)) => a.will_wake(b),
+                    (Waiter::Waker(a), new) => {
+                        foreign += 1;
+                        matches!(new, Waiter::Waker(b) if a.will_wake(b))
+                    }
                     _ => false,
                 });
                 if duplicate {
                     return None;
                 }
-                let stale = take_stale_polls(waiters, handles);
+                let stale = take_stale_polls(waiters, foreign, handles);
                 if waiters.has_room() {
                     waiters.push(new);
                     drop(inner);
@@ -1716,23 +1723,31 @@ mod tests {
         let (shutdown, _resolver) = crate::Promise::<()>::pending();
         let node = node_of(&shutdown);
         event_loop
-            .block_on(async {
-                for _ in 0..tasks / batch {
-                    let (gate, open) = crate::Promise::<()>::pending();
-                    let ended: Vec<_> = (0..batch)
-                        .map(|_| crate::spawn(until(shutdown.clone(), gate.clone())))
-                        .collect();
-                    // Let each of them register on `shutdown` before `gate` opens.
-                    crate::sleep(std::time::Duration::ZERO).await?;
-                    open.resolve(());
-                    for task in ended {
-                        task.await?;
-                    }
-                }
-                Ok::<_, Error>(())
-            })
+            .block_on(end_tasks_waiting_on(&shutdown, tasks / batch, batch))
             .unwrap();
         waiters_of(&node)
+    }
+
+    /// `rounds` times, `batch` tasks that wait on a clone of `shutdown` until
+    /// another promise settles, and end.
+    async fn end_tasks_waiting_on(
+        shutdown: &crate::Promise<()>,
+        rounds: usize,
+        batch: usize,
+    ) -> Result<(), Error> {
+        for _ in 0..rounds {
+            let (gate, open) = crate::Promise::<()>::pending();
+            let ended: Vec<_> = (0..batch)
+                .map(|_| crate::spawn(until(shutdown.clone(), gate.clone())))
+                .collect();
+            // Let each of them register on `shutdown` before `gate` opens.
+            crate::sleep(std::time::Duration::ZERO).await?;
+            open.resolve(());
+            for task in ended {
+                task.await?;
+            }
+        }
+        Ok(())
     }
 
     #[test]
@@ -1889,17 +1904,7 @@ mod tests {
             let node = node_of(&shutdown);
             event_loop.block_on(async move {
                 let early = crate::spawn(shutdown.clone());
-                for _ in 0..100 {
-                    let (gate, open) = crate::Promise::<()>::pending();
-                    let ended: Vec<_> = (0..10)
-                        .map(|_| crate::spawn(until(shutdown.clone(), gate.clone())))
-                        .collect();
-                    crate::sleep(std::time::Duration::ZERO).await?;
-                    open.resolve(());
-                    for task in ended {
-                        task.await?;
-                    }
-                }
+                end_tasks_waiting_on(&shutdown, 100, 10).await?;
                 let late = crate::spawn(shutdown.clone());
                 crate::sleep(std::time::Duration::ZERO).await?;
                 let left = waiters_of(&node);

@@ -496,7 +496,7 @@ impl Hooks {
     }
 
     /// The registered list, made now if need be.
-    fn registered<'a>(&self, list: &'a mut Option<Box<Registered>>) -> &'a mut Registered {
+    fn list_in<'a>(&self, list: &'a mut Option<Box<Registered>>) -> &'a mut Registered {
         list.get_or_insert_with(|| {
             self.registered.store(true, Ordering::Release);
             Box::default()
@@ -540,7 +540,7 @@ impl Hooks {
     pub(crate) fn add<T, E>(node: &Node<T, E, Hooks>, hook: CancelHook) {
         let mut hooks = node.link.on_cancel.lock();
         match node.core.status() {
-            core::Status::Pending => node.link.registered(&mut hooks).hooks.push(hook),
+            core::Status::Pending => node.link.list_in(&mut hooks).hooks.push(hook),
             core::Status::Cancelled => {
                 drop(hooks);
                 run_hook(hook);
@@ -553,9 +553,7 @@ impl Hooks {
     /// that a cancellation stops `forward`.
     pub(crate) fn follow<T, E>(node: &Node<T, E, Hooks>, forward: Arc<dyn Cancel>) {
         let stop = forward.clone();
-        node.link
-            .registered(&mut node.link.on_cancel.lock())
-            .following = Some(forward);
+        node.link.list_in(&mut node.link.on_cancel.lock()).following = Some(forward);
         Hooks::add(node, Box::new(move || stop.cancel()));
     }
 }
